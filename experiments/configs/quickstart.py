@@ -1,0 +1,63 @@
+"""Quickstart: a dual encoder on unicode_glyphs/full, trained in minutes on 2 CPU cores.
+
+  python launch.py --config=experiments/configs/quickstart.py --workdir=/tmp/mmalign_quickstart
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "unicode_glyphs"
+  c.data.config = "full"
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.data.image_mean = (0.9,)  # Glyphs: mostly white paper.
+  c.data.image_std = (0.25,)
+  c.data.max_shift = 0  # Random translation in pixels (training only).
+
+  c.text = ml_collections.ConfigDict()  # mmalign.data.tokenizer.TextSettings
+  c.text.vocab_size = 2048
+  c.text.max_length = 24
+  c.text.lowercase = True
+  c.text.unicode_normalization = "NFKC"
+  c.text.model_type = "bpe"
+
+  c.model = ml_collections.ConfigDict()
+  c.model.text_encoder = "bag_of_words"
+  c.model.text_kwargs = ml_collections.ConfigDict({"width": 256, "mlp_layers": 1})
+  c.model.image_encoder = "cnn"
+  c.model.image_kwargs = ml_collections.ConfigDict({"channels": (64, 128, 256), "width": 256})
+  c.model.embed_dim = 256
+  c.model.init_scale = 10.0
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "infonce"
+  c.loss.kwargs = ml_collections.ConfigDict()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.seed = 0
+  c.train.batch_size = 256
+  c.train.steps = 2000
+  c.train.learning_rate = 2e-3
+  c.train.warmup_steps = 100
+  c.train.weight_decay = 1e-4
+  c.train.grad_clip_norm = 1.0
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 2
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = "test"
+  c.eval.ks = (1, 5, 10)
+  c.eval.batch_size = 512
+
+  c.retrieval = ml_collections.ConfigDict()
+  c.retrieval.k = 10
+  c.retrieval.num_leaves = ml_collections.FieldReference(None, field_type=int)
+  c.retrieval.num_leaves_to_search = ml_collections.FieldReference(None, field_type=int)
+  c.retrieval.reorder = 100
+  c.retrieval.example_query = "latin capital letter a with ring above"
+  return c

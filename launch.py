@@ -1,0 +1,99 @@
+"""mmalign launcher: train, evaluate and search, from one config file.
+
+  python launch.py --config=experiments/configs/quickstart.py --workdir=/tmp/mm
+  python launch.py --config=experiments/configs/quickstart.py --workdir=/tmp/mm \
+      --mode=search --query="latin capital letter a with ring above"
+
+--mode=all (the default) trains (resuming if the workdir has a checkpoint),
+evaluates on the held-out split and runs the config's example ScaNN search.
+Any config value can be overridden: --config.train.steps=100.
+"""
+
+from __future__ import annotations
+
+import logging as logging_std
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mmalign.errors import UsageError
+
+MODES = ("all", "train", "eval", "search")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer, "
+                               "metrics and results; reused to resume.")
+_MODE = flags.DEFINE_enum("mode", "all", MODES, "What to run.")
+_QUERY = flags.DEFINE_string("query", None, "Text to search for (--mode=search).")
+_K = flags.DEFINE_integer("k", None, "Number of results (default: config.retrieval.k).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str, mode: str, query: str | None, k: int | None) -> None:
+  # Imported here so that --help and flag errors answer without loading JAX.
+  from mmalign import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
+  from mmalign.eval import evaluator  # pylint: disable=import-outside-toplevel
+  from mmalign.retrieval import search as search_lib  # pylint: disable=import-outside-toplevel
+  from mmalign.train import trainer  # pylint: disable=import-outside-toplevel
+
+  if mode == "search" and (query is None or not query.strip()):
+    raise UsageError("--mode=search needs a non-empty --query, e.g. "
+                     "--query='latin small letter a with grave'")
+  params = step = None
+  if mode in ("all", "train"):
+    state = trainer.train(config, workdir)
+    params, step = state["params"], int(state["step"])
+  if mode in ("all", "eval"):
+    evaluator.evaluate(config, workdir, params, step)
+  if mode in ("all", "search"):
+    exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
+    if params is None:
+      params, step = exp.restore_params()
+    query = query if mode == "search" else config.retrieval.example_query
+    hits, sheet = search_lib.search(exp, params, step, query, k=k or config.retrieval.k,
+                                    split=config.eval.split,
+                                    scann_config=evaluator.scann_config(config))
+    print(f"\nScaNN search over the {config.eval.split} images for {query!r}:")
+    for hit in hits:
+      print(f"  {hit.rank:2d}. {hit.score:+.3f}  {hit.caption}")
+    print(f"contact sheet: {sheet}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but an override of a config key that does not exist is one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip("\"'")
+    culprits = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
+    print(f"error: {', '.join(culprits) or key}: no such config key ({key!r}); see the "
+          "config file for the keys it defines", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    # Progress is printed; libraries' INFO logs (orbax, TFDS) only with --verbosity=0.
+    logging.set_verbosity(logging.WARNING)
+  try:
+    run(_CONFIG.value, _WORKDIR.value, _MODE.value, _QUERY.value, _K.value)
+  except UsageError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+class _DropNoise(logging_std.Filter):
+  """TFDS warns on every run that OpenCV is absent; PIL decodes these images fine."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return "OpenCV is not installed" not in record.getMessage()
+
+
+if __name__ == "__main__":
+  logging_std.getLogger("absl").addFilter(_DropNoise())
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,142 @@
+"""Input pipeline: TFDS data sources read with grain, one batch per training step.
+
+Training batches hold distinct groups (one image per named thing), so no
+caption in a batch is a false negative for another. Batch `step` is a pure
+function of (seed, step): the pipeline position is just the step number, which
+makes resuming exact, and each process builds only its own slice of the global
+batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import jax
+import numpy as np
+
+from mmalign.data.tokenizer import Tokenizer
+from mmalign.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitIndex:
+  """What a split holds, read once without decoding images."""
+  groups: np.ndarray                 # [examples] int64, group of each example
+  group_ids: np.ndarray              # [num_groups] int64, sorted distinct groups
+  group_captions: list[str]          # [num_groups] caption of each group
+  members: list[np.ndarray]          # [num_groups] example indices of each group
+
+  @property
+  def num_groups(self) -> int:
+    return len(self.group_ids)
+
+
+def index_split(caption_source) -> SplitIndex:
+  """Scans a source opened with `decode_images=False` (fast: no PNG decoding)."""
+  groups = np.empty(len(caption_source), np.int64)
+  captions: dict[int, str] = {}
+  for i in range(len(caption_source)):
+    example = caption_source[i]
+    group = int(example["group"])
+    groups[i] = group
+    caption = text_of(example["caption"])
+    if captions.setdefault(group, caption) != caption:
+      raise ValueError(f"group {group} has two captions: {captions[group]!r} and {caption!r}")
+  group_ids = np.array(sorted(captions), np.int64)
+  order = np.argsort(groups, kind="stable")
+  bounds = np.searchsorted(groups[order], group_ids, side="left")
+  members = np.split(order, bounds[1:])
+  return SplitIndex(groups, group_ids, [captions[int(g)] for g in group_ids], members)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageNormalization:
+  """pixels ← (pixels / 255 − mean) / std, per channel or one value for all."""
+  mean: tuple[float, ...] = (0.5,)
+  std: tuple[float, ...] = (0.5,)
+
+  def __call__(self, images_uint8: np.ndarray) -> np.ndarray:
+    images = images_uint8.astype(np.float32) / 255.0
+    return (images - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+
+def text_of(value) -> str:
+  """Captions come back from array_record as bytes."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def decode_images(source, indices: np.ndarray) -> np.ndarray:
+  """uint8 [len(indices), h, w, c], read by random access."""
+  return np.stack([source[int(i)]["image"] for i in indices])
+
+
+class TrainBatches:
+  """Maps step → this process's share of the global batch, as numpy arrays.
+
+  Each epoch is a fresh permutation of the groups (seeded by (seed, epoch));
+  each group contributes one of its examples, chosen by (seed, step). Epochs
+  are cut into whole batches; the last partial batch of an epoch is dropped.
+  """
+
+  def __init__(self, source, index: SplitIndex, tokenizer: Tokenizer, *, global_batch: int,
+               seed: int, normalization: ImageNormalization,
+               process_index: int | None = None, process_count: int | None = None,
+               max_shift: int = 0):
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if global_batch % process_count:
+      raise UsageError(f"train.batch_size={global_batch} is not divisible by the "
+                       f"{process_count} processes")
+    if global_batch > index.num_groups:
+      raise UsageError(f"train.batch_size={global_batch} exceeds the {index.num_groups} "
+                       "distinct captions of the training split")
+    self._source = source
+    self._index = index
+    self._tokens = tokenizer.encode(index.group_captions)  # [num_groups, length]
+    self._global_batch = global_batch
+    self._local = slice(process_index * global_batch // process_count,
+                        (process_index + 1) * global_batch // process_count)
+    self._seed = seed
+    self._normalization = normalization
+    self._max_shift = max_shift
+    self.steps_per_epoch = index.num_groups // global_batch
+
+  def group_positions(self, step: int) -> np.ndarray:
+    """Positions (into `index.group_ids`) of the global batch of `step`: [global_batch]."""
+    epoch, within = divmod(step, self.steps_per_epoch)
+    order = np.random.default_rng([self._seed, epoch]).permutation(self._index.num_groups)
+    return order[within * self._global_batch:(within + 1) * self._global_batch]
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    positions = self.group_positions(step)[self._local]
+    rng = np.random.default_rng([self._seed, 1 << 20, step])
+    examples = np.array([rng.choice(self._index.members[p]) for p in positions])
+    images = self._normalization(decode_images(self._source, examples))
+    if self._max_shift:
+      images = _random_shift(images, self._max_shift, rng)
+    return {"tokens": self._tokens[positions], "images": images,
+            "groups": self._index.group_ids[positions]}
+
+
+def _random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+  """Translates each image by up to ±max_shift pixels (edge padding): [b, h, w, c]."""
+  b, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)), mode="edge")
+  dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, b))
+  return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+
+
+def train_iterator(batches: TrainBatches, *, start_step: int, num_steps: int,
+                   num_threads: int = 2, prefetch: int = 4):
+  """A grain iterator over steps [start_step, num_steps), prefetched in threads."""
+  dataset = grain.MapDataset.range(start_step, num_steps).map(batches)
+  return iter(dataset.to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
+
+
+def eval_image_batches(source, normalization: ImageNormalization, batch_size: int):
+  """Yields (normalised images [<=batch, h, w, c], example indices) in split order."""
+  for start in range(0, len(source), batch_size):
+    indices = np.arange(start, min(start + batch_size, len(source)))
+    yield normalization(decode_images(source, indices)), indices

@@ -1,0 +1,115 @@
+"""Subword tokenizer trained offline on the training captions (SentencePiece).
+
+The tokenizer is part of the experiment: it is trained once, written into the
+workdir beside the checkpoint, and reloaded unchanged by evaluation and search,
+so a query is preprocessed exactly as the training captions were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import unicodedata
+from collections.abc import Iterable
+
+import numpy as np
+import sentencepiece as spm
+
+PAD_ID = 0
+UNK_ID = 1
+MODEL_FILE = "tokenizer.model"
+SETTINGS_FILE = "tokenizer.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSettings:
+  """Preprocessing that must match between training and every later use."""
+  vocab_size: int = 1024
+  max_length: int = 16
+  lowercase: bool = True
+  unicode_normalization: str = "NFKC"  # Or "none".
+  model_type: str = "unigram"  # SentencePiece: unigram, bpe, word, char.
+
+
+class Tokenizer:
+  """Turns captions into padded token ids `[n, max_length]` int32 (PAD_ID = 0)."""
+
+  def __init__(self, model_proto: bytes, settings: TextSettings):
+    self.settings = settings
+    self._model_proto = model_proto
+    self._processor = spm.SentencePieceProcessor(model_proto=model_proto)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._processor.get_piece_size()
+
+  def normalize(self, text: str) -> str:
+    return _normalize(text, self.settings)
+
+  def encode(self, texts: Iterable[str]) -> np.ndarray:
+    """Token ids `[n, max_length]` int32; long captions are truncated."""
+    texts = [self.normalize(t) for t in texts]
+    ids = self._processor.encode(texts)
+    out = np.full((len(texts), self.settings.max_length), PAD_ID, np.int32)
+    for row, piece_ids in enumerate(ids):
+      piece_ids = piece_ids[:self.settings.max_length]
+      out[row, :len(piece_ids)] = piece_ids
+    return out
+
+  def pieces(self, text: str) -> list[str]:
+    return self._processor.encode(self.normalize(text), out_type=str)
+
+  @classmethod
+  def train(cls, captions: Iterable[str], settings: TextSettings) -> "Tokenizer":
+    """Trains on `captions` deterministically (no sampling, one thread)."""
+    texts = sorted({_normalize(t, settings) for t in captions})
+    if not texts:
+      raise ValueError("cannot train a tokenizer on zero captions")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model,
+        vocab_size=settings.vocab_size, model_type=settings.model_type,
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=-1, eos_id=-1,
+        hard_vocab_limit=False, character_coverage=1.0,
+        normalization_rule_name="identity",  # We normalise ourselves, above.
+        input_sentence_size=0, shuffle_input_sentence=False, num_threads=1,
+        minloglevel=2)
+    return cls(model.getvalue(), settings)
+
+  def save(self, directory: str) -> None:
+    """Writes the model and its settings; each file is published atomically."""
+    _atomic_write(os.path.join(directory, MODEL_FILE), self._model_proto)
+    _atomic_write(os.path.join(directory, SETTINGS_FILE),
+                  json.dumps(dataclasses.asdict(self.settings), indent=2).encode())
+
+  @classmethod
+  def load(cls, directory: str) -> "Tokenizer":
+    model_path = os.path.join(directory, MODEL_FILE)
+    if not os.path.exists(model_path):
+      raise FileNotFoundError(f"no tokenizer in {directory} (expected {MODEL_FILE})")
+    with open(model_path, "rb") as f:
+      proto = f.read()
+    with open(os.path.join(directory, SETTINGS_FILE)) as f:
+      settings = TextSettings(**json.load(f))
+    return cls(proto, settings)
+
+  @staticmethod
+  def exists(directory: str) -> bool:
+    return os.path.exists(os.path.join(directory, MODEL_FILE))
+
+
+def _normalize(text: str, settings: TextSettings) -> str:
+  if settings.unicode_normalization != "none":
+    text = unicodedata.normalize(settings.unicode_normalization, text)
+  return text.lower() if settings.lowercase else text
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)

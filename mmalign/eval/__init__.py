@@ -1,0 +1,1 @@
+"""Evaluation: metrics computed from embeddings, with no training or file I/O."""

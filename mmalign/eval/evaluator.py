@@ -1,0 +1,105 @@
+"""Cross-modal retrieval evaluation on a held-out split, exact and with ScaNN.
+
+Queries are the split's distinct captions (text→image) and its images
+(image→text). A text→image hit is any image of the caption's group, e.g. any
+font's drawing of the named character. Exact search (a matmul + top-k) is the
+ground truth; ScaNN answers the same text queries and is scored against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from mmalign import experiment as experiment_lib
+from mmalign.data import pipeline, sources
+from mmalign.eval import retrieval_metrics as rm
+from mmalign.retrieval.scann_index import ScannConfig, ScannIndex
+from mmalign.train.metrics_log import say
+
+RESULTS_FILE = "eval_{split}.json"
+
+
+def scann_config(config) -> ScannConfig:
+  rc = config.retrieval
+  return ScannConfig(num_neighbors=rc.k, num_leaves=rc.num_leaves,
+                     num_leaves_to_search=rc.num_leaves_to_search, reorder=rc.reorder)
+
+
+def evaluate(config, workdir: str, params=None, step: int | None = None) -> dict:
+  """Computes, prints and writes `<workdir>/eval_<split>.json`; returns the results."""
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
+  if params is None:
+    params, step = exp.restore_params()
+  split = config.eval.split
+  index = pipeline.index_split(sources.open_split(exp.builder, split, decode_images=False))
+  started = time.perf_counter()
+  image_emb = experiment_lib.embed_images(exp, params, sources.open_split(exp.builder, split),
+                                          config.eval.batch_size)  # [images, d]
+  text_emb = experiment_lib.embed_texts(exp, params, index.group_captions)  # [groups, d]
+  embed_s = time.perf_counter() - started
+  ks = tuple(config.eval.ks)
+
+  t2i = rm.retrieval_metrics(rm.first_hit_ranks(text_emb, index.group_ids, image_emb,
+                                                index.groups), ks)
+  i2t = rm.retrieval_metrics(rm.first_hit_ranks(image_emb, index.groups, text_emb,
+                                                index.group_ids), ks)
+  for k in ks:
+    t2i[f"chance_recall@{k}"] = rm.chance_recall_at_k(index.group_ids, index.groups, k)
+    i2t[f"chance_recall@{k}"] = rm.chance_recall_at_k(index.groups, index.group_ids, k)
+
+  k = config.retrieval.k
+  started = time.perf_counter()
+  scann = ScannIndex.build(image_emb, scann_config(config))
+  build_s = time.perf_counter() - started
+  started = time.perf_counter()
+  _, scann_ids = scann.search(text_emb, k)
+  search_s = time.perf_counter() - started
+  _, exact_ids = rm.exact_top_k(text_emb, image_emb, k)
+  scann_hits = (index.groups[scann_ids] == index.group_ids[:, None]).any(axis=1)
+  results = {
+      "dataset": f"{config.data.name}/{config.data.config}", "split": split, "step": step,
+      "num_text_queries": int(index.num_groups), "gallery_images": int(len(index.groups)),
+      "text_to_image": t2i, "image_to_text": i2t,
+      "scann": {"recall_at_k_vs_exact": rm.recall_vs_exact(scann_ids, exact_ids), "k": k,
+                f"text_to_image_recall@{k}": float(scann_hits.mean()),
+                "brute_force": scann.is_brute_force, "build_s": build_s,
+                "search_s": search_s, "queries": int(len(text_emb))},
+      "embed_s": embed_s,
+  }
+  _write_json(os.path.join(workdir, RESULTS_FILE.format(split=split)), results)
+  say(format_table(results))
+  say(f"written to {os.path.join(workdir, RESULTS_FILE.format(split=split))}")
+  return results
+
+
+def format_table(results: dict) -> str:
+  """A markdown table of the retrieval results, with chance levels."""
+  ks = sorted(int(key.split("@")[1]) for key in results["text_to_image"]
+              if key.startswith("recall@"))
+  header = "| direction | " + " | ".join(f"R@{k}" for k in ks) + " | median rank |"
+  lines = [f"{results['dataset']} {results['split']}: {results['num_text_queries']} captions, "
+           f"{results['gallery_images']} images (step {results['step']})", "",
+           header, "|---" * (len(ks) + 2) + "|"]
+  for name in ("text_to_image", "image_to_text"):
+    r = results[name]
+    cells = " | ".join(f"{100 * r[f'recall@{k}']:.1f}% (chance {100 * r[f'chance_recall@{k}']:.1f}%)"
+                       for k in ks)
+    lines.append(f"| {name.replace('_', ' ')} | {cells} | {r['median_rank']:.0f} |")
+  s = results["scann"]
+  k = s["k"]
+  scann_recall = 100 * s[f"text_to_image_recall@{k}"]
+  lines += ["", f"ScaNN: recall@{k} vs exact search = {s['recall_at_k_vs_exact']:.3f}; "
+            f"text→image R@{k} through ScaNN = {scann_recall:.1f}% "
+            f"(build {s['build_s']:.2f}s, {s['queries']} queries in {s['search_s'] * 1e3:.1f} ms)"]
+  return "\n".join(lines)
+
+
+def _write_json(path: str, data: dict) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2)
+  os.replace(tmp, path)

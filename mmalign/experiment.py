@@ -1,0 +1,163 @@
+"""What train, eval and search share: dataset, tokenizer, model and the workdir layout.
+
+The tokenizer is trained once, in the first training run, from the training
+captions; every later run (resume, eval, search) loads that saved copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmalign.data import pipeline, sources
+from mmalign.data.tokenizer import TextSettings, Tokenizer
+from mmalign.errors import UsageError
+from mmalign.models.build import build_dual_encoder
+from mmalign.models.dual_encoder import DualEncoder
+from mmalign.train.checkpoint import Checkpointer
+from mmalign.train.optimizer import adamw, learning_rate_schedule
+
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ml_collections.ConfigDict
+  workdir: str
+  builder: object
+  tokenizer: Tokenizer
+  model: DualEncoder
+  normalization: pipeline.ImageNormalization
+  _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  def jitted_method(self, method: str):
+    """jit of `model.<method>(params, x)`, compiled once per experiment."""
+    if method not in self._jitted:
+      self._jitted[method] = jax.jit(lambda params, x: self.model.apply(
+          {"params": params}, x, method=getattr(DualEncoder, method)))
+    return self._jitted[method]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.builder.info.features["image"].shape)
+
+  def init_params(self, seed: int):
+    tokens = jnp.zeros((1, self.tokenizer.settings.max_length), jnp.int32)
+    images = jnp.zeros((1, *self.image_shape), jnp.float32)
+    return self.model.init(jax.random.key(seed), tokens, images)["params"]
+
+  def optimizer(self):
+    """(optimizer, learning-rate schedule) from config.train."""
+    tc = self.config.train
+    schedule = learning_rate_schedule(peak=tc.learning_rate, warmup_steps=tc.warmup_steps,
+                                      total_steps=tc.steps)
+    return adamw(schedule, weight_decay=tc.weight_decay,
+                 grad_clip_norm=tc.grad_clip_norm), schedule
+
+  def init_train_state(self) -> dict:
+    """{params, opt_state, step}: what a checkpoint holds."""
+    params = self.init_params(self.config.train.seed)
+    optimizer, _ = self.optimizer()
+    return {"params": params, "opt_state": optimizer.init(params),
+            "step": jnp.zeros((), jnp.int32)}
+
+  def restore_params(self, step: int | None = None):
+    """(params, step) of the latest (or given) checkpoint in the workdir."""
+    checkpointer = Checkpointer(self.workdir, keep=self.config.train.keep_checkpoints,
+                                async_save=False)
+    if checkpointer.latest_step() is None:
+      raise UsageError(f"--workdir {self.workdir!r} has no checkpoint: run "
+                              "--mode=train first")
+    abstract = jax.eval_shape(self.init_train_state)
+    state, _ = checkpointer.restore(abstract, self.meta(), step)
+    checkpointer.close()
+    return state["params"], int(state["step"])
+
+  def meta(self) -> dict:
+    """What a checkpoint must agree on to be restored into this experiment."""
+    return {"model_config": json.loads(self.config.model.to_json()),
+            "tokenizer_sha256": self.tokenizer_sha256(),
+            "dataset": f"{self.config.data.name}/{self.config.data.config}"}
+
+  def tokenizer_sha256(self) -> str:
+    with open(os.path.join(self.workdir, TOKENIZER_DIR, "tokenizer.model"), "rb") as f:
+      return hashlib.sha256(f.read()).hexdigest()
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails at once if the workdir cannot be created or written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UsageError(f"--workdir {workdir!r} is not writable: {e.strerror}") from None
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, *,
+            allow_new_tokenizer: bool) -> Experiment:
+  """Builds the dataset if missing, loads (or trains) the tokenizer, builds the model."""
+  check_workdir(workdir)
+  builder = sources.get_builder(config.data.name, config.data.config, config.data.data_dir)
+  sources.ensure_built(builder)
+  tokenizer_dir = os.path.join(workdir, TOKENIZER_DIR)
+  if Tokenizer.exists(tokenizer_dir):
+    tokenizer = Tokenizer.load(tokenizer_dir)
+  elif allow_new_tokenizer:
+    index = pipeline.index_split(sources.open_split(builder, "train", decode_images=False))
+    tokenizer = Tokenizer.train(index.group_captions, text_settings(config))
+    os.makedirs(tokenizer_dir, exist_ok=True)
+    tokenizer.save(tokenizer_dir)
+  else:
+    raise UsageError(f"--workdir {workdir!r} holds no trained model (no "
+                            f"{TOKENIZER_DIR}/): run --mode=train first")
+  model = build_dual_encoder(config.model, tokenizer.vocab_size, tokenizer.settings.max_length)
+  normalization = pipeline.ImageNormalization(tuple(config.data.image_mean),
+                                              tuple(config.data.image_std))
+  return Experiment(config, workdir, builder, tokenizer, model, normalization)
+
+
+def text_settings(config) -> TextSettings:
+  """config.text as TextSettings; an unknown key is named in the error."""
+  allowed = {f.name for f in dataclasses.fields(TextSettings)}
+  unknown = sorted(set(config.text.keys()) - allowed)
+  if unknown:
+    raise UsageError(f"unknown config key(s) text.{', text.'.join(unknown)}; allowed: "
+                     f"{', '.join(sorted(allowed))}")
+  return TextSettings(**config.text)
+
+
+def embed_texts(experiment: Experiment, params, texts: list[str], batch_size: int = 1024):
+  """[len(texts), embed_dim] float32 numpy."""
+  fn = experiment.jitted_method("embed_text")
+  tokens = experiment.tokenizer.encode(texts)
+  return _batched(fn, params, tokens, batch_size)
+
+
+def embed_images(experiment: Experiment, params, source, batch_size: int = 512):
+  """Embeds a whole split in order: [len(source), embed_dim] float32 numpy."""
+  fn = experiment.jitted_method("embed_image")
+  chunks = [_batched(fn, params, images, batch_size)
+            for images, _ in pipeline.eval_image_batches(source, experiment.normalization,
+                                                         batch_size)]
+  return np.concatenate(chunks) if chunks else np.zeros((0, experiment.model.embed_dim))
+
+
+def _batched(fn, params, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+  """Runs `fn` in fixed-size batches (the last one padded) so it compiles once."""
+  outputs = []
+  for start in range(0, len(inputs), batch_size):
+    chunk = inputs[start:start + batch_size]
+    pad = batch_size - len(chunk) if len(inputs) > batch_size else 0
+    padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
+    outputs.append(np.asarray(fn(params, padded))[:len(chunk)])
+  return np.concatenate(outputs)

@@ -1,0 +1,40 @@
+"""Image encoders for small images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmalign.models.registry import register_image_encoder
+
+
+@register_image_encoder("cnn")
+class SmallCNN(nn.Module):
+  """VGG-like stages of 3×3 convolutions, each stage halving the resolution.
+
+  GroupNorm instead of BatchNorm: no running statistics to carry, and the
+  result does not depend on which examples share a batch.
+  """
+  channels: Sequence[int] = (64, 128, 256)
+  convs_per_stage: int = 1
+  width: int = 256
+  groups: int = 8  # GroupNorm groups; 0 disables normalisation.
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    x = images.astype(self.dtype)
+    for stage, channels in enumerate(self.channels):
+      for conv in range(self.convs_per_stage):
+        x = nn.Conv(channels, (3, 3), dtype=self.dtype, name=f"conv_{stage}_{conv}")(x)
+        if self.groups:
+          x = nn.GroupNorm(num_groups=min(self.groups, channels), dtype=self.dtype)(x)
+        x = nn.gelu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    batch, height, width, channels = x.shape
+    sequence = x.reshape(batch, height * width, channels)  # [b, patches, c]
+    pooled = nn.Dense(self.width, dtype=self.dtype, name="head")(
+        jnp.concatenate([sequence.mean(axis=1), x.reshape(batch, -1)], axis=-1))
+    return pooled, sequence

@@ -1,0 +1,1 @@
+"""Retrieval over embedding galleries: approximate indexes and what they return."""

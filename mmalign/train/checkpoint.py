@@ -1,0 +1,88 @@
+"""Checkpoints with orbax: atomic saves, automatic resume, shape checks on restore.
+
+Orbax writes each step into a temporary directory and renames it when complete,
+so a crash during a save leaves the previous checkpoint as the latest good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mmalign.errors import UsageError
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointMismatchError(UsageError):
+  """The workdir holds a checkpoint of a different model or experiment."""
+
+
+class Checkpointer:
+  """Saves and restores the train state `{params, opt_state, step}` of one workdir."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, save_every: int = 1000,
+               async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=save_every,
+            enable_async_checkpointing=async_save),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
+    return self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(meta)), force=force)
+
+  def restore(self, abstract_state, meta: dict, step: int | None = None):
+    """Restores into the structure of `abstract_state` after checking it fits.
+
+    `meta` holds what must agree (model config hash, tokenizer checksum);
+    a difference raises CheckpointMismatchError naming the key.
+    """
+    step = self.latest_step() if step is None else step
+    saved_meta = self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
+    for key in ("model_config", "tokenizer_sha256"):
+      if saved_meta.get(key) != meta.get(key):
+        raise CheckpointMismatchError(
+            f"checkpoint {self.directory}/{step} was written with a different {key}:\n"
+            f"  saved:   {json.dumps(saved_meta.get(key), sort_keys=True)}\n"
+            f"  current: {json.dumps(meta.get(key), sort_keys=True)}\n"
+            "use a new --workdir for a different model")
+    self._check_shapes(step, abstract_state)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+    return restored["state"], saved_meta
+
+  def _check_shapes(self, step: int, abstract_state) -> None:
+    """Compares parameter shapes (the optimizer state follows from them)."""
+    saved = self._manager.item_metadata(step)["state"]["params"]
+    saved_shapes = {jax.tree_util.keystr(k): tuple(v.shape)
+                    for k, v in jax.tree_util.tree_leaves_with_path(saved)}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state["params"]):
+      key = jax.tree_util.keystr(path)
+      if key not in saved_shapes:
+        raise CheckpointMismatchError(
+            f"checkpoint {self.directory}/{step} has no parameter {key}; it was written by "
+            "a different model")
+      if saved_shapes[key] != tuple(np.shape(leaf)):
+        raise CheckpointMismatchError(
+            f"checkpoint {self.directory}/{step}: {key} has shape {saved_shapes[key]}, the "
+            f"model expects {tuple(np.shape(leaf))}")
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,51 @@
+"""Progress and metrics: steps/s and ETA on the console, one JSON line per log in the workdir.
+
+Progress goes to stdout with `say` rather than to absl's INFO log, which the
+launcher keeps at WARNING so that library chatter (orbax, TFDS) stays quiet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+
+def say(message: str) -> None:
+  """Prints on process 0 only, flushed so progress shows in pipes and logs."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+class MetricsLog:
+  """Appends to `<workdir>/metrics.jsonl`; only process 0 writes."""
+
+  def __init__(self, workdir: str, total_steps: int, start_step: int):
+    self._path = os.path.join(workdir, "metrics.jsonl")
+    self._total = total_steps
+    self._last_step, self._last_time = start_step, time.perf_counter()
+    self._writer = jax.process_index() == 0
+
+  def log(self, step: int, metrics: dict[str, float]) -> None:
+    now = time.perf_counter()
+    steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta_s = (self._total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+    record = {"step": step, **{k: float(v) for k, v in metrics.items()},
+              "steps_per_s": steps_per_s, "time": time.time()}
+    if not self._writer:
+      return
+    shown = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
+    say(f"step {step}/{self._total}  {shown}  {steps_per_s:.2f} steps/s  "
+        f"ETA {_duration(eta_s)}")
+    with open(self._path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def _duration(seconds: float) -> str:
+  if seconds == float("inf"):
+    return "?"
+  minutes, seconds = divmod(int(seconds), 60)
+  return f"{minutes}m{seconds:02d}s"

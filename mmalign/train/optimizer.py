@@ -1,0 +1,31 @@
+"""AdamW with linear warm-up and cosine decay; no decay on biases, norms or the scale."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from mmalign.errors import UsageError
+
+
+def learning_rate_schedule(*, peak: float, warmup_steps: int, total_steps: int,
+                           end_fraction: float = 0.0) -> optax.Schedule:
+  if not 0 <= warmup_steps < total_steps:
+    raise UsageError(f"train.warmup_steps={warmup_steps} must be in [0, train.steps="
+                     f"{total_steps})")
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
+      decay_steps=total_steps, end_value=peak * end_fraction)
+
+
+def _decay_mask(params):
+  """Decay only matrices and kernels (ndim ≥ 2); embeddings included, as in CLIP."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def adamw(schedule: optax.Schedule, *, weight_decay: float, b1: float = 0.9, b2: float = 0.98,
+          grad_clip_norm: float | None = 1.0) -> optax.GradientTransformation:
+  chain = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
+  chain.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay,
+                           mask=_decay_mask))
+  return optax.chain(*chain)

@@ -1,0 +1,89 @@
+"""The one training loop: any registered model and loss, chosen by the config.
+
+Resumes on its own from the latest checkpoint in the workdir; since batch
+`step` is a pure function of (seed, step), the resumed run sees the same data
+it would have seen without the interruption.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import optax
+
+from mmalign import experiment as experiment_lib
+from mmalign.data import pipeline, sources
+from mmalign.losses.contrastive import LOSSES
+from mmalign.train import mesh as mesh_lib
+from mmalign.train.checkpoint import Checkpointer
+from mmalign.train.metrics_log import MetricsLog, say
+
+
+def make_train_step(model, loss_fn, optimizer, mesh):
+  """jit-compiled step: batch sharded over `data`, state replicated."""
+  replicated = mesh_lib.replicated(mesh)
+  batch_sharding = mesh_lib.batch_sharded(mesh)
+
+  def step_fn(state, batch):
+    def loss_of(params):
+      text_emb, image_emb, scale = model.apply(
+          {"params": params}, batch["tokens"], batch["images"], train=True)
+      return loss_fn(text_emb, image_emb, scale), scale
+
+    (loss, scale), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss, "scale": scale, "grad_norm": optax.global_norm(grads)}
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  return jax.jit(step_fn, in_shardings=(replicated, batch_sharding),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def train(config, workdir: str) -> dict:
+  """Trains until `config.train.steps`; returns the final state (params etc.)."""
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=True)
+  tc = config.train
+  train_index = pipeline.index_split(
+      sources.open_split(exp.builder, "train", decode_images=False))
+  batches = pipeline.TrainBatches(
+      sources.open_split(exp.builder, "train"), train_index, exp.tokenizer,
+      global_batch=tc.batch_size, seed=tc.seed, normalization=exp.normalization,
+      max_shift=config.data.max_shift)
+  optimizer, schedule = exp.optimizer()
+  loss_fn = functools.partial(LOSSES.get(config.loss.name, config_key="loss.name"),
+                              **dict(config.loss.kwargs))
+  mesh = mesh_lib.data_mesh()
+
+  state = exp.init_train_state()
+  checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints,
+                              save_every=tc.checkpoint_every)
+  meta = exp.meta()
+  if checkpointer.latest_step() is not None:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state)
+    state, _ = checkpointer.restore(abstract, meta)
+    say(f"resumed from {checkpointer.directory} at step {int(state['step'])}")
+  state = jax.device_put(state, mesh_lib.replicated(mesh))
+  start = int(state["step"])
+  num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  say(f"model: {config.model.text_encoder} + {config.model.image_encoder}, "
+      f"{num_params / 1e6:.2f}M parameters; {train_index.num_groups} train captions, "
+      f"{len(train_index.groups)} images, {batches.steps_per_epoch} steps per epoch; "
+      f"training steps {start + 1}..{tc.steps}")
+
+  train_step = make_train_step(exp.model, loss_fn, optimizer, mesh)
+  metrics_log = MetricsLog(workdir, tc.steps, start)
+  iterator = pipeline.train_iterator(batches, start_step=start, num_steps=tc.steps)
+  for step in range(start + 1, tc.steps + 1):
+    state, metrics = train_step(state, mesh_lib.global_batch(next(iterator), mesh))
+    if step % tc.log_every == 0 or step == tc.steps:
+      metrics = jax.device_get(metrics)
+      if not np.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step}")
+      metrics_log.log(step, {**metrics, "learning_rate": schedule(step - 1)})
+    checkpointer.save(step, state, meta, force=step == tc.steps)
+  checkpointer.wait()
+  checkpointer.close()
+  return state
