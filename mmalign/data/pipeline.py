@@ -109,22 +109,27 @@ class TrainBatches:
     return order[within * self._global_batch:(within + 1) * self._global_batch]
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
-    positions = self.group_positions(step)[self._local]
+    # Random choices are drawn for the whole global batch and then sliced, so the
+    # global batch is the same whatever the number of processes.
+    global_positions = self.group_positions(step)
     rng = np.random.default_rng([self._seed, 1 << 20, step])
-    examples = np.array([rng.choice(self._index.members[p]) for p in positions])
+    choices = rng.random(len(global_positions))[self._local]  # [local]
+    positions = global_positions[self._local]
+    examples = np.array([members[int(u * len(members))] for u, members in
+                         zip(choices, (self._index.members[p] for p in positions))])
     images = self._normalization(decode_images(self._source, examples))
     if self._max_shift:
-      images = _random_shift(images, self._max_shift, rng)
+      shifts = rng.integers(0, 2 * self._max_shift + 1, size=(len(global_positions), 2))
+      images = _shift(images, self._max_shift, shifts[self._local])
     return {"tokens": self._tokens[positions], "images": images,
             "groups": self._index.group_ids[positions]}
 
 
-def _random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
-  """Translates each image by up to ±max_shift pixels (edge padding): [b, h, w, c]."""
+def _shift(images: np.ndarray, max_shift: int, offsets: np.ndarray) -> np.ndarray:
+  """Translates images [b, h, w, c] by offsets [b, 2] in [0, 2·max_shift] (edge padding)."""
   b, h, w, _ = images.shape
   padded = np.pad(images, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)), mode="edge")
-  dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, b))
-  return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+  return np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
 def train_iterator(batches: TrainBatches, *, start_step: int, num_steps: int,

@@ -17,10 +17,12 @@ import numpy as np
 from mmalign import experiment as experiment_lib
 from mmalign.data import pipeline, sources
 from mmalign.eval import retrieval_metrics as rm
+from mmalign.plots import plot_recall_curves
 from mmalign.retrieval.scann_index import ScannConfig, ScannIndex
 from mmalign.train.metrics_log import say
 
 RESULTS_FILE = "eval_{split}.json"
+CURVE_MAX_K = 50  # The recall curve PNG spans k = 1..50 (or up to the largest eval k).
 
 
 def scann_config(config) -> ScannConfig:
@@ -43,13 +45,20 @@ def evaluate(config, workdir: str, params=None, step: int | None = None) -> dict
   embed_s = time.perf_counter() - started
   ks = tuple(config.eval.ks)
 
-  t2i = rm.retrieval_metrics(rm.first_hit_ranks(text_emb, index.group_ids, image_emb,
-                                                index.groups), ks)
-  i2t = rm.retrieval_metrics(rm.first_hit_ranks(image_emb, index.groups, text_emb,
-                                                index.group_ids), ks)
+  ranks = {"text_to_image": rm.first_hit_ranks(text_emb, index.group_ids, image_emb,
+                                               index.groups),
+           "image_to_text": rm.first_hit_ranks(image_emb, index.groups, text_emb,
+                                               index.group_ids)}
+  curve_k = max(CURVE_MAX_K, *ks)
+  chance = {"text_to_image": [rm.chance_recall_at_k(index.group_ids, index.groups, k)
+                              for k in range(1, curve_k + 1)],
+            "image_to_text": [rm.chance_recall_at_k(index.groups, index.group_ids, k)
+                              for k in range(1, curve_k + 1)]}
+  t2i = rm.retrieval_metrics(ranks["text_to_image"], ks)
+  i2t = rm.retrieval_metrics(ranks["image_to_text"], ks)
   for k in ks:
-    t2i[f"chance_recall@{k}"] = rm.chance_recall_at_k(index.group_ids, index.groups, k)
-    i2t[f"chance_recall@{k}"] = rm.chance_recall_at_k(index.groups, index.group_ids, k)
+    t2i[f"chance_recall@{k}"] = chance["text_to_image"][k - 1]
+    i2t[f"chance_recall@{k}"] = chance["image_to_text"][k - 1]
 
   k = config.retrieval.k
   started = time.perf_counter()
@@ -71,6 +80,8 @@ def evaluate(config, workdir: str, params=None, step: int | None = None) -> dict
       "embed_s": embed_s,
   }
   _write_json(os.path.join(workdir, RESULTS_FILE.format(split=split)), results)
+  plot_recall_curves(ranks, chance, os.path.join(workdir, f"eval_{split}.png"),
+                     f"{results['dataset']} {split}, step {step}", curve_k)
   say(format_table(results))
   say(f"written to {os.path.join(workdir, RESULTS_FILE.format(split=split))}")
   return results

@@ -23,7 +23,7 @@ class MetricsLog:
   """Appends to `<workdir>/metrics.jsonl`; only process 0 writes."""
 
   def __init__(self, workdir: str, total_steps: int, start_step: int):
-    self._path = os.path.join(workdir, "metrics.jsonl")
+    self.path = os.path.join(workdir, "metrics.jsonl")
     self._total = total_steps
     self._last_step, self._last_time = start_step, time.perf_counter()
     self._writer = jax.process_index() == 0
@@ -40,7 +40,7 @@ class MetricsLog:
     shown = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
     say(f"step {step}/{self._total}  {shown}  {steps_per_s:.2f} steps/s  "
         f"ETA {_duration(eta_s)}")
-    with open(self._path, "a") as f:
+    with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
 

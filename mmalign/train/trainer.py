@@ -8,6 +8,7 @@ it would have seen without the interruption.
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import numpy as np
@@ -16,6 +17,7 @@ import optax
 from mmalign import experiment as experiment_lib
 from mmalign.data import pipeline, sources
 from mmalign.losses.contrastive import LOSSES
+from mmalign.plots import plot_training_curves
 from mmalign.train import mesh as mesh_lib
 from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.metrics_log import MetricsLog, say
@@ -42,8 +44,13 @@ def make_train_step(model, loss_fn, optimizer, mesh):
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def train(config, workdir: str) -> dict:
-  """Trains until `config.train.steps`; returns the final state (params etc.)."""
+def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
+  """Trains until `config.train.steps`; returns the final state (params etc.).
+
+  `stop_after` ends this run early at that step, with a checkpoint, as a
+  preemption would; the schedule still spans `config.train.steps`, so a later
+  run resumes the same trajectory.
+  """
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=True)
   tc = config.train
   train_index = pipeline.index_split(
@@ -75,15 +82,18 @@ def train(config, workdir: str) -> dict:
 
   train_step = make_train_step(exp.model, loss_fn, optimizer, mesh)
   metrics_log = MetricsLog(workdir, tc.steps, start)
-  iterator = pipeline.train_iterator(batches, start_step=start, num_steps=tc.steps)
-  for step in range(start + 1, tc.steps + 1):
+  last = tc.steps if stop_after is None else min(stop_after, tc.steps)
+  iterator = pipeline.train_iterator(batches, start_step=start, num_steps=last)
+  for step in range(start + 1, last + 1):
     state, metrics = train_step(state, mesh_lib.global_batch(next(iterator), mesh))
-    if step % tc.log_every == 0 or step == tc.steps:
+    if step % tc.log_every == 0 or step == last:
       metrics = jax.device_get(metrics)
       if not np.isfinite(metrics["loss"]):
         raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step}")
       metrics_log.log(step, {**metrics, "learning_rate": schedule(step - 1)})
-    checkpointer.save(step, state, meta, force=step == tc.steps)
+    checkpointer.save(step, state, meta, force=step == last)
   checkpointer.wait()
   checkpointer.close()
+  if jax.process_index() == 0 and os.path.exists(metrics_log.path):
+    plot_training_curves(metrics_log.path, os.path.join(workdir, "training_curves.png"))
   return state

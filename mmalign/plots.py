@@ -1,0 +1,60 @@
+"""Pictures beside the numbers: training curves and recall-at-k curves (PNG, Agg)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def plot_training_curves(metrics_jsonl: str, path: str) -> None:
+  """Loss, scale and learning rate against step, from the trainer's metrics.jsonl."""
+  with open(metrics_jsonl) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  if not records:
+    raise ValueError(f"{metrics_jsonl} holds no records")
+  keys = [k for k in ("loss", "scale", "learning_rate") if k in records[0]]
+  figure = Figure(figsize=(4 * len(keys), 3.2), layout="constrained")
+  steps = [r["step"] for r in records]
+  for i, key in enumerate(keys):
+    axes = figure.add_subplot(1, len(keys), i + 1)
+    axes.plot(steps, [r.get(key, np.nan) for r in records])
+    axes.set_xlabel("step")
+    axes.set_title(key)
+    axes.grid(alpha=0.3)
+  _save(figure, path)
+
+
+def plot_recall_curves(ranks_by_direction: dict[str, np.ndarray], chance: dict[str, np.ndarray],
+                       path: str, title: str, max_k: int = 50) -> None:
+  """Recall@k for k = 1..max_k per direction (solid) and its chance level (dotted).
+
+  ranks_by_direction: name → first-hit ranks [queries]; chance: name → [max_k].
+  """
+  figure = Figure(figsize=(5.5, 3.8), layout="constrained")
+  axes = figure.add_subplot()
+  ks = np.arange(1, max_k + 1)
+  for name, ranks in ranks_by_direction.items():
+    line, = axes.plot(ks, [(np.asarray(ranks) <= k).mean() for k in ks],
+                      label=name.replace("_", " "))
+    axes.plot(ks, chance[name], linestyle=":", color=line.get_color())
+  axes.set_xscale("log")
+  axes.set_xlabel("k")
+  axes.set_ylabel("recall@k")
+  axes.set_ylim(0, 1)
+  axes.set_title(title)
+  axes.grid(alpha=0.3, which="both")
+  axes.legend(title="dotted: chance")
+  _save(figure, path)
+
+
+def _save(figure: Figure, path: str) -> None:
+  FigureCanvasAgg(figure)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}.png"
+  figure.savefig(tmp, dpi=110)
+  os.replace(tmp, path)

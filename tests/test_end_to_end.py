@@ -1,0 +1,146 @@
+"""Tiny end-to-end runs: build → train → eval → ScaNN search → restore, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import tiny
+from mmalign import experiment as experiment_lib
+from mmalign.eval import evaluator
+from mmalign.retrieval import search as search_lib
+from mmalign.train import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(data_dir, **train_overrides):
+  config = tiny.get_config()
+  config.data.data_dir = data_dir
+  for key, value in train_overrides.items():
+    config.train[key] = value
+  return config
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("workdir"))
+  config = _config(tiny_data_dir)
+  state = trainer.train(config, workdir)
+  return config, workdir, state
+
+
+def test_training_writes_checkpoint_tokenizer_and_metrics(trained):
+  config, workdir, state = trained
+  assert int(state["step"]) == config.train.steps
+  assert os.path.exists(os.path.join(workdir, "tokenizer", "tokenizer.model"))
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(config.train.steps)))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == [2, 4, 6]
+  assert all(np.isfinite(r["loss"]) and r["steps_per_s"] > 0 for r in records)
+
+
+def test_restored_params_equal_trained_params(trained):
+  config, workdir, state = trained
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
+  params, step = exp.restore_params()
+  assert step == config.train.steps
+  _assert_trees_equal(params, state["params"])
+
+
+def test_evaluation_from_checkpoint(trained):
+  config, workdir, _ = trained
+  results = evaluator.evaluate(config, workdir)
+  with open(os.path.join(workdir, "eval_test.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(results))
+  for direction in ("text_to_image", "image_to_text"):
+    recalls = [results[direction][f"recall@{k}"] for k in config.eval.ks]
+    assert all(0.0 <= r <= 1.0 for r in recalls) and recalls == sorted(recalls)
+  # Tiny galleries are searched exactly by ScaNN, so it must agree with exact search.
+  assert results["scann"]["brute_force"]
+  assert results["scann"]["recall_at_k_vs_exact"] == 1.0
+  assert results["gallery_images"] > results["num_text_queries"] > 0
+
+
+def test_search_returns_k_hits_and_contact_sheet(trained):
+  config, workdir, _ = trained
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
+  params, step = exp.restore_params()
+  hits, sheet = search_lib.search(exp, params, step, "latin small letter a with grave",
+                                  k=4, split="test",
+                                  scann_config=evaluator.scann_config(config))
+  assert [h.rank for h in hits] == [1, 2, 3, 4]
+  scores = [h.score for h in hits]
+  assert scores == sorted(scores, reverse=True)
+  assert os.path.getsize(sheet) > 0
+  # The index is saved once per (step, split) and reused.
+  assert os.path.exists(os.path.join(workdir, "scann", f"test_step{step}", "manifest.json"))
+
+
+def test_resume_matches_uninterrupted_run(tiny_data_dir, tmp_path):
+  """Stop at step 4, restart to step 6: same parameters as one run to step 6."""
+  interrupted, straight = str(tmp_path / "interrupted"), str(tmp_path / "straight")
+  trainer.train(_config(tiny_data_dir, checkpoint_every=2), interrupted, stop_after=4)
+  resumed = trainer.train(_config(tiny_data_dir, checkpoint_every=2), interrupted)
+  uninterrupted = trainer.train(_config(tiny_data_dir, checkpoint_every=2), straight)
+  _assert_trees_equal(resumed["params"], uninterrupted["params"])
+  _assert_trees_equal(resumed["opt_state"], uninterrupted["opt_state"])
+
+
+def _launch(*args, workdir):
+  command = [sys.executable, os.path.join(ROOT, "launch.py"),
+             f"--config={os.path.join(ROOT, 'experiments', 'configs', 'tiny.py')}",
+             f"--workdir={workdir}", *args]
+  return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def _error_line(result) -> str:
+  lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, culprit", [
+    (["--config.train.no_such_key=1"], "--config.train.no_such_key"),
+    (["--config.data.name=no_such_dataset"], "data.name"),
+    (["--config.model.text_encoder=no_such_encoder"], "model.text_encoder"),
+    (["--mode=search", "--query= "], "--query"),
+])
+def test_bad_input_fails_with_one_line(args, culprit, tiny_data_dir, tmp_path):
+  result = _launch(f"--config.data.data_dir={tiny_data_dir}", *args,
+                   workdir=str(tmp_path / "w"))
+  assert culprit in _error_line(result)
+
+
+@pytest.mark.slow
+def test_unwritable_workdir_is_named(tiny_data_dir, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  result = _launch(f"--config.data.data_dir={tiny_data_dir}", workdir=str(blocker / "w"))
+  assert "--workdir" in _error_line(result)
+
+
+@pytest.mark.slow
+def test_other_model_shape_refused_and_workdir_kept(trained, tiny_data_dir):
+  config, workdir, _ = trained
+  before = {p: os.path.getmtime(os.path.join(d, p)) for d, _, files in os.walk(workdir)
+            for p in files}
+  result = _launch(f"--config.data.data_dir={tiny_data_dir}", "--config.model.embed_dim=8",
+                   "--mode=train", workdir=workdir)
+  line = _error_line(result)
+  assert "model_config" in line or "embed_dim" in result.stderr
+  after = {p: os.path.getmtime(os.path.join(d, p)) for d, _, files in os.walk(workdir)
+           for p in files}
+  assert after == before  # Nothing written, nothing lost.
