@@ -41,18 +41,18 @@ def run(config, workdir: str, mode: str, query: str | None, k: int | None) -> No
   if mode == "search" and (query is None or not query.strip()):
     raise UsageError("--mode=search needs a non-empty --query, e.g. "
                      "--query='latin small letter a with grave'")
-  params = step = None
+  variables = step = None
   if mode in ("all", "train"):
     state = trainer.train(config, workdir)
-    params, step = state["params"], int(state["step"])
+    variables, step = experiment_lib.variables_of(state), int(state["step"])
   if mode in ("all", "eval"):
-    evaluator.evaluate(config, workdir, params, step)
+    evaluator.evaluate(config, workdir, variables, step)
   if mode in ("all", "search"):
     exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-    if params is None:
-      params, step = exp.restore_params()
+    if variables is None:
+      variables, step = exp.restore_variables()
     query = query if mode == "search" else config.retrieval.example_query
-    hits, sheet = search_lib.search(exp, params, step, query, k=k or config.retrieval.k,
+    hits, sheet = search_lib.search(exp, variables, step, query, k=k or config.retrieval.k,
                                     split=config.eval.split,
                                     scann_config=evaluator.scann_config(config))
     print(f"\nScaNN search over the {config.eval.split} images for {query!r}:")

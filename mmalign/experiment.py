@@ -38,20 +38,21 @@ class Experiment:
   _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
 
   def jitted_method(self, method: str):
-    """jit of `model.<method>(params, x)`, compiled once per experiment."""
+    """jit of `model.<method>(variables, x)` in eval mode, compiled once per experiment."""
     if method not in self._jitted:
-      self._jitted[method] = jax.jit(lambda params, x: self.model.apply(
-          {"params": params}, x, method=getattr(DualEncoder, method)))
+      self._jitted[method] = jax.jit(lambda variables, x: self.model.apply(
+          variables, x, method=getattr(DualEncoder, method)))
     return self._jitted[method]
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.builder.info.features["image"].shape)
 
-  def init_params(self, seed: int):
+  def init_variables(self, seed: int) -> dict:
+    """{"params": ..., and any state collection such as "batch_stats"}."""
     tokens = jnp.zeros((1, self.tokenizer.settings.max_length), jnp.int32)
     images = jnp.zeros((1, *self.image_shape), jnp.float32)
-    return self.model.init(jax.random.key(seed), tokens, images)["params"]
+    return dict(self.model.init(jax.random.key(seed), tokens, images))
 
   def optimizer(self):
     """(optimizer, learning-rate schedule) from config.train."""
@@ -62,14 +63,22 @@ class Experiment:
                  grad_clip_norm=tc.grad_clip_norm), schedule
 
   def init_train_state(self) -> dict:
-    """{params, opt_state, step}: what a checkpoint holds."""
-    params = self.init_params(self.config.train.seed)
-    optimizer, _ = self.optimizer()
-    return {"params": params, "opt_state": optimizer.init(params),
-            "step": jnp.zeros((), jnp.int32)}
+    """{params, opt_state, step[, model_state]}: what a checkpoint holds.
 
-  def restore_params(self, step: int | None = None):
-    """(params, step) of the latest (or given) checkpoint in the workdir."""
+    `model_state` holds non-trained collections (BatchNorm's running
+    statistics); it is absent for models that have none.
+    """
+    variables = self.init_variables(self.config.train.seed)
+    params = variables.pop("params")
+    optimizer, _ = self.optimizer()
+    state = {"params": params, "opt_state": optimizer.init(params),
+             "step": jnp.zeros((), jnp.int32)}
+    if variables:
+      state["model_state"] = variables
+    return state
+
+  def restore_variables(self, step: int | None = None):
+    """(variables, step) of the latest (or given) checkpoint in the workdir."""
     checkpointer = Checkpointer(self.workdir, keep=self.config.train.keep_checkpoints,
                                 async_save=False)
     if checkpointer.latest_step() is None:
@@ -78,7 +87,7 @@ class Experiment:
     abstract = jax.eval_shape(self.init_train_state)
     state, _ = checkpointer.restore(abstract, self.meta(), step)
     checkpointer.close()
-    return state["params"], int(state["step"])
+    return variables_of(state), int(state["step"])
 
   def meta(self) -> dict:
     """What a checkpoint must agree on to be restored into this experiment."""
@@ -89,6 +98,11 @@ class Experiment:
   def tokenizer_sha256(self) -> str:
     with open(os.path.join(self.workdir, TOKENIZER_DIR, "tokenizer.model"), "rb") as f:
       return hashlib.sha256(f.read()).hexdigest()
+
+
+def variables_of(state: dict) -> dict:
+  """The model variables ({"params", ...state collections}) of a train state."""
+  return {"params": state["params"], **state.get("model_state", {})}
 
 
 def check_workdir(workdir: str) -> None:
@@ -136,28 +150,28 @@ def text_settings(config) -> TextSettings:
   return TextSettings(**config.text)
 
 
-def embed_texts(experiment: Experiment, params, texts: list[str], batch_size: int = 1024):
+def embed_texts(experiment: Experiment, variables, texts: list[str], batch_size: int = 1024):
   """[len(texts), embed_dim] float32 numpy."""
   fn = experiment.jitted_method("embed_text")
   tokens = experiment.tokenizer.encode(texts)
-  return _batched(fn, params, tokens, batch_size)
+  return _batched(fn, variables, tokens, batch_size)
 
 
-def embed_images(experiment: Experiment, params, source, batch_size: int = 512):
+def embed_images(experiment: Experiment, variables, source, batch_size: int = 512):
   """Embeds a whole split in order: [len(source), embed_dim] float32 numpy."""
   fn = experiment.jitted_method("embed_image")
-  chunks = [_batched(fn, params, images, batch_size)
+  chunks = [_batched(fn, variables, images, batch_size)
             for images, _ in pipeline.eval_image_batches(source, experiment.normalization,
                                                          batch_size)]
   return np.concatenate(chunks) if chunks else np.zeros((0, experiment.model.embed_dim))
 
 
-def _batched(fn, params, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+def _batched(fn, variables, inputs: np.ndarray, batch_size: int) -> np.ndarray:
   """Runs `fn` in fixed-size batches (the last one padded) so it compiles once."""
   outputs = []
   for start in range(0, len(inputs), batch_size):
     chunk = inputs[start:start + batch_size]
     pad = batch_size - len(chunk) if len(inputs) > batch_size else 0
     padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
-    outputs.append(np.asarray(fn(params, padded))[:len(chunk)])
+    outputs.append(np.asarray(fn(variables, padded))[:len(chunk)])
   return np.concatenate(outputs)

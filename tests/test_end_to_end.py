@@ -53,9 +53,9 @@ def test_training_writes_checkpoint_tokenizer_and_metrics(trained):
 def test_restored_params_equal_trained_params(trained):
   config, workdir, state = trained
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-  params, step = exp.restore_params()
+  variables, step = exp.restore_variables()
   assert step == config.train.steps
-  _assert_trees_equal(params, state["params"])
+  _assert_trees_equal(variables, experiment_lib.variables_of(state))
 
 
 def test_evaluation_from_checkpoint(trained):
@@ -75,8 +75,8 @@ def test_evaluation_from_checkpoint(trained):
 def test_search_returns_k_hits_and_contact_sheet(trained):
   config, workdir, _ = trained
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-  params, step = exp.restore_params()
-  hits, sheet = search_lib.search(exp, params, step, "latin small letter a with grave",
+  variables, step = exp.restore_variables()
+  hits, sheet = search_lib.search(exp, variables, step, "latin small letter a with grave",
                                   k=4, split="test",
                                   scann_config=evaluator.scann_config(config))
   assert [h.rank for h in hits] == [1, 2, 3, 4]

@@ -31,17 +31,20 @@ def scann_config(config) -> ScannConfig:
                      num_leaves_to_search=rc.num_leaves_to_search, reorder=rc.reorder)
 
 
-def evaluate(config, workdir: str, params=None, step: int | None = None) -> dict:
-  """Computes, prints and writes `<workdir>/eval_<split>.json`; returns the results."""
+def evaluate(config, workdir: str, variables=None, step: int | None = None) -> dict:
+  """Computes, prints and writes `<workdir>/eval_<split>.json`; returns the results.
+
+  Evaluates `variables` if given, else the latest checkpoint in the workdir.
+  """
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-  if params is None:
-    params, step = exp.restore_params()
+  if variables is None:
+    variables, step = exp.restore_variables()
   split = config.eval.split
   index = pipeline.index_split(sources.open_split(exp.builder, split, decode_images=False))
   started = time.perf_counter()
-  image_emb = experiment_lib.embed_images(exp, params, sources.open_split(exp.builder, split),
+  image_emb = experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder, split),
                                           config.eval.batch_size)  # [images, d]
-  text_emb = experiment_lib.embed_texts(exp, params, index.group_captions)  # [groups, d]
+  text_emb = experiment_lib.embed_texts(exp, variables, index.group_captions)  # [groups, d]
   embed_s = time.perf_counter() - started
   ks = tuple(config.eval.ks)
 

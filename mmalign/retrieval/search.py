@@ -27,27 +27,27 @@ class Hit:
   example_index: int
 
 
-def gallery_index(exp: experiment_lib.Experiment, params, step: int, split: str,
+def gallery_index(exp: experiment_lib.Experiment, variables, step: int, split: str,
                   config: ScannConfig) -> ScannIndex:
   """Loads the saved index of this step and split, or builds and saves it."""
   directory = os.path.join(exp.workdir, "scann", f"{split}_step{step}")
   if os.path.exists(os.path.join(directory, "manifest.json")):
     return ScannIndex.load(directory)
-  image_emb = experiment_lib.embed_images(exp, params, sources.open_split(exp.builder, split),
+  image_emb = experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder, split),
                                           exp.config.eval.batch_size)
   index = ScannIndex.build(image_emb, config)
   index.save(directory)
   return index
 
 
-def search(exp: experiment_lib.Experiment, params, step: int, query: str, *, k: int,
+def search(exp: experiment_lib.Experiment, variables, step: int, query: str, *, k: int,
            split: str, scann_config: ScannConfig) -> tuple[list[Hit], str]:
   """Top-k images for `query`; returns the hits and the path of the contact sheet PNG."""
   if not query or not query.strip():
     raise UsageError("--query is empty: give the text to search for, e.g. "
                      "--query='latin small letter a with grave'")
-  index = gallery_index(exp, params, step, split, scann_config)
-  query_emb = experiment_lib.embed_texts(exp, params, [query])  # [1, d]
+  index = gallery_index(exp, variables, step, split, scann_config)
+  query_emb = experiment_lib.embed_texts(exp, variables, [query])  # [1, d]
   scores, ids = index.search(query_emb, k)
   caption_source = sources.open_split(exp.builder, split, decode_images=False)
   hits = [Hit(rank + 1, float(score), pipeline.text_of(caption_source[int(i)]["caption"]),

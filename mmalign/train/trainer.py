@@ -23,22 +23,35 @@ from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.metrics_log import MetricsLog, say
 
 
-def make_train_step(model, loss_fn, optimizer, mesh):
-  """jit-compiled step: batch sharded over `data`, state replicated."""
+def make_train_step(model, loss_fn, optimizer, mesh, seed: int):
+  """jit-compiled step: batch sharded over `data`, state replicated.
+
+  Dropout keys are `fold_in(key(seed), step)`: a resumed run draws the same
+  ones. State collections (BatchNorm statistics) are updated in train mode.
+  """
   replicated = mesh_lib.replicated(mesh)
   batch_sharding = mesh_lib.batch_sharded(mesh)
+  base_key = jax.random.key(seed)
 
   def step_fn(state, batch):
-    def loss_of(params):
-      text_emb, image_emb, scale = model.apply(
-          {"params": params}, batch["tokens"], batch["images"], train=True)
-      return loss_fn(text_emb, image_emb, scale), scale
+    model_state = state.get("model_state", {})
+    rngs = {"dropout": jax.random.fold_in(base_key, state["step"])}
 
-    (loss, scale), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+    def loss_of(params):
+      (text_emb, image_emb, scale), new_model_state = model.apply(
+          {"params": params, **model_state}, batch["tokens"], batch["images"], train=True,
+          rngs=rngs, mutable=list(model_state))
+      return loss_fn(text_emb, image_emb, scale), (scale, new_model_state)
+
+    (loss, (scale, new_model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss, "scale": scale, "grad_norm": optax.global_norm(grads)}
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    if model_state:
+      new_state["model_state"] = dict(new_model_state)
+    return new_state, metrics
 
   return jax.jit(step_fn, in_shardings=(replicated, batch_sharding),
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
@@ -80,7 +93,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
       f"{len(train_index.groups)} images, {batches.steps_per_epoch} steps per epoch; "
       f"training steps {start + 1}..{tc.steps}")
 
-  train_step = make_train_step(exp.model, loss_fn, optimizer, mesh)
+  train_step = make_train_step(exp.model, loss_fn, optimizer, mesh, tc.seed)
   metrics_log = MetricsLog(workdir, tc.steps, start)
   last = tc.steps if stop_after is None else min(stop_after, tc.steps)
   iterator = pipeline.train_iterator(batches, start_step=start, num_steps=last)
