@@ -29,7 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.text_encoder = "bag_of_words"
   c.model.text_kwargs = ml_collections.ConfigDict({"width": 256, "mlp_layers": 1})
   c.model.image_encoder = "cnn"
-  c.model.image_kwargs = ml_collections.ConfigDict({"channels": (64, 128, 256), "width": 256})
+  # Narrow at full resolution, wide at low resolution: the best of the 2-core
+  # budget (see README, "Quickstart result").
+  c.model.image_kwargs = ml_collections.ConfigDict({"channels": (16, 64, 256), "width": 256})
   c.model.embed_dim = 256
   c.model.init_scale = 10.0
 
@@ -40,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0
   c.train.batch_size = 256
-  c.train.steps = 2000
+  c.train.steps = 1500
   c.train.learning_rate = 2e-3
   c.train.warmup_steps = 100
   c.train.weight_decay = 1e-4

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mmalign.models import image_encoders, text_encoders  # noqa: F401 (registration)
+from mmalign.models import image_encoders, recurrent, text_encoders  # noqa: F401 (registration)
 from mmalign.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS
 
 

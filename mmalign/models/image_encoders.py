@@ -38,3 +38,8 @@ class SmallCNN(nn.Module):
     pooled = nn.Dense(self.width, dtype=self.dtype, name="head")(
         jnp.concatenate([sequence.mean(axis=1), x.reshape(batch, -1)], axis=-1))
     return pooled, sequence
+
+
+# Importing this module registers every image encoder; these live in their own files.
+# pylint: disable-next=wrong-import-position,unused-import
+from mmalign.models import resnet, vgg, vit  # noqa: E402,F401

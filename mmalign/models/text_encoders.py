@@ -1,11 +1,33 @@
-"""Text encoders over subword tokens. Padding (id 0) is masked everywhere."""
+"""Text encoders over subword tokens, and the masking pieces every text encoder shares.
+
+Contract (see `registry.py`): `tokens [b, l] int32`, 0 = padding, padded on the
+right as the tokenizer emits them. Padding is masked everywhere: appending pads
+never changes the pooled vector, and `sequence` is exactly zero at padded
+positions, so a fusion module may sum or attend over it without its own mask.
+"""
 
 from __future__ import annotations
 
-import flax.linen as nn
-import jax.numpy as jnp
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmalign.errors import UsageError
 from mmalign.models.registry import register_text_encoder
+from mmalign.registry import UnknownNameError
+
+T = TypeVar("T")
+
+
+def choose(kind: str, name: str, options: Mapping[str, T]) -> T:
+  """Looks a string kwarg up, so a config typo lists the allowed values at init."""
+  if name not in options:
+    raise UnknownNameError(f"unknown {kind} {name!r}; allowed: {', '.join(sorted(options))}")
+  return options[name]
 
 
 def masked_mean(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
@@ -14,27 +36,142 @@ def masked_mean(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   return (x * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
 
 
+def masked_max(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """Max over valid positions: x [b, l, w], mask [b, l] → [b, w]; all-pad rows give 0.
+
+  Padded positions are filled with the dtype's lowest finite value rather than
+  -inf, so neither the output nor its gradient can become -inf or NaN.
+  """
+  mask = mask[..., None]  # [b, l, 1]
+  best = jnp.where(mask, x, jnp.finfo(x.dtype).min).max(axis=1)  # [b, w]
+  return jnp.where(mask.any(axis=1), best, jnp.zeros_like(best))
+
+
+POOLINGS: dict[str, Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]] = {
+    "mean": masked_mean,
+    "max": masked_max,
+}
+
+
+def load_embedding_table(path: str, shape: tuple[int, int]) -> np.ndarray:
+  """Reads a saved `[vocab_size, width]` float table (e.g. GloVe rows in tokenizer id order).
+
+  The file is checked before it is read in full, so a table built for another
+  tokenizer or width fails at init with both shapes rather than deep in a matmul.
+  """
+  try:
+    table = np.load(path, mmap_mode="r", allow_pickle=False)
+  except (OSError, ValueError) as error:
+    raise UsageError(f"init_embeddings: cannot read {path!r} as a .npy array: {error}") from error
+  if tuple(table.shape) != tuple(shape) or not np.issubdtype(table.dtype, np.floating):
+    raise UsageError(
+        f"init_embeddings file {path!r} holds a {table.dtype} array of shape "
+        f"{tuple(table.shape)}; expected a float array of shape [vocab_size, width] = "
+        f"{tuple(shape)}")
+  return np.asarray(table)
+
+
+class TokenEmbedding(nn.Module):
+  """Token id → vector table, optionally read from a `.npy` file and optionally frozen.
+
+  The parameter is `embedding [vocab_size, width]`, as in `nn.Embed`, with the
+  same default initialiser, so existing checkpoints and seeds are unchanged.
+  The file is read only when parameters are initialised; a restored checkpoint
+  never needs it again. Frozen means the lookup is under `stop_gradient`: the
+  table's gradient is exactly zero, but an optimizer with weight decay still
+  shrinks it unless the trainer masks it out.
+  """
+  vocab_size: int
+  width: int
+  init_file: str | None = None
+  frozen: bool = False
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _initializer(self):
+    if self.init_file is None:
+      return nn.linear.default_embed_init
+    path = self.init_file
+    return lambda key, shape, dtype: jnp.asarray(load_embedding_table(path, shape), dtype)
+
+  @nn.compact
+  def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
+    """tokens [b, l] int32 → [b, l, width] in the compute dtype."""
+    table = self.param("embedding", self._initializer(), (self.vocab_size, self.width),
+                       self.param_dtype)
+    if self.frozen:
+      table = jax.lax.stop_gradient(table)
+    return jnp.take(table, tokens, axis=0).astype(self.dtype)
+
+
 @register_text_encoder("bag_of_words")
 class BagOfWords(nn.Module):
-  """Mean-pooled token embeddings followed by an MLP: the classic strong baseline.
+  """Pooled token embeddings followed by a residual MLP: the classic strong baseline.
 
   Word order is ignored, which is right for names that compose from parts
   ("latin small letter a" + "with grave") and makes the encoder cheap.
+  `pooling="max"` keeps the strongest evidence per feature instead of the
+  average, which suits pretrained tables (`init_embeddings`) whose rare content
+  words would otherwise be diluted by frequent ones. `sequence` is the token
+  embeddings, zero at padding.
   """
   vocab_size: int
   width: int = 256
   mlp_layers: int = 1
+  pooling: str = "mean"  # "mean" or "max", over valid tokens.
+  dropout: float = 0.0  # On the pooled embedding, before the MLP.
+  init_embeddings: str | None = None  # .npy [vocab_size, width] float.
+  freeze_embeddings: bool = False
   dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):
+    pool = choose("bag_of_words pooling", self.pooling, POOLINGS)
     mask = tokens != 0  # [b, l]
-    seq = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, name="embed")(tokens)
-    pooled = masked_mean(seq, mask)
+    seq = TokenEmbedding(self.vocab_size, self.width, self.init_embeddings,
+                         self.freeze_embeddings, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="embed")(tokens)
+    seq = seq * mask[..., None].astype(seq.dtype)  # [b, l, w]
+    pooled = nn.Dropout(self.dropout, deterministic=not train)(pool(seq, mask))  # [b, w]
     for i in range(self.mlp_layers):
-      pooled = pooled + nn.Dense(self.width, dtype=self.dtype, name=f"mlp_{i}")(
-          nn.gelu(nn.LayerNorm(dtype=self.dtype, name=f"mlp_norm_{i}")(pooled)))
+      norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"mlp_norm_{i}")
+      dense = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                       name=f"mlp_{i}")
+      pooled = pooled + dense(nn.gelu(norm(pooled)))
     return pooled, seq
+
+
+def sinusoidal_positions(length: int, width: int) -> np.ndarray:
+  """Fixed encodings of Vaswani et al. (2017), `[length, width]` float32.
+
+  PE[p, 2i] = sin(p / 10000^(2i / width)) and PE[p, 2i + 1] = cos(same angle).
+  They need no table, so any length works and nothing is learned.
+  """
+  angles = np.arange(length)[:, None] / 10000.0 ** (np.arange(0, width, 2) / width)
+  table = np.zeros((length, width), np.float64)
+  table[:, 0::2] = np.sin(angles)
+  table[:, 1::2] = np.cos(angles[:, :width // 2])
+  return table.astype(np.float32)
+
+
+def _learned_positions(module: "TextTransformer", length: int) -> jnp.ndarray:
+  if length > module.max_length:
+    raise UsageError(f"transformer: {length} tokens exceed max_length={module.max_length} "
+                     "of the learned position table")
+  table = module.param("positions", nn.initializers.normal(0.02),
+                       (module.max_length, module.width), module.param_dtype)
+  return table[:length]
+
+
+def _sinusoidal_positions(module: "TextTransformer", length: int) -> jnp.ndarray:
+  return jnp.asarray(sinusoidal_positions(length, module.width))
+
+
+# Each maps (module, length) to positions [length, width]; "learned" owns a parameter.
+POSITIONS = {"learned": _learned_positions, "sinusoidal": _sinusoidal_positions}
+# Whether each pooling reads an added CLS token (else: masked mean of the sequence).
+TRANSFORMER_POOLINGS = {"mean": False, "cls": True}
 
 
 class _Block(nn.Module):
@@ -44,42 +181,75 @@ class _Block(nn.Module):
   mlp_ratio: int = 4
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, attention_mask, *, train: bool):
-    y = nn.LayerNorm(dtype=self.dtype)(x)
-    y = nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype,
-                                        dropout_rate=self.dropout,
-                                        deterministic=not train)(y, y, mask=attention_mask)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    y = nn.LayerNorm(**kw)(x)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.heads, dropout_rate=self.dropout,
+                                        deterministic=not train, **kw)(y, y, mask=attention_mask)
     x = x + y
-    y = nn.LayerNorm(dtype=self.dtype)(x)
-    y = nn.Dense(self.width * self.mlp_ratio, dtype=self.dtype)(y)
-    y = nn.Dense(self.width, dtype=self.dtype)(nn.gelu(y))
+    y = nn.LayerNorm(**kw)(x)
+    y = nn.Dense(self.width * self.mlp_ratio, **kw)(y)
+    y = nn.Dense(self.width, **kw)(nn.gelu(y))
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     return x + y
 
 
 @register_text_encoder("transformer")
 class TextTransformer(nn.Module):
-  """Pre-LN Transformer with learned positions and masked mean pooling."""
+  """Pre-LN Transformer over tokens; masked mean or CLS pooling.
+
+  `positions="sinusoidal"` uses the fixed Vaswani encodings and ignores
+  `max_length`; `"learned"` owns a `positions [max_length, width]` table.
+
+  `pooling="cls"` adds a learned `cls [width]` token, without a position. It is
+  placed after the last (padded) position rather than first: attention is
+  order-free apart from the position encodings, so this is the same model as a
+  prepended CLS when `causal=False`, and with `causal=True` it is the only slot
+  from which the CLS can read every token while no token reads it. `sequence`
+  never includes the CLS: it stays aligned with `tokens`, `[b, l, width]`.
+
+  `causal=True` lets each token attend only to itself and earlier tokens.
+  """
   vocab_size: int
   max_length: int = 16
   width: int = 256
   depth: int = 2
   heads: int = 4
   dropout: float = 0.0
+  positions: str = "learned"  # Or "sinusoidal".
+  pooling: str = "mean"  # Or "cls".
+  causal: bool = False
+  init_embeddings: str | None = None  # .npy [vocab_size, width] float.
+  freeze_embeddings: bool = False
   dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):
+    position_fn = choose("transformer positions", self.positions, POSITIONS)
+    use_cls = choose("transformer pooling", self.pooling, TRANSFORMER_POOLINGS)
+    batch, length = tokens.shape
     mask = tokens != 0  # [b, l]
-    x = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, name="embed")(tokens)
-    pos = self.param("positions", nn.initializers.normal(0.02),
-                     (self.max_length, self.width))
-    x = x + pos[None, :tokens.shape[1]].astype(self.dtype)
-    attention_mask = nn.make_attention_mask(mask, mask)  # [b, 1, l, l]
+    x = TokenEmbedding(self.vocab_size, self.width, self.init_embeddings,
+                       self.freeze_embeddings, dtype=self.dtype,
+                       param_dtype=self.param_dtype, name="embed")(tokens)
+    x = x + position_fn(self, length)[None].astype(self.dtype)  # [b, l, w]
+    valid = mask
+    if use_cls:
+      cls = self.param("cls", nn.initializers.normal(0.02), (self.width,), self.param_dtype)
+      x = jnp.concatenate([x, jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.width))],
+                          axis=1)  # [b, l + 1, w]
+      valid = jnp.concatenate([mask, jnp.ones((batch, 1), bool)], axis=1)
+    attention_mask = nn.make_attention_mask(valid, valid)  # [b, 1, l', l']
+    if self.causal:
+      attention_mask = nn.combine_masks(attention_mask, nn.make_causal_mask(valid))
     for i in range(self.depth):
       x = _Block(self.width, self.heads, dropout=self.dropout, dtype=self.dtype,
-                 name=f"block_{i}")(x, attention_mask, train=train)
-    x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
-    return masked_mean(x, mask), x
+                 param_dtype=self.param_dtype, name=f"block_{i}")(x, attention_mask, train=train)
+    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="final_norm")(x)
+    sequence = x[:, :length] * mask[..., None].astype(x.dtype)  # [b, l, w]
+    pooled = x[:, length] if use_cls else masked_mean(sequence, mask)  # [b, w]
+    return pooled, sequence

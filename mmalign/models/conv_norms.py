@@ -1,0 +1,79 @@
+"""Normalisation layers for convolutional encoders, chosen by name ("batch", "group", "none").
+
+Shared by VGG and ResNet so that both spell BatchNorm the same way
+(torchvision's momentum and epsilon) and a config can swap it for GroupNorm
+without touching the model code.
+
+BatchNorm keeps running statistics in the `batch_stats` collection: `init`
+returns `{"params", "batch_stats"}`, and a training step must call
+`apply(variables, images, train=True, mutable=["batch_stats"])` and carry the
+returned statistics forward. Eval (`train=False`) uses the running averages,
+so an example's output does not depend on its batch mates. Under `jax.jit`
+with a batch-sharded input the statistics are those of the global batch.
+The running variance averages the biased batch variance (flax's choice;
+torchvision's uses the unbiased one), which differs only for tiny batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmalign.registry import Registry
+
+Initializer = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class NormKind:
+  """How to build one normalisation layer, and whether the conv before it needs a bias.
+
+  A conv followed by a norm with its own offset has no use for a bias (it
+  would be subtracted away), which is also how torchvision counts ResNet
+  parameters; without a norm the conv keeps its bias.
+  """
+  make: Callable[..., Callable[[jnp.ndarray], jnp.ndarray]]
+  conv_bias: bool
+
+
+NORMS: Registry[NormKind] = Registry("convolution norm")
+
+BATCH_NORM_MOMENTUM = 0.9  # torchvision's momentum=0.1 in the other convention.
+BATCH_NORM_EPSILON = 1e-5
+
+
+def _batch_norm(*, channels: int, train: bool, groups: int, scale_init: Initializer, dtype,
+                param_dtype, name: str):
+  del channels, groups
+  return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
+                      epsilon=BATCH_NORM_EPSILON, scale_init=scale_init, dtype=dtype,
+                      param_dtype=param_dtype, name=name)
+
+
+def _group_norm(*, channels: int, train: bool, groups: int, scale_init: Initializer, dtype,
+                param_dtype, name: str):
+  """gcd(groups, channels) groups: `groups=32` on every standard width, and still valid
+  on the 8-channel models of the tests."""
+  del train
+  return nn.GroupNorm(num_groups=math.gcd(groups, channels), epsilon=1e-5,
+                      scale_init=scale_init, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def _no_norm(**unused):
+  del unused
+  return lambda x: x
+
+
+NORMS.register("batch")(NormKind(_batch_norm, conv_bias=False))
+NORMS.register("group")(NormKind(_group_norm, conv_bias=False))
+NORMS.register("none")(NormKind(_no_norm, conv_bias=True))
+
+
+def get_norm(name: str, *, config_key: str = "norm") -> NormKind:
+  """Looks `name` up; an unknown one fails listing the registered names."""
+  return NORMS.get(name, config_key=config_key)

@@ -1,0 +1,351 @@
+"""Fusion modules: one vector per example from a text encoding and an image encoding.
+
+Every module registered in `FUSIONS` takes one `FusionInputs` and returns
+`fused [batch, out_dim]` in its compute dtype, so a config swaps the fusion
+strategy by name: `build_fusion(config.fusion, **config.fusion_kwargs)`.
+The formulas follow the design survey (§4.2): concatenation m = [t; i],
+weighted sum m = α t + (1 − α) i, information fusion x = A·m; the two attention
+modules add token-level interaction on top.
+
+Missing modalities are part of the interface, not an afterthought:
+`present [batch, 2]` says per example whether its text / image exists, and
+every module then uses the other modality alone. Values a module must not use
+(padding, a missing modality) are replaced by zeros with `where` before any
+arithmetic, so even NaN there cannot reach the output or the gradients. An
+example with neither modality gets a finite default (zeros or learned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from mmalign.errors import UsageError
+from mmalign.models.text_encoders import _Block, masked_mean
+from mmalign.registry import Registry
+
+FUSIONS = Registry("fusion module")
+register_fusion = FUSIONS.register
+
+
+def build_fusion(name: str, *, config_key: str | None = None, **kwargs) -> nn.Module:
+  """The fusion module `name` built from config kwargs; unknown names list the registered ones."""
+  return FUSIONS.get(name, config_key=config_key)(**kwargs)
+
+
+@struct.dataclass
+class FusionInputs:
+  """Both encoders' outputs for one batch, with what is valid in them.
+
+  A pytree (flax.struct, frozen), so it passes through `jax.jit` as one
+  argument. Token/patch masks mark valid positions; `present` marks whether
+  an example has the modality at all. Nothing at an invalid position is read.
+  """
+  text_pooled: jnp.ndarray  # [b, dt]
+  text_seq: jnp.ndarray  # [b, lt, dt]
+  text_mask: jnp.ndarray  # [b, lt] bool: valid tokens (tokens != 0 for our tokenizer)
+  image_pooled: jnp.ndarray  # [b, di]
+  image_seq: jnp.ndarray  # [b, li, di]
+  image_mask: jnp.ndarray  # [b, li] bool: valid patches (all True for the CNN)
+  present: jnp.ndarray  # [b, 2] bool: (has text, has image)
+
+  @classmethod
+  def create(cls, text: tuple[jnp.ndarray, jnp.ndarray], image: tuple[jnp.ndarray, jnp.ndarray],
+             *, text_mask=None, image_mask=None, present=None) -> FusionInputs:
+    """From encoder outputs `(pooled, sequence)`; masks left out mean "all valid"."""
+    text_pooled, text_seq = text
+    image_pooled, image_seq = image
+    batch = text_pooled.shape[0]
+    if text_mask is None:
+      text_mask = jnp.ones(text_seq.shape[:2], bool)
+    if image_mask is None:
+      image_mask = jnp.ones(image_seq.shape[:2], bool)
+    if present is None:
+      present = jnp.ones((batch, 2), bool)
+    return cls(text_pooled, text_seq, jnp.asarray(text_mask, bool), image_pooled, image_seq,
+               jnp.asarray(image_mask, bool), jnp.asarray(present, bool))
+
+  @property
+  def has_text(self) -> jnp.ndarray:  # [b] bool
+    return self.present[:, 0].astype(bool)
+
+  @property
+  def has_image(self) -> jnp.ndarray:  # [b] bool
+    return self.present[:, 1].astype(bool)
+
+  def check_shapes(self) -> None:
+    """Fails with the offending shapes instead of a broadcasting error deep inside a module."""
+    b, lt, dt = self.text_seq.shape
+    _, li, di = self.image_seq.shape
+    expected = {"text_pooled": (b, dt), "text_mask": (b, lt), "image_pooled": (b, di),
+                "image_seq": (b, li, di), "image_mask": (b, li), "present": (b, 2)}
+    wrong = {k: getattr(self, k).shape for k, v in expected.items() if getattr(self, k).shape != v}
+    if wrong:
+      raise UsageError(f"FusionInputs shapes disagree with text_seq {self.text_seq.shape}: "
+                       f"got {wrong}, expected { {k: expected[k] for k in wrong} }")
+
+  def sanitized(self) -> FusionInputs:
+    """Masks folded with presence; every value a module must not read set to zero.
+
+    After this, `text_mask`/`image_mask` mean "valid position of a present
+    modality", so sequence modules need only look at the masks. `where`
+    rather than a multiply, so NaN or inf in ignored places disappears too.
+    """
+    self.check_shapes()
+    text_mask = self.text_mask.astype(bool) & self.has_text[:, None]  # [b, lt]
+    image_mask = self.image_mask.astype(bool) & self.has_image[:, None]  # [b, li]
+    return self.replace(
+        text_pooled=jnp.where(self.has_text[:, None], self.text_pooled, 0),
+        text_seq=jnp.where(text_mask[..., None], self.text_seq, 0),
+        text_mask=text_mask,
+        image_pooled=jnp.where(self.has_image[:, None], self.image_pooled, 0),
+        image_seq=jnp.where(image_mask[..., None], self.image_seq, 0),
+        image_mask=image_mask)
+
+
+def _check_choice(module: str, field: str, value: str, allowed: Sequence[str]) -> None:
+  if value not in allowed:
+    raise UsageError(f"{module}.{field} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+class _Fusion(nn.Module):
+  """Fields and helpers every fusion module shares (compute and parameter dtypes)."""
+  dtype: Any = jnp.float32  # Compute dtype, e.g. jnp.bfloat16; the output has it too.
+  param_dtype: Any = jnp.float32
+
+  def _dense(self, features: int, name: str) -> nn.Dense:
+    return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+  def _to_width(self, x: jnp.ndarray, width: int, name: str) -> jnp.ndarray:
+    """A learned linear map to `width`, skipped when `x` already has it (so fixed-weight
+    fusion of equal-width inputs is exactly the survey's formula, no hidden projection)."""
+    return x if x.shape[-1] == width else self._dense(width, name)(x)
+
+  def _pooled(self, inputs: FusionInputs) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(text [b, dt], image [b, di]) pooled vectors in the compute dtype, zero where missing."""
+    return inputs.text_pooled.astype(self.dtype), inputs.image_pooled.astype(self.dtype)
+
+
+@register_fusion("concat")
+class Concat(_Fusion):
+  """m = [t; i]: nothing is lost, the downstream head learns the interaction.
+
+  A missing modality is replaced by a learned "missing" vector (or zeros), so
+  the head can tell "absent" from "present but small". out_dim = wt + wi
+  (+ 2 with `indicator`), where w = `width` or the input's own width.
+  """
+  width: int | None = None  # Common width both are mapped to first; None keeps their own.
+  missing: str = "learned"  # "learned" | "zeros": what stands in for a missing modality.
+  indicator: bool = False  # Append the presence bits [b, 2] as features.
+
+  def __post_init__(self):
+    _check_choice("concat", "missing", self.missing, ("learned", "zeros"))
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, inputs: FusionInputs, *, train: bool = False) -> jnp.ndarray:
+    inputs = inputs.sanitized()
+    parts = []
+    for name, x, has in (("text", inputs.text_pooled, inputs.has_text),
+                         ("image", inputs.image_pooled, inputs.has_image)):
+      x = x.astype(self.dtype)
+      if self.width is not None:
+        x = self._to_width(x, self.width, f"{name}_proj")
+      fill = jnp.zeros((x.shape[-1],), self.dtype)
+      if self.missing == "learned":
+        fill = self.param(f"{name}_missing", nn.initializers.normal(0.02), (x.shape[-1],),
+                          self.param_dtype).astype(self.dtype)
+      parts.append(jnp.where(has[:, None], x, fill))
+    if self.indicator:
+      parts.append(inputs.present.astype(self.dtype))
+    return jnp.concatenate(parts, axis=-1)  # [b, out_dim]
+
+
+@register_fusion("weighted_sum")
+class WeightedSum(_Fusion):
+  """m = α t + (1 − α) i over a common width; out_dim = width.
+
+  `alpha_mode`: "fixed" (α = `alpha`), "scalar" (one learned α = sigmoid(θ),
+  θ initialised so that α = `alpha`), "gate" (per example and dimension,
+  α = sigmoid(W[t; i] + b)). Without `width` the common width is the larger
+  input width, and an input already that wide is used unprojected. A missing
+  modality sets α to 1 (image missing) or 0 (text missing) for that example;
+  neither present gives zeros.
+  """
+  alpha_mode: str = "scalar"
+  alpha: float = 0.5
+  width: int | None = None
+
+  def __post_init__(self):
+    _check_choice("weighted_sum", "alpha_mode", self.alpha_mode, ("fixed", "scalar", "gate"))
+    if not 0.0 <= self.alpha <= 1.0 or (self.alpha_mode == "scalar" and self.alpha in (0.0, 1.0)):
+      raise UsageError(f"weighted_sum.alpha must lie in [0, 1] (open for 'scalar'); "
+                       f"got {self.alpha}")
+    super().__post_init__()
+
+  def _alpha_fixed(self, t, i):
+    del t, i
+    return jnp.asarray(self.alpha, self.dtype)
+
+  def _alpha_scalar(self, t, i):
+    del t, i
+    initial = np.log(self.alpha / (1 - self.alpha))  # sigmoid(initial) = alpha
+    logit = self.param("alpha_logit", nn.initializers.constant(initial), (), self.param_dtype)
+    return nn.sigmoid(logit.astype(self.dtype))
+
+  def _alpha_gate(self, t, i):
+    return nn.sigmoid(self._dense(t.shape[-1], "gate")(jnp.concatenate([t, i], axis=-1)))
+
+  @nn.compact
+  def __call__(self, inputs: FusionInputs, *, train: bool = False) -> jnp.ndarray:
+    inputs = inputs.sanitized()
+    t, i = self._pooled(inputs)
+    width = self.width or max(t.shape[-1], i.shape[-1])
+    t = self._to_width(t, width, "text_proj")  # [b, w]
+    i = self._to_width(i, width, "image_proj")  # [b, w]
+    alpha = getattr(self, f"_alpha_{self.alpha_mode}")(t, i)  # [], or [b, w] for the gate
+    has_t, has_i = inputs.has_text[:, None], inputs.has_image[:, None]
+    alpha = jnp.where(has_t & has_i, alpha, has_t.astype(self.dtype))  # [b, 1 or w]
+    # A projected missing modality is its bias, not zero: select rather than rely on α.
+    t, i = jnp.where(has_t, t, 0), jnp.where(has_i, i, 0)
+    return alpha * t + (1 - alpha) * i
+
+
+@register_fusion("cross_attention")
+class CrossAttention(_Fusion):
+  """Tokens of one modality attend to the other's; out_dim = width ("both": 2 × width).
+
+  For direction "text_to_image" the text tokens are queries over the valid
+  image patches; the attention output is mean-pooled over valid text tokens
+  and added to the text's own pooled vector (a residual on the pooled
+  vector). So an example without an image (or whose image has no valid
+  patch) gets exactly its own pooled text, with no softmax over an empty
+  set, and one without text gets its own pooled image. "image_to_text" swaps
+  the roles; "both" concatenates the two directions. A pooled vector is
+  linearly mapped to `width` (default: the larger input width) only when its
+  width differs, so with unequal widths one of those maps serves only the
+  fallback and gets no gradient from examples that have both modalities.
+  """
+  direction: str = "text_to_image"  # "text_to_image" | "image_to_text" | "both"
+  width: int | None = None
+  heads: int = 1
+  dropout: float = 0.0  # On attention weights, training only.
+
+  def __post_init__(self):
+    _check_choice("cross_attention", "direction", self.direction,
+                  ("text_to_image", "image_to_text", "both"))
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, inputs: FusionInputs, *, train: bool = False) -> jnp.ndarray:
+    inputs = inputs.sanitized()
+    t, i = self._pooled(inputs)
+    width = self.width or max(t.shape[-1], i.shape[-1])
+    streams = {  # modality → (own pooled [b, w], sequence [b, l, d], mask [b, l], present [b])
+        "text": (self._to_width(t, width, "text_proj"), inputs.text_seq.astype(self.dtype),
+                 inputs.text_mask, inputs.has_text),
+        "image": (self._to_width(i, width, "image_proj"), inputs.image_seq.astype(self.dtype),
+                  inputs.image_mask, inputs.has_image),
+    }
+    pairs = {"text_to_image": [("text", "image")], "image_to_text": [("image", "text")],
+             "both": [("text", "image"), ("image", "text")]}[self.direction]
+    outputs = []
+    for query, key in pairs:
+      q_pooled, q_seq, q_mask, has_q = streams[query]
+      k_pooled, k_seq, k_mask, has_k = streams[key]
+      attended = nn.MultiHeadDotProductAttention(
+          num_heads=self.heads, qkv_features=width, out_features=width, dtype=self.dtype,
+          param_dtype=self.param_dtype, dropout_rate=self.dropout, deterministic=not train,
+          name=f"{query}_to_{key}")(q_seq, k_seq, mask=k_mask[:, None, None, :])  # [b, lq, w]
+      fused = q_pooled + masked_mean(attended, q_mask)  # [b, w]
+      # A present key modality without one valid position leaves nothing to attend to.
+      can_attend = has_q & has_k & k_mask.any(axis=-1)
+      fallback = jnp.where(has_q[:, None], q_pooled, jnp.where(has_k[:, None], k_pooled, 0))
+      fused = jnp.where(can_attend[:, None], fused, fallback)
+      outputs.append(fused)
+    return jnp.concatenate(outputs, axis=-1)  # [b, out_dim]
+
+
+@register_fusion("joint_transformer")
+class JointTransformer(_Fusion):
+  """A small Transformer over [text tokens; image patches]; out_dim = width.
+
+  Both sequences are mapped to `width` (default: the larger input width;
+  skipped when already that wide) and tagged with a learned modality-type
+  embedding; padding and a missing modality are removed from the joint
+  attention mask. Pooling: masked mean over the valid joint tokens ("mean";
+  neither modality → zeros) or a learned fusion token ("cls"; neither
+  modality → the token attending to itself, a learned default). Positions
+  are not added: the text encoder already encodes word order.
+  """
+  width: int | None = None
+  depth: int = 2
+  heads: int = 4
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  pool: str = "mean"  # "mean" | "cls"
+
+  def __post_init__(self):
+    _check_choice("joint_transformer", "pool", self.pool, ("mean", "cls"))
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, inputs: FusionInputs, *, train: bool = False) -> jnp.ndarray:
+    inputs = inputs.sanitized()
+    batch = inputs.present.shape[0]
+    width = self.width or max(inputs.text_seq.shape[-1], inputs.image_seq.shape[-1])
+    types = self.param("type_embedding", nn.initializers.normal(0.02), (2, width),
+                       self.param_dtype).astype(self.dtype)
+    parts = [self._to_width(inputs.text_seq.astype(self.dtype), width, "text_proj") + types[0],
+             self._to_width(inputs.image_seq.astype(self.dtype), width, "image_proj") + types[1]]
+    masks = [inputs.text_mask, inputs.image_mask]
+    if self.pool == "cls":
+      cls = self.param("fusion_token", nn.initializers.normal(0.02), (width,), self.param_dtype)
+      parts.insert(0, jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, width)))
+      masks.insert(0, jnp.ones((batch, 1), bool))
+    x = jnp.concatenate(parts, axis=1)  # [b, l, w], l = (1 +) lt + li
+    mask = jnp.concatenate(masks, axis=1)  # [b, l]
+    attention_mask = nn.make_attention_mask(mask, mask)  # [b, 1, l, l]
+    for d in range(self.depth):
+      x = _Block(width, self.heads, self.mlp_ratio, self.dropout, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name=f"block_{d}")(x, attention_mask, train=train)
+    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="final_norm")(x)
+    return x[:, 0] if self.pool == "cls" else masked_mean(x, mask)
+
+
+@register_fusion("correspondence")
+class Correspondence(_Fusion):
+  """The survey's information fusion x = A·m + b with m = [t; i]; out_dim = `out_dim`.
+
+  What A is here: a learned [out_dim, dt + di] matrix (parameter
+  "correspondence"), trained end to end by whatever loss consumes x. Its
+  column blocks A[:, :dt] and A[:, dt:] say how each text and image feature
+  contributes to each fused feature. The survey's other use of the letter,
+  the correspondence loss L = Σ_ij (A_ij − t_i·i_j)², fits a [dt, di] matrix
+  to the text–image outer product; that matrix cannot multiply the
+  (dt + di)-vector m, so it is a different object and is not trained here
+  (it would belong in mmalign/losses, computed from t and i).
+
+  A missing modality's half of m is zeroed and, with `rescale`, the present
+  half is multiplied by 2 (inverted dropout over the two modalities), so x
+  keeps its scale when trained with modality dropout. Neither present → b.
+  """
+  out_dim: int = 256
+  rescale: bool = True
+
+  @nn.compact
+  def __call__(self, inputs: FusionInputs, *, train: bool = False) -> jnp.ndarray:
+    inputs = inputs.sanitized()
+    m = jnp.concatenate(self._pooled(inputs), axis=-1)  # [b, dt + di], zero where missing
+    if self.rescale:
+      count = inputs.present.sum(axis=-1, keepdims=True).astype(self.dtype)  # [b, 1]
+      m = m * (2 / jnp.maximum(count, 1))
+    a = self.param("correspondence", nn.initializers.lecun_normal(in_axis=-1, out_axis=-2),
+                   (self.out_dim, m.shape[-1]), self.param_dtype)
+    b = self.param("bias", nn.initializers.zeros, (self.out_dim,), self.param_dtype)
+    return jnp.einsum("bk,ok->bo", m, a.astype(self.dtype)) + b.astype(self.dtype)

@@ -1,0 +1,98 @@
+"""Heads: what turns a fused or pooled vector into the quantity a loss wants.
+
+Every head maps `x [batch, dim]` to `[batch, out]` in float32 whatever the
+compute dtype, because normalisation, softmax and sigmoid losses lose too
+much in bfloat16. Configs choose a head by name: `build_head(name, **kwargs)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmalign.models.dual_encoder import l2_normalize as _l2_normalize
+from mmalign.registry import Registry
+
+HEADS = Registry("head")
+register_head = HEADS.register
+
+
+def build_head(name: str, *, config_key: str | None = None, **kwargs) -> nn.Module:
+  """The head `name` built from config kwargs; unknown names list the registered ones."""
+  return HEADS.get(name, config_key=config_key)(**kwargs)
+
+
+class MLP(nn.Module):
+  """GELU hidden layers (with dropout) then a linear layer; `hidden=()` is a linear map."""
+  out_dim: int
+  hidden: Sequence[int] = ()
+  dropout: float = 0.0  # After each hidden activation, training only.
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    x = x.astype(self.dtype)
+    for n, features in enumerate(self.hidden):
+      x = nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden_{n}")(x)
+      x = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(x))
+    return nn.Dense(self.out_dim, use_bias=self.use_bias, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="out")(x)
+
+
+@register_head("projection")
+class Projection(nn.Module):
+  """Into the shared embedding space: [b, dim] → [b, out_dim] float32.
+
+  With `l2_normalize` the rows have unit norm, as contrastive losses with a
+  learned scale expect. No bias by default, as in CLIP's projections: a bias
+  would shift every embedding the same way and cancel in the similarities.
+  """
+  out_dim: int
+  hidden: Sequence[int] = ()
+  l2_normalize: bool = True
+  use_bias: bool = False
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    y = MLP(self.out_dim, self.hidden, self.dropout, self.use_bias, self.dtype, self.param_dtype,
+            name="mlp")(x, train=train).astype(jnp.float32)
+    return _l2_normalize(y) if self.l2_normalize else y
+
+
+@register_head("classifier")
+class Classifier(nn.Module):
+  """Single-label classification: [b, dim] → logits [b, num_classes] float32 (for softmax CE)."""
+  num_classes: int
+  hidden: Sequence[int] = ()
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    return MLP(self.num_classes, self.hidden, self.dropout, True, self.dtype, self.param_dtype,
+               name="mlp")(x, train=train).astype(jnp.float32)
+
+
+@register_head("multilabel")
+class MultiLabel(Classifier):
+  """Independent yes/no per label: logits [b, num_classes] float32, one sigmoid each.
+
+  Train on the logits (`optax.sigmoid_binary_cross_entropy(logits, labels)`),
+  which is stable for large |logit|; a loss written on `probabilities` takes
+  log(1 − p) = log(0) in float32 once a logit exceeds about 17 (bfloat16: 6).
+  """
+
+  @staticmethod
+  def probabilities(logits: jnp.ndarray) -> jnp.ndarray:
+    """[b, num_classes] logits → independent probabilities in [0, 1], for metrics and display."""
+    return jax.nn.sigmoid(logits.astype(jnp.float32))

@@ -1,0 +1,117 @@
+"""Recurrent text encoders (LSTM, GRU), uni- or bidirectional, over right-padded tokens.
+
+Padding is honoured through `nn.RNN(seq_lengths=...)`: the forward direction's
+final state is read at each row's last real token, and the backward direction
+starts there, not at the padding. Lengths are counted as the number of non-pad
+tokens, so the tokens must be padded on the right only (what the tokenizer does).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmalign.models.registry import register_text_encoder
+from mmalign.models.text_encoders import TokenEmbedding, choose, masked_mean
+
+
+def last_valid(x: jnp.ndarray, lengths: jnp.ndarray) -> jnp.ndarray:
+  """x [b, l, w] at position lengths - 1 → [b, w]; rows of length 0 give 0."""
+  index = jnp.maximum(lengths - 1, 0)[:, None, None]  # [b, 1, 1]
+  last = jnp.take_along_axis(x, index, axis=1)[:, 0]  # [b, w]
+  return jnp.where((lengths > 0)[:, None], last, jnp.zeros_like(last))
+
+
+def _final_states(sequence: jnp.ndarray, lengths: jnp.ndarray, width: int) -> jnp.ndarray:
+  """Final hidden state(s) [b, d * width] from per-step outputs [b, l, d * width], zero at pads.
+
+  Both cells output their hidden state, so the forward final state is the
+  output at the last real token, and the backward one (order restored by
+  `keep_order`) is the output at position 0; both are 0 for all-padding rows.
+  """
+  forward = last_valid(sequence[..., :width], lengths)
+  if sequence.shape[-1] == width:
+    return forward
+  return jnp.concatenate([forward, sequence[:, 0, width:]], axis=-1)
+
+
+# Each maps (final states [b, width], sequence [b, l, width], mask [b, l]) → pooled [b, width].
+POOLINGS = {
+    "final": lambda final, sequence, mask: final,
+    "mean": lambda final, sequence, mask: masked_mean(sequence, mask),
+}
+
+
+class RecurrentEncoder(nn.Module):
+  """Stacked RNN over token embeddings; subclasses choose the cell.
+
+  Bidirectional layers concatenate both directions (`2 * width` features)
+  for the next layer; after the last layer one shared `output` Dense maps
+  `[forward, backward]` to `width`, for every position (`sequence`) and for the
+  concatenated final states (pooled, `pooling="final"`). Unidirectional
+  encoders have no projection: pooled is the final hidden state itself.
+  `pooling="mean"` is the masked mean of `sequence` instead. Dropout acts on
+  the embeddings and between layers. With `dtype=bfloat16` the cell matmuls
+  run in bfloat16 while the carried state stays in `param_dtype` (flax
+  initialises the carry there), so long captions do not accumulate bf16 error;
+  each layer's outputs are cast back to `dtype`.
+  """
+  cell_type: ClassVar[type[nn.RNNCellBase]]
+
+  vocab_size: int
+  width: int = 256
+  num_layers: int = 1
+  bidirectional: bool = False
+  pooling: str = "final"  # Or "mean".
+  dropout: float = 0.0
+  init_embeddings: str | None = None  # .npy [vocab_size, width] float.
+  freeze_embeddings: bool = False
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _rnn(self, cell_name: str) -> nn.RNN:
+    # Named here, since a cell built in this compact scope is a child of the
+    # encoder, not of the nn.RNN that scans it.
+    return nn.RNN(self.cell_type(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                                 name=cell_name))
+
+  def _layer(self, index: int) -> nn.Module:
+    """One layer, [b, l, in] → [b, l, d * width]; call with `seq_lengths`."""
+    if self.bidirectional:
+      return nn.Bidirectional(self._rnn(f"layer_{index}_forward"),
+                              self._rnn(f"layer_{index}_backward"))
+    return self._rnn(f"layer_{index}")
+
+  @nn.compact
+  def __call__(self, tokens, *, train: bool = False):
+    pool = choose(f"{type(self).__name__} pooling", self.pooling, POOLINGS)
+    mask = tokens != 0  # [b, l]
+    keep = mask[..., None].astype(self.dtype)  # [b, l, 1]
+    lengths = mask.sum(axis=1).astype(jnp.int32)  # [b]
+    x = TokenEmbedding(self.vocab_size, self.width, self.init_embeddings,
+                       self.freeze_embeddings, dtype=self.dtype,
+                       param_dtype=self.param_dtype, name="embed")(tokens)
+    for i in range(self.num_layers):
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      # Outputs past each row's length are scan leftovers: zero them. [b, l, d * width]
+      x = self._layer(i)(x, seq_lengths=lengths).astype(self.dtype) * keep
+    final = _final_states(x, lengths, self.width)  # [b, d * width]
+    if self.bidirectional:
+      output = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="output")
+      x, final = output(x) * keep, output(final)  # [b, l, width], [b, width]
+    return pool(final, x, mask), x
+
+
+@register_text_encoder("lstm")
+class LSTMEncoder(RecurrentEncoder):
+  """LSTM text encoder (flax `OptimizedLSTMCell`: gates i, f, g, o as in `LSTMCell`)."""
+  cell_type = nn.OptimizedLSTMCell
+
+
+@register_text_encoder("gru")
+class GRUEncoder(RecurrentEncoder):
+  """GRU text encoder (flax `GRUCell`): fewer parameters than the LSTM, often as good."""
+  cell_type = nn.GRUCell

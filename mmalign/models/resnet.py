@@ -1,0 +1,167 @@
+"""ResNet image encoder (He et al. 2016, torchvision's "v1.5" layout).
+
+v1.5 puts the stride of a downsampling bottleneck on its 3×3 conv rather than
+on the first 1×1 (which would skip three quarters of the input); the
+parameter count is the same as v1, so torchvision's numbers apply exactly:
+ResNet-18 11,689,512, ResNet-34 21,797,672, ResNet-50 25,557,032 with a
+1000-way head. Paddings are explicit (3 for the 7×7 stem, 1 for 3×3 convs and
+the max-pool) rather than "SAME", so the feature maps line up with
+torchvision's and ported weights would give the same outputs.
+
+With `norm="batch"` the module has running statistics: see
+`mmalign/models/conv_norms.py` for what a training step must do
+(`mutable=["batch_stats"]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmalign.models.conv_norms import get_norm
+from mmalign.models.registry import register_image_encoder
+
+PAD_3x3 = ((1, 1), (1, 1))
+
+
+class _ConvNorm(nn.Module):
+  """Conv → norm, optionally ReLU: the unit every ResNet layer is made of."""
+  features: int
+  kernel: int
+  stride: int = 1
+  relu: bool = True
+  zero_init_norm: bool = False  # Starts the residual branch at zero (Goyal et al. 2017).
+  norm: str = "batch"
+  groups: int = 32
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    kind = get_norm(self.norm)
+    pad = (self.kernel - 1) // 2
+    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
+                padding=((pad, pad), (pad, pad)), use_bias=kind.conv_bias,
+                kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+    scale_init = nn.initializers.zeros if self.zero_init_norm else nn.initializers.ones
+    x = kind.make(channels=self.features, train=train, groups=self.groups,
+                  scale_init=scale_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                  name="norm")(x)
+    return nn.relu(x) if self.relu else x
+
+
+class BasicBlock(nn.Module):
+  """Two 3×3 convs (ResNet-18/34); output has `width` channels."""
+  width: int
+  stride: int = 1
+  zero_init_residual: bool = False
+  norm_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):  # x: [b, h, w, c] → [b, h/stride, w/stride, width]
+    y = _ConvNorm(self.width, 3, self.stride, **self.norm_kwargs, name="conv1")(x, train=train)
+    y = _ConvNorm(self.width, 3, relu=False, zero_init_norm=self.zero_init_residual,
+                  **self.norm_kwargs, name="conv2")(y, train=train)
+    return nn.relu(y + _shortcut(x, self.width, self.stride, self.norm_kwargs, train))
+
+
+class Bottleneck(nn.Module):
+  """1×1 reduce → 3×3 (carries the stride: v1.5) → 1×1 expand (ResNet-50 and deeper)."""
+  width: int
+  stride: int = 1
+  zero_init_residual: bool = False
+  norm_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):  # x: [b, h, w, c] → [b, h/stride, w/stride, 4·width]
+    out = self.width * self.expansion
+    y = _ConvNorm(self.width, 1, **self.norm_kwargs, name="conv1")(x, train=train)
+    y = _ConvNorm(self.width, 3, self.stride, **self.norm_kwargs, name="conv2")(y, train=train)
+    y = _ConvNorm(out, 1, relu=False, zero_init_norm=self.zero_init_residual,
+                  **self.norm_kwargs, name="conv3")(y, train=train)
+    return nn.relu(y + _shortcut(x, out, self.stride, self.norm_kwargs, train))
+
+
+def _shortcut(x, features: int, stride: int, norm_kwargs: dict[str, Any], train: bool):
+  """Identity, or a 1×1 conv + norm projection when the shape changes (option B).
+
+  Called from inside a block's compact `__call__`, so the projection's
+  parameters belong to that block (as "shortcut").
+  """
+  if stride == 1 and x.shape[-1] == features:
+    return x
+  return _ConvNorm(features, 1, stride, relu=False, **norm_kwargs, name="shortcut")(
+      x, train=train)
+
+
+# depth → (block, blocks per stage); the four stages have base widths 1, 2, 4, 8 × `width`.
+RESNET_LAYOUTS: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+
+
+@register_image_encoder("resnet")
+class ResNet(nn.Module):
+  """ResNet-18/34/50/101/152; `(pooled, sequence)` per the image encoder contract.
+
+  Outputs: `sequence [b, h'·w', C]` is the last stage's feature map (C = 8·width
+  for basic blocks, 32·width for bottlenecks: 512 and 2048 at `width=64`;
+  h' = h/32, or h/8 with `small_input`), and `pooled [b, C]` its spatial mean.
+
+  `num_classes`: when set, a Dense head is applied to the pooled features and
+  `pooled` becomes the logits `[b, num_classes]` (a classifier; also what the
+  torchvision parameter counts include). Leave it None inside a dual encoder,
+  which has its own projection.
+
+  `small_input` replaces the 7×7/2 stem and the max-pool with one 3×3/1 conv, the
+  usual adaptation for 32×32 images (CIFAR), where /32 would leave 1×1 maps.
+
+  `zero_init_residual` initialises the last norm scale of every block to zero,
+  so each block starts as the identity (helps large-batch training; off by
+  default, as in torchvision).
+  """
+  depth: int = 18
+  width: int = 64  # Stem and first-stage channels; 64 is the standard ResNet.
+  norm: str = "batch"  # "batch" | "group" | "none"; see conv_norms.NORMS.
+  groups: int = 32  # GroupNorm groups (capped by gcd with the channel count).
+  small_input: bool = False
+  zero_init_residual: bool = False
+  num_classes: int | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    if self.depth not in RESNET_LAYOUTS:
+      raise ValueError(f"ResNet depth {self.depth} is not one of {sorted(RESNET_LAYOUTS)}")
+    block, stage_sizes = RESNET_LAYOUTS[self.depth]
+    norm_kwargs = dict(norm=self.norm, groups=self.groups, dtype=self.dtype,
+                       param_dtype=self.param_dtype)
+    x = images.astype(self.dtype)  # [b, h, w, c]
+    if self.small_input:
+      x = _ConvNorm(self.width, 3, **norm_kwargs, name="stem")(x, train=train)
+    else:
+      x = _ConvNorm(self.width, 7, 2, **norm_kwargs, name="stem")(x, train=train)
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=PAD_3x3)  # [b, h/4, w/4, width]
+    for stage, blocks in enumerate(stage_sizes):
+      for i in range(blocks):
+        stride = 2 if stage > 0 and i == 0 else 1
+        x = block(self.width * 2**stage, stride, self.zero_init_residual, norm_kwargs,
+                  name=f"stage{stage + 1}_block{i + 1}")(x, train=train)
+    batch, height, width, channels = x.shape
+    sequence = x.reshape(batch, height * width, channels)  # [b, h'·w', C]
+    pooled = sequence.mean(axis=1)  # [b, C]
+    if self.num_classes is not None:
+      pooled = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="head")(pooled)  # [b, num_classes] logits
+    return pooled, sequence

@@ -1,0 +1,128 @@
+"""Vision Transformer image encoder (Dosovitskiy et al. 2021).
+
+Laid out like the original ViT / timm `vit_base_patch16_224` (patch conv with
+bias, CLS token, learned position embeddings that include the CLS slot,
+pre-LN blocks with biases everywhere, final LayerNorm), so ViT-B/16 with a
+1000-way head has exactly 86,567,656 parameters. LayerNorm epsilon 1e-6 and
+exact (erf) GELU follow timm, so ported weights would give the same outputs.
+
+Position embeddings are sized by the image shape seen at `init` and are not
+interpolated: a model initialised on 32×32 images only accepts 32×32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmalign.models.registry import register_image_encoder
+
+# variant → (width, depth, heads); the MLP is 4× wide in all of them.
+VIT_VARIANTS: dict[str, tuple[int, int, int]] = {
+    "Ti": (192, 12, 3),
+    "S": (384, 12, 6),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+}
+LAYER_NORM_EPSILON = 1e-6
+
+
+class ViTBlock(nn.Module):
+  """Pre-LN Transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+  Dropout sits where the original ViT has it: on the attention weights, after
+  the attention output projection and after each MLP layer.
+  """
+  heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):  # x: [b, tokens, width]
+    dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    drop = nn.Dropout(self.dropout, deterministic=not train)
+    y = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, name="norm1", **dense)(x)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.heads, dropout_rate=self.dropout,
+                                        deterministic=not train, name="attention",
+                                        **dense)(y, y)
+    x = x + drop(y)
+    y = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, name="norm2", **dense)(x)
+    y = drop(nn.gelu(nn.Dense(self.mlp_dim, name="mlp_in", **dense)(y), approximate=False))
+    y = nn.Dense(x.shape[-1], name="mlp_out", **dense)(y)
+    return x + drop(y)
+
+
+@register_image_encoder("vit")
+class ViT(nn.Module):
+  """ViT-Ti/S/B/L by `variant`, or any size through `width`/`depth`/`heads`.
+
+  Explicit `width`, `depth`, `heads` or `mlp_dim` override the variant's
+  (`mlp_dim` defaults to 4·width), so a test can ask for `width=16, depth=1,
+  heads=2`.
+
+  Outputs, after the final LayerNorm:
+    sequence [b, patches, width]: the patch tokens (the CLS token excluded, so
+      its length does not depend on `pooling`);
+    pooled [b, width]: the CLS token (`pooling="cls"`), or the mean of
+      `sequence` (`pooling="mean"`, no CLS token at all).
+  `num_classes`: when set, pooled goes through a Dense head and becomes the
+  logits `[b, num_classes]` (for classifiers; a dual encoder has its own
+  projection and leaves it None).
+
+  `dropout` applies after the position embeddings and inside every block, only
+  with `train=True` and a `"dropout"` rng.
+  """
+  variant: str = "Ti"
+  patch_size: int = 16
+  width: int | None = None
+  depth: int | None = None
+  heads: int | None = None
+  mlp_dim: int | None = None
+  pooling: str = "cls"  # "cls" | "mean"
+  dropout: float = 0.0
+  num_classes: int | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def dims(self) -> tuple[int, int, int, int]:
+    """(width, depth, heads, mlp_dim) after applying the overrides to the variant."""
+    if self.variant not in VIT_VARIANTS:
+      raise ValueError(f"ViT variant {self.variant!r} is not one of {sorted(VIT_VARIANTS)}")
+    width, depth, heads = VIT_VARIANTS[self.variant]
+    width = self.width or width
+    return width, self.depth or depth, self.heads or heads, self.mlp_dim or 4 * width
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    if self.pooling not in ("cls", "mean"):
+      raise ValueError(f"ViT pooling {self.pooling!r} is not one of ['cls', 'mean']")
+    width, depth, heads, mlp_dim = self.dims()
+    _, height, image_width, _ = images.shape
+    if height % self.patch_size or image_width % self.patch_size:
+      raise ValueError(f"image size {height}×{image_width} is not a multiple of the patch "
+                       f"size {self.patch_size}")
+    dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.Conv(width, (self.patch_size, self.patch_size), strides=self.patch_size,
+                padding="VALID", name="patch_embed", **dense)(images.astype(self.dtype))
+    batch = x.shape[0]
+    x = x.reshape(batch, -1, width)  # [b, patches, width]
+    num_patches = x.shape[1]
+    if self.pooling == "cls":
+      cls = self.param("cls_token", nn.initializers.zeros, (1, 1, width), self.param_dtype)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, width)), x],
+                          axis=1)  # [b, 1 + patches, width]
+    positions = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], width),
+                           self.param_dtype)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x + positions.astype(self.dtype))
+    for i in range(depth):
+      x = ViTBlock(heads, mlp_dim, self.dropout, name=f"block{i}", **dense)(x, train=train)
+    x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, name="final_norm", **dense)(x)
+    sequence = x[:, -num_patches:]  # [b, patches, width]
+    pooled = x[:, 0] if self.pooling == "cls" else sequence.mean(axis=1)  # [b, width]
+    if self.num_classes is not None:
+      pooled = nn.Dense(self.num_classes, name="head", **dense)(pooled)  # [b, num_classes]
+    return pooled, sequence
