@@ -19,7 +19,7 @@ import numpy as np
 from mmalign.data import pipeline, sources
 from mmalign.data.tokenizer import TextSettings, Tokenizer
 from mmalign.errors import UsageError
-from mmalign.models.build import build_dual_encoder
+from mmalign.models.build import build_dual_encoder, resolved_model_config
 from mmalign.models.dual_encoder import DualEncoder
 from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.optimizer import adamw, learning_rate_schedule
@@ -91,7 +91,8 @@ class Experiment:
 
   def meta(self) -> dict:
     """What a checkpoint must agree on to be restored into this experiment."""
-    return {"model_config": json.loads(self.config.model.to_json()),
+    # Through JSON, so tuples compare equal to the lists a saved checkpoint holds.
+    return {"model_config": json.loads(json.dumps(resolved_model_config(self.config.model))),
             "tokenizer_sha256": self.tokenizer_sha256(),
             "dataset": f"{self.config.data.name}/{self.config.data.config}"}
 

@@ -125,6 +125,20 @@ def test_bad_input_fails_with_one_line(args, culprit, tiny_data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_encoders_and_fusion_switch_by_overrides(tiny_data_dir, tmp_path):
+  result = _launch(f"--config.data.data_dir={tiny_data_dir}", "--config.model.text_encoder=gru",
+                   "--config.model.image_encoder=resnet", "--config.model.fusion=cross_attention",
+                   "--config.loss.matching_weight=1.0", "--mode=train",
+                   workdir=str(tmp_path / "w"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "matching_loss=" in result.stdout
+  with open(tmp_path / "w" / "checkpoints" / "6" / "meta" / "metadata") as f:
+    meta = json.load(f)
+  assert meta["model_config"]["text_encoder"] == "gru"
+  assert meta["model_config"]["fusion"] == "cross_attention"
+
+
+@pytest.mark.slow
 def test_unwritable_workdir_is_named(tiny_data_dir, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")

@@ -1,6 +1,11 @@
 """Quickstart: a dual encoder on unicode_glyphs/full, trained in minutes on 2 CPU cores.
 
-  python launch.py --config=experiments/configs/quickstart.py --workdir=/tmp/mmalign_quickstart
+  python launch.py --config=experiments/configs/quickstart.py --workdir=workdirs/quickstart
+
+Every registered encoder and fusion module has a kwargs block below, so any of
+them is one override away:
+  --config.model.text_encoder=lstm --config.model.image_encoder=resnet
+  --config.model.fusion=cross_attention --config.loss.matching_weight=1.0
 """
 
 import ml_collections
@@ -27,17 +32,38 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.text_encoder = "bag_of_words"
-  c.model.text_kwargs = ml_collections.ConfigDict({"width": 256, "mlp_layers": 1})
+  c.model.text_kwargs = ml_collections.ConfigDict({
+      "bag_of_words": {"width": 256, "mlp_layers": 1, "pooling": "mean"},
+      "transformer": {"width": 256, "depth": 2, "heads": 4, "positions": "learned",
+                      "pooling": "mean", "dropout": 0.0},
+      "lstm": {"width": 256, "num_layers": 1, "bidirectional": True, "pooling": "final"},
+      "gru": {"width": 256, "num_layers": 1, "bidirectional": True, "pooling": "final"},
+  })
   c.model.image_encoder = "cnn"
-  # Narrow at full resolution, wide at low resolution: the best of the 2-core
-  # budget (see README, "Quickstart result").
-  c.model.image_kwargs = ml_collections.ConfigDict({"channels": (16, 64, 256), "width": 256})
+  c.model.image_kwargs = ml_collections.ConfigDict({
+      # Narrow at full resolution, wide at low resolution: the best of the 2-core
+      # budget (README, "Quickstart result").
+      "cnn": {"channels": (16, 64, 256), "width": 256},
+      "vgg": {"layout": "11", "norm": "batch", "pooling": "mean"},
+      "resnet": {"depth": 18, "width": 32, "small_input": True, "norm": "batch"},
+      "vit": {"variant": "Ti", "patch_size": 4, "pooling": "mean"},
+  })
   c.model.embed_dim = 256
+  c.model.projection_kwargs = ml_collections.ConfigDict({"hidden": (), "dropout": 0.0})
   c.model.init_scale = 10.0
+  c.model.fusion = ml_collections.FieldReference(None, field_type=str)
+  c.model.fusion_kwargs = ml_collections.ConfigDict({
+      "concat": {"missing": "learned"},
+      "weighted_sum": {"alpha_mode": "gate"},
+      "cross_attention": {"direction": "text_to_image", "heads": 4},
+      "joint_transformer": {"depth": 1, "heads": 4},
+      "correspondence": {"out_dim": 256},
+  })
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "infonce"
   c.loss.kwargs = ml_collections.ConfigDict()
+  c.loss.matching_weight = 0.0  # > 0 with model.fusion: image–text matching (multi-task).
 
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0

@@ -1,24 +1,56 @@
-"""Builds the model a config describes."""
+"""Builds the model a config describes.
+
+Configs keep one kwargs block per registered name (`model.text_kwargs.lstm`,
+`model.image_kwargs.resnet`, `model.fusion_kwargs.cross_attention`, ...), so
+switching a component is one override (`--config.model.text_encoder=lstm`) and
+tuning it another (`--config.model.text_kwargs.lstm.bidirectional=True`).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import ml_collections
 
 from mmalign.models.dual_encoder import DualEncoder
+from mmalign.models.fusion import FUSIONS
 from mmalign.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS
+
+
+def _kwargs_for(blocks, name: str) -> dict[str, Any]:
+  """The kwargs block of `name` (empty when the config has none for it)."""
+  if blocks is None or name not in blocks:
+    return {}
+  block = blocks[name]
+  return block.to_dict() if isinstance(block, ml_collections.ConfigDict) else dict(block)
+
+
+def resolved_model_config(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Only what defines the chosen model (checkpoints compare this, not unused blocks)."""
+  # Look the names up now, so a typo fails before any work rather than inside init.
+  TEXT_ENCODERS.get(model_config.text_encoder, config_key="model.text_encoder")
+  IMAGE_ENCODERS.get(model_config.image_encoder, config_key="model.image_encoder")
+  fusion = model_config.get("fusion")
+  if fusion is not None:
+    FUSIONS.get(fusion, config_key="model.fusion")
+  return {
+      "text_encoder": model_config.text_encoder,
+      "text_kwargs": _kwargs_for(model_config.get("text_kwargs"), model_config.text_encoder),
+      "image_encoder": model_config.image_encoder,
+      "image_kwargs": _kwargs_for(model_config.get("image_kwargs"), model_config.image_encoder),
+      "embed_dim": model_config.embed_dim,
+      "projection_kwargs": dict(model_config.get("projection_kwargs") or {}),
+      "init_scale": model_config.init_scale,
+      "fusion": fusion,
+      "fusion_kwargs": _kwargs_for(model_config.get("fusion_kwargs"), fusion) if fusion else {},
+  }
 
 
 def build_dual_encoder(model_config: ml_collections.ConfigDict, vocab_size: int,
                        max_length: int) -> DualEncoder:
   """The text tower gets the tokenizer's vocabulary size (and length where it has one)."""
-  # Look the names up now, so a typo fails before any work rather than inside init.
-  TEXT_ENCODERS.get(model_config.text_encoder, config_key="model.text_encoder")
-  IMAGE_ENCODERS.get(model_config.image_encoder, config_key="model.image_encoder")
-  text_kwargs = dict(model_config.text_kwargs)
-  text_kwargs["vocab_size"] = vocab_size
-  if model_config.text_encoder == "transformer":
+  resolved = resolved_model_config(model_config)
+  text_kwargs = dict(resolved.pop("text_kwargs"), vocab_size=vocab_size)
+  if resolved["text_encoder"] == "transformer":
     text_kwargs.setdefault("max_length", max_length)
-  return DualEncoder(
-      text_encoder=model_config.text_encoder, text_kwargs=text_kwargs,
-      image_encoder=model_config.image_encoder, image_kwargs=dict(model_config.image_kwargs),
-      embed_dim=model_config.embed_dim, init_scale=model_config.init_scale)
+  return DualEncoder(text_kwargs=text_kwargs, **resolved)

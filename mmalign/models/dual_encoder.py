@@ -1,4 +1,10 @@
-"""Dual encoder: two towers projected into one L2-normalised space."""
+"""Dual encoder: two towers projected into one L2-normalised space, plus optional fusion.
+
+With `fusion` set, the model also scores image–text matching (ITM): a fusion
+module combines each caption with its own image (label 1) and with the next
+example's image (label 0), and a one-logit classifier head says whether they
+match. Batches hold distinct captions, so the rolled pairs are true negatives.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmalign.models import image_encoders, recurrent, text_encoders  # noqa: F401 (registration)
+from mmalign.models.fusion import FusionInputs, build_fusion
+from mmalign.models.heads import Classifier, Projection, l2_normalize  # noqa: F401
 from mmalign.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS
 
 
-def l2_normalize(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
-  return x * jnp.reciprocal(jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps))
-
-
 class DualEncoder(nn.Module):
-  """Text and image towers chosen by name, linear projections, learnable scale.
+  """Text and image towers chosen by name, projection heads, learnable scale.
 
   The scale (the InfoNCE inverse temperature) is learned as its log, so it
   stays positive; it is clipped at `max_scale` as in CLIP.
@@ -27,32 +31,59 @@ class DualEncoder(nn.Module):
   image_encoder: str
   image_kwargs: dict[str, Any]
   embed_dim: int = 256
+  projection_kwargs: dict[str, Any] | None = None  # Projection head: hidden, dropout.
   init_scale: float = 10.0
   max_scale: float = 100.0
+  fusion: str | None = None
+  fusion_kwargs: dict[str, Any] | None = None
 
   def setup(self):
     self.text_tower = TEXT_ENCODERS.get(self.text_encoder, config_key="model.text_encoder")(
         **self.text_kwargs)
     self.image_tower = IMAGE_ENCODERS.get(self.image_encoder,
                                           config_key="model.image_encoder")(**self.image_kwargs)
-    self.text_projection = nn.Dense(self.embed_dim, use_bias=False)
-    self.image_projection = nn.Dense(self.embed_dim, use_bias=False)
+    projection_kwargs = dict(self.projection_kwargs or {})
+    self.text_projection = Projection(self.embed_dim, **projection_kwargs)
+    self.image_projection = Projection(self.embed_dim, **projection_kwargs)
     self.log_scale = self.param("log_scale", nn.initializers.constant(np.log(self.init_scale)),
                                 ())
+    if self.fusion is not None:
+      self.fusion_module = build_fusion(self.fusion, config_key="model.fusion",
+                                        **(self.fusion_kwargs or {}))
+      self.match_head = Classifier(num_classes=1)
 
   def embed_text(self, tokens, *, train: bool = False):
     """tokens [b, l] int32 → [b, embed_dim] float32, unit norm."""
     pooled, _ = self.text_tower(tokens, train=train)
-    return l2_normalize(self.text_projection(pooled).astype(jnp.float32))
+    return self.text_projection(pooled, train=train)
 
   def embed_image(self, images, *, train: bool = False):
     """images [b, h, w, c] float32 → [b, embed_dim] float32, unit norm."""
     pooled, _ = self.image_tower(images, train=train)
-    return l2_normalize(self.image_projection(pooled).astype(jnp.float32))
+    return self.image_projection(pooled, train=train)
 
   def scale(self):
     return jnp.minimum(jnp.exp(self.log_scale), self.max_scale)
 
-  def __call__(self, tokens, images, *, train: bool = False):
-    return (self.embed_text(tokens, train=train), self.embed_image(images, train=train),
-            self.scale())
+  def __call__(self, tokens, images, *, train: bool = False) -> dict[str, jnp.ndarray]:
+    """{"text_emb", "image_emb" [b, embed_dim], "scale"} (+ "match_logits", "match_labels" [2b])."""
+    text = self.text_tower(tokens, train=train)  # (pooled, sequence)
+    image = self.image_tower(images, train=train)
+    outputs = {"text_emb": self.text_projection(text[0], train=train),
+               "image_emb": self.image_projection(image[0], train=train),
+               "scale": self.scale()}
+    if self.fusion is not None:
+      outputs.update(self._match(tokens, text, image, train=train))
+    return outputs
+
+  def _match(self, tokens, text, image, *, train: bool) -> dict[str, jnp.ndarray]:
+    rolled = tuple(jnp.roll(x, 1, axis=0) for x in image)  # Each caption, the next image.
+    both = lambda a, b: jnp.concatenate([a, b], axis=0)  # noqa: E731
+    inputs = FusionInputs.create(
+        (both(text[0], text[0]), both(text[1], text[1])),
+        (both(image[0], rolled[0]), both(image[1], rolled[1])),
+        text_mask=both(tokens != 0, tokens != 0))
+    logits = self.match_head(self.fusion_module(inputs, train=train), train=train)[:, 0]
+    batch = tokens.shape[0]
+    labels = jnp.concatenate([jnp.ones(batch), jnp.zeros(batch)])
+    return {"match_logits": logits, "match_labels": labels}  # [2b] each

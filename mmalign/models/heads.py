@@ -14,10 +14,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmalign.models.dual_encoder import l2_normalize as _l2_normalize
 from mmalign.registry import Registry
 
 HEADS = Registry("head")
+
+
+def l2_normalize(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+  """Rows scaled to unit norm; a zero row stays zero instead of becoming NaN."""
+  return x * jnp.reciprocal(jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps))
 register_head = HEADS.register
 
 
@@ -65,7 +69,7 @@ class Projection(nn.Module):
   def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
     y = MLP(self.out_dim, self.hidden, self.dropout, self.use_bias, self.dtype, self.param_dtype,
             name="mlp")(x, train=train).astype(jnp.float32)
-    return _l2_normalize(y) if self.l2_normalize else y
+    return l2_normalize(y) if self.l2_normalize else y
 
 
 @register_head("classifier")

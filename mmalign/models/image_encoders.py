@@ -15,28 +15,35 @@ class SmallCNN(nn.Module):
   """VGG-like stages of 3×3 convolutions, each stage halving the resolution.
 
   GroupNorm instead of BatchNorm: no running statistics to carry, and the
-  result does not depend on which examples share a batch.
+  result does not depend on which examples share a batch. The pooled vector
+  sees the whole final map (its mean and its flattening), so position is kept;
+  the sequence is the final map projected per position to `width`.
   """
   channels: Sequence[int] = (64, 128, 256)
   convs_per_stage: int = 1
   width: int = 256
   groups: int = 8  # GroupNorm groups; 0 disables normalisation.
   dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
     x = images.astype(self.dtype)
     for stage, channels in enumerate(self.channels):
       for conv in range(self.convs_per_stage):
-        x = nn.Conv(channels, (3, 3), dtype=self.dtype, name=f"conv_{stage}_{conv}")(x)
+        x = nn.Conv(channels, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype,
+                    name=f"conv_{stage}_{conv}")(x)
         if self.groups:
-          x = nn.GroupNorm(num_groups=min(self.groups, channels), dtype=self.dtype)(x)
+          x = nn.GroupNorm(num_groups=min(self.groups, channels), dtype=self.dtype,
+                           param_dtype=self.param_dtype)(x)
         x = nn.gelu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     batch, height, width, channels = x.shape
-    sequence = x.reshape(batch, height * width, channels)  # [b, patches, c]
-    pooled = nn.Dense(self.width, dtype=self.dtype, name="head")(
-        jnp.concatenate([sequence.mean(axis=1), x.reshape(batch, -1)], axis=-1))
+    features = x.reshape(batch, height * width, channels)  # [b, patches, c]
+    pooled = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
+        jnp.concatenate([features.mean(axis=1), x.reshape(batch, -1)], axis=-1))
+    sequence = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="sequence")(features)  # [b, patches, width]
     return pooled, sequence
 
 

@@ -7,7 +7,6 @@ it would have seen without the interruption.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -16,14 +15,14 @@ import optax
 
 from mmalign import experiment as experiment_lib
 from mmalign.data import pipeline, sources
-from mmalign.losses.contrastive import LOSSES
+from mmalign.losses.objective import build_objective
 from mmalign.plots import plot_training_curves
 from mmalign.train import mesh as mesh_lib
 from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.metrics_log import MetricsLog, say
 
 
-def make_train_step(model, loss_fn, optimizer, mesh, seed: int):
+def make_train_step(model, objective, optimizer, mesh, seed: int):
   """jit-compiled step: batch sharded over `data`, state replicated.
 
   Dropout keys are `fold_in(key(seed), step)`: a resumed run draws the same
@@ -38,16 +37,17 @@ def make_train_step(model, loss_fn, optimizer, mesh, seed: int):
     rngs = {"dropout": jax.random.fold_in(base_key, state["step"])}
 
     def loss_of(params):
-      (text_emb, image_emb, scale), new_model_state = model.apply(
+      outputs, new_model_state = model.apply(
           {"params": params, **model_state}, batch["tokens"], batch["images"], train=True,
           rngs=rngs, mutable=list(model_state))
-      return loss_fn(text_emb, image_emb, scale), (scale, new_model_state)
+      loss, metrics = objective(outputs)
+      return loss, ({**metrics, "scale": outputs["scale"]}, new_model_state)
 
-    (loss, (scale, new_model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+    (loss, (metrics, new_model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
         state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "scale": scale, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
     if model_state:
       new_state["model_state"] = dict(new_model_state)
@@ -73,8 +73,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
       global_batch=tc.batch_size, seed=tc.seed, normalization=exp.normalization,
       max_shift=config.data.max_shift)
   optimizer, schedule = exp.optimizer()
-  loss_fn = functools.partial(LOSSES.get(config.loss.name, config_key="loss.name"),
-                              **dict(config.loss.kwargs))
+  objective = build_objective(config.loss, model_fuses=exp.model.fusion is not None)
   mesh = mesh_lib.data_mesh()
 
   state = exp.init_train_state()
@@ -93,7 +92,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
       f"{len(train_index.groups)} images, {batches.steps_per_epoch} steps per epoch; "
       f"training steps {start + 1}..{tc.steps}")
 
-  train_step = make_train_step(exp.model, loss_fn, optimizer, mesh, tc.seed)
+  train_step = make_train_step(exp.model, objective, optimizer, mesh, tc.seed)
   metrics_log = MetricsLog(workdir, tc.steps, start)
   last = tc.steps if stop_after is None else min(stop_after, tc.steps)
   iterator = pipeline.train_iterator(batches, start_step=start, num_steps=last)

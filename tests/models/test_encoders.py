@@ -122,7 +122,7 @@ def test_cnn_shapes_and_finite(cnn):
   assert "cnn" in IMAGE_ENCODERS.names()
   pooled, sequence = cnn(IMAGES)
   assert pooled.shape == (3, WIDTH)
-  assert sequence.shape == (3, 4 * 4, 8)  # Two stages halve 16 → 4; last stage has 8 channels.
+  assert sequence.shape == (3, 4 * 4, WIDTH)  # Two stages halve 16 → 4; projected to width.
   assert jnp.isfinite(pooled).all()
 
 
@@ -160,7 +160,9 @@ def test_dual_encoder_embeddings_have_unit_norm_and_initial_scale():
     traces.append(tokens.shape)  # Runs only while tracing.
     return model.apply(params, tokens, images)
 
-  text_emb, image_emb, scale = apply(params, TOKENS[:2], IMAGES[:2])
+  outputs = apply(params, TOKENS[:2], IMAGES[:2])
+  text_emb, image_emb, scale = outputs["text_emb"], outputs["image_emb"], outputs["scale"]
+  assert set(outputs) == {"text_emb", "image_emb", "scale"}  # No fusion configured.
   assert text_emb.shape == image_emb.shape == (2, 8)
   assert text_emb.dtype == image_emb.dtype == jnp.float32
   np.testing.assert_allclose(jnp.linalg.norm(text_emb, axis=-1), 1.0, rtol=1e-5)
@@ -169,7 +171,7 @@ def test_dual_encoder_embeddings_have_unit_norm_and_initial_scale():
   # Calling again with new values of the same shapes reuses the compiled function.
   again = apply(params, TOKENS[:2] + 1, IMAGES[:2] * 2.0)
   assert len(traces) == 1
-  assert not np.allclose(again[0], text_emb)
+  assert not np.allclose(again["text_emb"], text_emb)
   apply(params, TOKENS, IMAGES)  # A new shape does retrace: the counter can fail.
   assert len(traces) == 2
 
@@ -183,8 +185,10 @@ def test_dual_encoder_scale_is_clipped_at_max_scale():
 
 def _model_config(**overrides) -> ml_collections.ConfigDict:
   config = quickstart.get_config().model
-  config.text_kwargs = ml_collections.ConfigDict({"width": WIDTH, "mlp_layers": 1})
-  config.image_kwargs = ml_collections.ConfigDict(CNN_KWARGS)
+  config.text_kwargs.bag_of_words = ml_collections.ConfigDict({"width": WIDTH, "mlp_layers": 1})
+  config.text_kwargs.transformer = ml_collections.ConfigDict(
+      {"width": WIDTH, "depth": 1, "heads": 2})
+  config.image_kwargs.cnn = ml_collections.ConfigDict(CNN_KWARGS)
   config.embed_dim = 8
   config.init_scale = 5.0
   config.update(overrides)
@@ -196,15 +200,14 @@ def test_build_dual_encoder_from_config():
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), TOKENS, IMAGES)
   # The tokenizer's vocabulary size reached the text tower.
   assert params["params"]["text_tower"]["embed"]["embedding"].shape == (VOCAB, WIDTH)
-  text_emb, image_emb, _ = jax.eval_shape(model.apply, params, TOKENS, IMAGES)
-  assert text_emb.shape == image_emb.shape == (3, 8)
+  outputs = jax.eval_shape(model.apply, params, TOKENS, IMAGES)
+  assert outputs["text_emb"].shape == outputs["image_emb"].shape == (3, 8)
   scale_params = model.init(jax.random.PRNGKey(0), method=DualEncoder.scale)
   assert float(model.apply(scale_params, method=DualEncoder.scale)) == pytest.approx(5.0)
 
 
 def test_build_transformer_gets_the_tokenizer_max_length():
   config = _model_config(text_encoder="transformer")
-  config.text_kwargs = ml_collections.ConfigDict({"width": WIDTH, "depth": 1, "heads": 2})
   model = build_dual_encoder(config, vocab_size=VOCAB, max_length=MAX_LENGTH)
   assert model.text_kwargs["max_length"] == MAX_LENGTH
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), TOKENS, IMAGES)

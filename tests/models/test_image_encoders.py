@@ -28,7 +28,7 @@ BATCH = 4
 IMAGES = jnp.asarray(np.random.default_rng(0).normal(size=(BATCH, 32, 32, 3)), jnp.float32)
 # name → (tiny kwargs, pooled shape, sequence shape) on IMAGES [4, 32, 32, 3].
 TINY = {
-    "cnn": (dict(channels=(4, 8), width=16, groups=2), (BATCH, 16), (BATCH, 64, 8)),
+    "cnn": (dict(channels=(4, 8), width=16, groups=2), (BATCH, 16), (BATCH, 64, 16)),
     "vgg": (dict(layout=(8, "M", 16, 16, "M")), (BATCH, 16), (BATCH, 64, 16)),
     # 32×32 kept by the small stem, then halved by stages 2-4: 4×4 maps of 8·width channels.
     "resnet": (dict(depth=18, width=4, small_input=True), (BATCH, 32), (BATCH, 16, 32)),
@@ -382,5 +382,6 @@ def test_dual_encoder_builds_with_each_image_encoder(name):
                       image_encoder=name, image_kwargs=kwargs, embed_dim=8)
   tokens = jnp.ones((BATCH, 5), jnp.int32)
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens, IMAGES)
-  assert variables["params"]["image_projection"]["kernel"].shape == (pooled_shape[1], 8)
+  projection = variables["params"]["image_projection"]["mlp"]["out"]["kernel"]
+  assert projection.shape == (pooled_shape[1], 8)
   assert ("batch_stats" in variables) == (name in WITH_BATCH_NORM)

@@ -1,0 +1,44 @@
+"""The training objective: an alignment loss, plus image–text matching when the model fuses.
+
+The design survey's multi-task option: `total = alignment + matching_weight ·
+matching`, where matching is binary cross-entropy on the fused pairs the model
+scores (see `DualEncoder`). Returns the metrics to log beside the total.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax.numpy as jnp
+import optax
+
+from mmalign.errors import UsageError
+from mmalign.losses.contrastive import LOSSES
+
+Objective = Callable[[dict], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
+
+
+def build_objective(loss_config, *, model_fuses: bool) -> Objective:
+  alignment = functools.partial(LOSSES.get(loss_config.name, config_key="loss.name"),
+                                **dict(loss_config.get("kwargs") or {}))
+  matching_weight = float(loss_config.get("matching_weight", 0.0))
+  if model_fuses != (matching_weight > 0):
+    raise UsageError(
+        f"loss.matching_weight={matching_weight} and model.fusion "
+        f"{'is set' if model_fuses else 'is None'}: the fusion module is trained by the "
+        "matching loss, so set both (e.g. --config.model.fusion=concat "
+        "--config.loss.matching_weight=1.0) or neither")
+
+  def objective(outputs: dict) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    loss = alignment(outputs["text_emb"], outputs["image_emb"], outputs["scale"])
+    metrics = {"alignment_loss": loss}
+    if model_fuses:
+      logits, labels = outputs["match_logits"], outputs["match_labels"]  # [2b]
+      matching = optax.sigmoid_binary_cross_entropy(logits, labels).mean()
+      metrics["matching_loss"] = matching
+      metrics["matching_accuracy"] = ((logits > 0) == (labels > 0.5)).mean()
+      loss = loss + matching_weight * matching
+    return loss, metrics
+
+  return objective

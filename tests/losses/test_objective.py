@@ -1,0 +1,53 @@
+"""The training objective: alignment loss alone, or plus weighted image–text matching."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from mmalign.errors import UsageError
+from mmalign.losses.contrastive import symmetric_infonce
+from mmalign.losses.objective import build_objective
+
+
+def _loss_config(matching_weight=0.0):
+  return ml_collections.ConfigDict({"name": "infonce", "kwargs": {},
+                                    "matching_weight": matching_weight})
+
+
+def _outputs(rng, with_matching):
+  text = rng.normal(size=(4, 3)).astype(np.float32)
+  image = rng.normal(size=(4, 3)).astype(np.float32)
+  outputs = {"text_emb": jnp.asarray(text), "image_emb": jnp.asarray(image),
+             "scale": jnp.float32(2.0)}
+  if with_matching:
+    outputs["match_logits"] = jnp.asarray(rng.normal(size=8).astype(np.float32))
+    outputs["match_labels"] = jnp.asarray([1.0] * 4 + [0.0] * 4)
+  return outputs
+
+
+def test_alignment_only_equals_the_registered_loss():
+  outputs = _outputs(np.random.default_rng(0), with_matching=False)
+  loss, metrics = build_objective(_loss_config(), model_fuses=False)(outputs)
+  expected = symmetric_infonce(outputs["text_emb"], outputs["image_emb"], outputs["scale"])
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  assert set(metrics) == {"alignment_loss"}
+
+
+def test_matching_adds_weighted_binary_cross_entropy():
+  outputs = _outputs(np.random.default_rng(1), with_matching=True)
+  loss, metrics = build_objective(_loss_config(0.5), model_fuses=True)(outputs)
+  logits = np.asarray(outputs["match_logits"], np.float64)
+  labels = np.asarray(outputs["match_labels"], np.float64)
+  p = expit(logits)
+  bce = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+  np.testing.assert_allclose(metrics["matching_loss"], bce, rtol=1e-5)
+  np.testing.assert_allclose(loss, metrics["alignment_loss"] + 0.5 * bce, rtol=1e-5)
+  np.testing.assert_allclose(metrics["matching_accuracy"], np.mean((logits > 0) == labels))
+
+
+@pytest.mark.parametrize("weight, fuses", [(1.0, False), (0.0, True)])
+def test_fusion_and_matching_weight_must_agree(weight, fuses):
+  with pytest.raises(UsageError, match="loss.matching_weight"):
+    build_objective(_loss_config(weight), model_fuses=fuses)
