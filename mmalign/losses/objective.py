@@ -32,8 +32,9 @@ def build_objective(loss_config, *, model_fuses: bool) -> Objective:
 
   def objective(outputs: dict) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     loss = alignment(outputs["text_emb"], outputs["image_emb"], outputs["scale"])
-    metrics = {"alignment_loss": loss}
-    if model_fuses:
+    metrics = {}
+    if model_fuses:  # Log the parts only when there is more than one.
+      metrics["alignment_loss"] = loss
       logits, labels = outputs["match_logits"], outputs["match_labels"]  # [2b]
       matching = optax.sigmoid_binary_cross_entropy(logits, labels).mean()
       metrics["matching_loss"] = matching
