@@ -136,7 +136,9 @@ def to_markdown(report: dict[str, Any]) -> str:
       f"JAX {report['jax_version']}, device {report['device']}, {report['date']}.  ",
       f"One jitted train step (forward + backward) per call; median of {report['repeats']} "
       f"timed steps after {report['warmup']} warm-up steps. Images "
-      f"{report['image_shape']}, tokens {report['token_shape']}.",
+      f"{report['image_shape']}, tokens {report['token_shape']}. "
+      f"{report['cpu_count']} CPUs; 1-minute load average at the end: "
+      f"{report['load_average_1min']} (above ~1 means other jobs shared the machine).",
       "",
       "| kind | encoder | config | params | ms / step | examples / s | compile s | status |",
       "|---|---|---|---:|---:|---:|---:|---|",
@@ -182,7 +184,8 @@ def main(argv):
       jax_version=jax.__version__, device=_describe(device),
       date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       batch_size=batch, repeats=repeats, warmup=warmup, image_shape=list(images.shape),
-      token_shape=list(tokens.shape), results=results)
+      token_shape=list(tokens.shape), results=results,
+      cpu_count=os.cpu_count(), load_average_1min=round(os.getloadavg()[0], 2))
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   stem = os.path.join(_OUT_DIR.value, f"models_{device.platform}")
   with open(stem + ".json", "w", encoding="utf-8") as f:
