@@ -59,8 +59,8 @@ class Experiment:
     tc = self.config.train
     schedule = learning_rate_schedule(peak=tc.learning_rate, warmup_steps=tc.warmup_steps,
                                       total_steps=tc.steps)
-    return adamw(schedule, weight_decay=tc.weight_decay,
-                 grad_clip_norm=tc.grad_clip_norm), schedule
+    return adamw(schedule, weight_decay=tc.weight_decay, grad_clip_norm=tc.grad_clip_norm,
+                 frozen=tuple(tc.get("frozen", ()))), schedule
 
   def init_train_state(self) -> dict:
     """{params, opt_state, step[, model_state]}: what a checkpoint holds.

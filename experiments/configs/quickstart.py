@@ -73,6 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.warmup_steps = 100
   c.train.weight_decay = 1e-4
   c.train.grad_clip_norm = 1.0
+  # Regexes over parameter paths ("text_tower/embed/embedding") that get no update and
+  # no weight decay, e.g. ("text_tower/embed",) with model.text_kwargs.*.init_embeddings.
+  c.train.frozen = ()
   c.train.log_every = 50
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 2

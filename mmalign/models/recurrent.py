@@ -67,7 +67,7 @@ class RecurrentEncoder(nn.Module):
   pooling: str = "final"  # Or "mean".
   dropout: float = 0.0
   init_embeddings: str | None = None  # .npy [vocab_size, width] float.
-  freeze_embeddings: bool = False
+  freeze_embeddings: bool = False  # Also list the table in train.frozen: AdamW decays it otherwise.
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 

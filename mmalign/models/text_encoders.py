@@ -121,7 +121,7 @@ class BagOfWords(nn.Module):
   pooling: str = "mean"  # "mean" or "max", over valid tokens.
   dropout: float = 0.0  # On the pooled embedding, before the MLP.
   init_embeddings: str | None = None  # .npy [vocab_size, width] float.
-  freeze_embeddings: bool = False
+  freeze_embeddings: bool = False  # Also list the table in train.frozen: AdamW decays it otherwise.
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -223,7 +223,7 @@ class TextTransformer(nn.Module):
   pooling: str = "mean"  # Or "cls".
   causal: bool = False
   init_embeddings: str | None = None  # .npy [vocab_size, width] float.
-  freeze_embeddings: bool = False
+  freeze_embeddings: bool = False  # Also list the table in train.frozen: AdamW decays it otherwise.
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import optax
 
@@ -23,9 +25,32 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def param_path(path) -> str:
+  """"text_tower/embed/embedding" for a jax.tree_util key path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def frozen_labels(params, patterns: tuple[str, ...]):
+  """"frozen" for parameters whose path matches any regex in `patterns`, else "trained"."""
+  compiled = [re.compile(p) for p in patterns]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if any(c.search(param_path(path)) for c in compiled)
+      else "trained", params)
+
+
 def adamw(schedule: optax.Schedule, *, weight_decay: float, b1: float = 0.9, b2: float = 0.98,
-          grad_clip_norm: float | None = 1.0) -> optax.GradientTransformation:
+          grad_clip_norm: float | None = 1.0,
+          frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """AdamW; parameters matching a `frozen` regex get no update at all (no weight decay).
+
+  Frozen parameters are left out of the gradient-norm clipping too, so freezing
+  a tower does not change how the rest is clipped.
+  """
   chain = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
   chain.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay,
                            mask=_decay_mask))
-  return optax.chain(*chain)
+  trained = optax.chain(*chain)
+  if not frozen:
+    return trained
+  return optax.multi_transform({"trained": trained, "frozen": optax.set_to_zero()},
+                               lambda params: frozen_labels(params, tuple(frozen)))

@@ -1,0 +1,49 @@
+"""Optimizer: warm-up + cosine schedule, decay mask, and frozen parameters."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mmalign.errors import UsageError
+from mmalign.train.optimizer import adamw, frozen_labels, learning_rate_schedule
+
+
+def _params():
+  return {"text_tower": {"embed": {"embedding": jnp.ones((4, 3))}},
+          "head": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+  schedule = learning_rate_schedule(peak=1.0, warmup_steps=10, total_steps=110)
+  assert float(schedule(0)) == 0.0
+  np.testing.assert_allclose(float(schedule(10)), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(float(schedule(60)), 0.5, rtol=1e-5)  # Half-way down the cosine.
+  np.testing.assert_allclose(float(schedule(110)), 0.0, atol=1e-7)
+
+
+def test_schedule_rejects_warmup_longer_than_training():
+  with pytest.raises(UsageError, match="train.warmup_steps"):
+    learning_rate_schedule(peak=1.0, warmup_steps=10, total_steps=10)
+
+
+def test_frozen_labels_match_paths():
+  labels = frozen_labels(_params(), ("text_tower/embed",))
+  assert labels["text_tower"]["embed"]["embedding"] == "frozen"
+  assert labels["head"]["kernel"] == labels["head"]["bias"] == "trained"
+
+
+def test_frozen_parameters_do_not_move_even_with_weight_decay():
+  params = _params()
+  optimizer = adamw(optax.constant_schedule(0.1), weight_decay=0.5, frozen=("text_tower/",))
+  state = optimizer.init(params)
+  grads = {"text_tower": {"embed": {"embedding": jnp.zeros((4, 3))}},
+           "head": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
+  updates, _ = optimizer.update(grads, state, params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(new["text_tower"]["embed"]["embedding"], 1.0)
+  assert not np.allclose(new["head"]["kernel"], 1.0)
+  # Without freezing, the zero-gradient table still shrinks through weight decay.
+  plain = adamw(optax.constant_schedule(0.1), weight_decay=0.5)
+  updates, _ = plain.update(grads, plain.init(params), params)
+  assert np.all(optax.apply_updates(params, updates)["text_tower"]["embed"]["embedding"] < 1.0)
