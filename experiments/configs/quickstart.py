@@ -63,6 +63,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "infonce"
   c.loss.kwargs = ml_collections.ConfigDict()
+  # Which kernels implementation computes the loss ("auto": Pallas on GPU/TPU, the
+  # tiled XLA path on CPU) and the block sizes of each (kernels/api.py).
+  c.loss.kernel = ml_collections.ConfigDict({
+      "impl": "auto",
+      "reference": {},
+      "xla_chunked": {"block_size": 512},
+      "pallas": {"block_n": 128, "block_m": 128},
+  })
   c.loss.matching_weight = 0.0  # > 0 with model.fusion: image–text matching (multi-task).
 
   c.train = ml_collections.ConfigDict()

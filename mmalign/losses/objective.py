@@ -13,15 +13,30 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import optax
 
+from kernels import api as kernels_api
 from mmalign.errors import UsageError
 from mmalign.losses.contrastive import LOSSES
 
 Objective = Callable[[dict], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
 
 
+def _kernel_kwargs(loss_config) -> dict:
+  """impl and that impl's block sizes from `loss.kernel` ("auto" resolved for the backend)."""
+  kernel = loss_config.get("kernel")
+  if kernel is None:
+    return {}
+  impl = kernel.get("impl", "auto")
+  if impl not in kernels_api.IMPLS:
+    raise UsageError(f"unknown loss.kernel.impl {impl!r}; allowed: {', '.join(kernels_api.IMPLS)}")
+  resolved = kernels_api.resolve_impl(impl)
+  blocks = kernel.get(resolved)
+  return {"impl": impl, "block_kwargs": dict(blocks) if blocks is not None else {}}
+
+
 def build_objective(loss_config, *, model_fuses: bool) -> Objective:
   alignment = functools.partial(LOSSES.get(loss_config.name, config_key="loss.name"),
-                                **dict(loss_config.get("kwargs") or {}))
+                                **dict(loss_config.get("kwargs") or {}),
+                                **_kernel_kwargs(loss_config))
   matching_weight = float(loss_config.get("matching_weight", 0.0))
   if model_fuses != (matching_weight > 0):
     raise UsageError(
@@ -31,7 +46,8 @@ def build_objective(loss_config, *, model_fuses: bool) -> Objective:
         "--config.loss.matching_weight=1.0) or neither")
 
   def objective(outputs: dict) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-    loss = alignment(outputs["text_emb"], outputs["image_emb"], outputs["scale"])
+    loss = alignment(outputs["text_emb"], outputs["image_emb"], outputs["scale"],
+                     bias=outputs.get("bias"))
     metrics = {}
     if model_fuses:  # Log the parts only when there is more than one.
       metrics["alignment_loss"] = loss

@@ -34,6 +34,7 @@ class DualEncoder(nn.Module):
   projection_kwargs: dict[str, Any] | None = None  # Projection head: hidden, dropout.
   init_scale: float = 10.0
   max_scale: float = 100.0
+  init_bias: float = -10.0  # The sigmoid loss's learnable bias (SigLIP's initial value).
   fusion: str | None = None
   fusion_kwargs: dict[str, Any] | None = None
 
@@ -47,6 +48,7 @@ class DualEncoder(nn.Module):
     self.image_projection = Projection(self.embed_dim, **projection_kwargs)
     self.log_scale = self.param("log_scale", nn.initializers.constant(np.log(self.init_scale)),
                                 ())
+    self.bias = self.param("bias", nn.initializers.constant(self.init_bias), ())
     if self.fusion is not None:
       self.fusion_module = build_fusion(self.fusion, config_key="model.fusion",
                                         **(self.fusion_kwargs or {}))
@@ -66,12 +68,13 @@ class DualEncoder(nn.Module):
     return jnp.minimum(jnp.exp(self.log_scale), self.max_scale)
 
   def __call__(self, tokens, images, *, train: bool = False) -> dict[str, jnp.ndarray]:
-    """{"text_emb", "image_emb" [b, embed_dim], "scale"} (+ "match_logits", "match_labels" [2b])."""
+    """{"text_emb", "image_emb" [b, embed_dim], "scale", "bias"} (+ "match_logits",
+    "match_labels" [2b] with fusion). The bias is used by the sigmoid loss only."""
     text = self.text_tower(tokens, train=train)  # (pooled, sequence)
     image = self.image_tower(images, train=train)
     outputs = {"text_emb": self.text_projection(text[0], train=train),
                "image_emb": self.image_projection(image[0], train=train),
-               "scale": self.scale()}
+               "scale": self.scale(), "bias": self.bias}
     if self.fusion is not None:
       outputs.update(self._match(tokens, text, image, train=train))
     return outputs

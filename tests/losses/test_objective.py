@@ -51,3 +51,35 @@ def test_matching_adds_weighted_binary_cross_entropy():
 def test_fusion_and_matching_weight_must_agree(weight, fuses):
   with pytest.raises(UsageError, match="loss.matching_weight"):
     build_objective(_loss_config(weight), model_fuses=fuses)
+
+
+def _with_kernel(config, impl):
+  config.kernel = ml_collections.ConfigDict(
+      {"impl": impl, "reference": {}, "xla_chunked": {"block_size": 3}, "pallas": {}})
+  return config
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference", "xla_chunked"])
+def test_every_kernel_impl_gives_the_same_loss(impl):
+  outputs = _outputs(np.random.default_rng(2), with_matching=False)
+  reference, _ = build_objective(_loss_config(), model_fuses=False)(outputs)
+  loss, _ = build_objective(_with_kernel(_loss_config(), impl), model_fuses=False)(outputs)
+  np.testing.assert_allclose(loss, reference, rtol=1e-5)
+
+
+def test_unknown_kernel_impl_is_named():
+  with pytest.raises(UsageError, match="loss.kernel.impl"):
+    build_objective(_with_kernel(_loss_config(), "cuda_magic"), model_fuses=False)
+
+
+def test_sigmoid_loss_uses_the_model_bias():
+  outputs = _outputs(np.random.default_rng(3), with_matching=False)
+  outputs["bias"] = jnp.float32(-2.0)
+  config = _loss_config()
+  config.name = "sigmoid"
+  loss, _ = build_objective(config, model_fuses=False)(outputs)
+  t, i = np.asarray(outputs["text_emb"], np.float64), np.asarray(outputs["image_emb"], np.float64)
+  logits = 2.0 * t @ i.T - 2.0
+  z = 2 * np.eye(4) - 1
+  expected = -np.sum(np.log(expit(z * logits))) / 4
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)

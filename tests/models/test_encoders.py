@@ -162,7 +162,7 @@ def test_dual_encoder_embeddings_have_unit_norm_and_initial_scale():
 
   outputs = apply(params, TOKENS[:2], IMAGES[:2])
   text_emb, image_emb, scale = outputs["text_emb"], outputs["image_emb"], outputs["scale"]
-  assert set(outputs) == {"text_emb", "image_emb", "scale"}  # No fusion configured.
+  assert set(outputs) == {"text_emb", "image_emb", "scale", "bias"}  # No fusion configured.
   assert text_emb.shape == image_emb.shape == (2, 8)
   assert text_emb.dtype == image_emb.dtype == jnp.float32
   np.testing.assert_allclose(jnp.linalg.norm(text_emb, axis=-1), 1.0, rtol=1e-5)

@@ -1,0 +1,193 @@
+"""InfoNCE forward+backward on CPU: the full-logits reference against the tiled XLA kernel.
+
+  python -m benchmarks.kernels                 # N = M in 1024, 4096, 16384, 65536; slow
+  python -m benchmarks.kernels --quick         # smoke test: N in 256, 1024, 1 timed step
+  python -m benchmarks.kernels --sizes=2048 --block_size=256
+
+Each (implementation, N) case runs in its own subprocess, so its peak resident
+memory (`ru_maxrss` of that process alone) is not mixed with the others'. The
+child builds text and image `[N, dim]` float32 inputs, compiles one jitted
+value-and-gradient step (w.r.t. text, image and scale; positives on the
+diagonal), warms it up, times `--repeats` steps and reports the median. The
+reference is skipped where its `[N, N]` logits and their gradient temporaries
+(≈ 4 · N² · 4 bytes) would exceed `--reference_limit_gb`.
+
+Memory columns: `baseline` is the child's peak RSS once its inputs exist (JAX
+runtime + inputs), `peak` its peak RSS at the end (includes compilation); the
+difference approximates the step's working memory.
+
+Writes `<out_dir>/kernels_cpu.json` and `.md`, naming the command, JAX version
+and date, as every results table must.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # For `python benchmarks/kernels.py` as well as `-m`.
+  sys.path.insert(0, ROOT)
+
+_SIZES = flags.DEFINE_list("sizes", None, "N = M values (default 1024,4096,16384,65536; "
+                           "256,1024 if --quick).")
+_DIM = flags.DEFINE_integer("dim", 256, "Embedding width d.")
+_BLOCK = flags.DEFINE_integer("block_size", 512, "xla_chunked column block.")
+_REPEATS = flags.DEFINE_integer("repeats", None, "Timed steps (default 3; 1 if --quick).")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.")
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke test: small N, one timed step.")
+_IMPLS = flags.DEFINE_list("impls", ["reference", "xla_chunked"], "Implementations to run.")
+_REFERENCE_LIMIT = flags.DEFINE_float("reference_limit_gb", 8.0, "Skip the reference when "
+                                      "4 · N² · 4 bytes exceeds this.")
+_TIMEOUT = flags.DEFINE_integer("timeout_s", 3600, "Per-case limit; a case past it is "
+                                "reported as a timeout.")
+_OUT_DIR = flags.DEFINE_string("out_dir", os.path.join(ROOT, "benchmarks", "results"),
+                               "Where kernels_cpu.json and .md go.")
+_CASE = flags.DEFINE_string("case", None, "Internal: 'impl,N' runs one case in this process "
+                            "and prints its result as one JSON line.")
+
+
+def _max_rss_mib() -> float:
+  """This process's peak resident memory so far (ru_maxrss is KiB on Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_case(impl: str, n: int, dim: int, block_size: int, warmup: int,
+             repeats: int) -> dict[str, Any]:
+  """Times one InfoNCE value-and-grad step in this process; returns the child's row."""
+  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+
+  from kernels import reference, xla_chunked
+  # pylint: enable=import-outside-toplevel
+  if impl == "reference":
+    loss = reference.infonce_loss
+  else:
+    loss = lambda t, i, s: xla_chunked.infonce_loss(t, i, s, block_size=block_size)
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  text = jax.random.normal(k1, (n, dim), jnp.float32) / dim ** 0.5  # [N, d]
+  image = jax.random.normal(k2, (n, dim), jnp.float32) / dim ** 0.5  # [N, d]
+  scale = jnp.float32(10.0)
+  jax.block_until_ready((text, image))
+  baseline = _max_rss_mib()
+  start = time.perf_counter()
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(text, image, scale).compile()
+  compile_s = time.perf_counter() - start
+  for _ in range(warmup):
+    value, _ = jax.block_until_ready(step(text, image, scale))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    value, _ = jax.block_until_ready(step(text, image, scale))
+    times.append(time.perf_counter() - start)
+  return dict(status="ok", loss=float(value), median_s=statistics.median(times),
+              times_s=times, compile_s=compile_s, baseline_rss_mib=baseline,
+              peak_rss_mib=_max_rss_mib())
+
+
+def spawn_case(impl: str, n: int, *, repeats: int, timeout_s: int) -> dict[str, Any]:
+  """Runs one case in a fresh CPU-only subprocess and parses its JSON line."""
+  row: dict[str, Any] = dict(impl=impl, n=n, block_size=_BLOCK.value if impl != "reference"
+                             else None)
+  if impl == "reference" and 4 * n * n * 4 > _REFERENCE_LIMIT.value * 1e9:
+    row["status"] = (f"skipped: needs ~{4 * n * n * 4 / 1e9:.0f} GB "
+                     f"(> --reference_limit_gb={_REFERENCE_LIMIT.value:g})")
+    return row
+  command = [sys.executable, "-m", "benchmarks.kernels", f"--case={impl},{n}",
+             f"--dim={_DIM.value}", f"--block_size={_BLOCK.value}",
+             f"--warmup={_WARMUP.value}", f"--repeats={repeats}"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  try:
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+  except subprocess.TimeoutExpired:
+    row["status"] = f"timeout after {timeout_s} s"
+    return row
+  lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+  if done.returncode != 0 or not lines:
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    row["status"] = f"failed (exit {done.returncode}): {tail}"
+    return row
+  row.update(json.loads(lines[-1]))
+  return row
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+  lines = [
+      "# InfoNCE kernels on CPU: reference vs xla_chunked",
+      "",
+      f"Command: `{report['command']}`  ",
+      f"JAX {report['jax_version']}, {report['date']}, {report['cpu_count']} CPUs; "
+      f"1-minute load average at the end: {report['load_average_1min']}.  ",
+      f"One jitted forward+backward step (gradients w.r.t. text, image, scale), N = M, "
+      f"d = {report['dim']}, float32; median of {report['repeats']} timed steps after "
+      f"{report['warmup']} warm-up step(s). Each case ran in its own process; memory is that "
+      "process's peak RSS (baseline = after creating inputs).",
+      "",
+      "| impl | N = M | block | ms / step | compile s | baseline MiB | peak MiB | "
+      "peak − baseline MiB | loss | status |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+  ]
+  for row in report["results"]:
+    block = row["block_size"] or "–"
+    if row["status"] == "ok":
+      numbers = (f"{1e3 * row['median_s']:.1f} | {row['compile_s']:.1f} | "
+                 f"{row['baseline_rss_mib']:.0f} | {row['peak_rss_mib']:.0f} | "
+                 f"{row['peak_rss_mib'] - row['baseline_rss_mib']:.0f} | {row['loss']:.5f}")
+    else:
+      numbers = " | ".join(["–"] * 6)
+    status = row["status"].replace("|", "\\|")
+    lines.append(f"| {row['impl']} | {row['n']} | {block} | {numbers} | {status} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  quick = _QUICK.value
+  repeats = _REPEATS.value or (1 if quick else 3)
+  if _CASE.value:  # Child: one case, one JSON line on stdout.
+    impl, n = _CASE.value.split(",")
+    print(json.dumps(run_case(impl, int(n), _DIM.value, _BLOCK.value, _WARMUP.value, repeats)))
+    return
+  unknown = set(_IMPLS.value) - {"reference", "xla_chunked"}
+  if unknown:
+    raise app.UsageError(f"--impls: unknown {sorted(unknown)}; allowed: reference, xla_chunked")
+  sizes = [int(s) for s in (_SIZES.value or (["256", "1024"] if quick else
+                                              ["1024", "4096", "16384", "65536"]))]
+  import jax  # pylint: disable=import-outside-toplevel
+  results = []
+  for n in sizes:
+    for impl in _IMPLS.value:
+      row = spawn_case(impl, n, repeats=repeats, timeout_s=_TIMEOUT.value)
+      results.append(row)
+      summary = (f"{1e3 * row['median_s']:.1f} ms, peak {row['peak_rss_mib']:.0f} MiB"
+                 if row["status"] == "ok" else row["status"])
+      print(f"{impl:12s} N={n:6d} {summary}", flush=True)
+  report = dict(
+      command=" ".join(["python -m benchmarks.kernels"] + [shlex.quote(a) for a in sys.argv[1:]]),
+      jax_version=jax.__version__,
+      date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+      dim=_DIM.value, repeats=repeats, warmup=_WARMUP.value, results=results,
+      cpu_count=os.cpu_count(), load_average_1min=round(os.getloadavg()[0], 2))
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  stem = os.path.join(_OUT_DIR.value, "kernels_cpu")
+  with open(stem + ".json", "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  with open(stem + ".md", "w", encoding="utf-8") as f:
+    f.write(to_markdown(report))
+  print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+  app.run(main)
