@@ -97,6 +97,15 @@ def test_resume_matches_uninterrupted_run(tiny_data_dir, tmp_path):
   _assert_trees_equal(resumed["opt_state"], uninterrupted["opt_state"])
 
 
+def test_training_with_a_sharded_loss(tiny_data_dir, tmp_path):
+  config = _config(tiny_data_dir, steps=3, warmup_steps=1, log_every=1)
+  config.loss.distributed = "ring"
+  state = trainer.train(config, str(tmp_path / "ring"))
+  with open(tmp_path / "ring" / "metrics.jsonl") as f:
+    assert all(np.isfinite(json.loads(line)["loss"]) for line in f)
+  assert int(state["step"]) == 3
+
+
 def _launch(*args, workdir):
   command = [sys.executable, os.path.join(ROOT, "launch.py"),
              f"--config={os.path.join(ROOT, 'experiments', 'configs', 'tiny.py')}",

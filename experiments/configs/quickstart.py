@@ -71,6 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "xla_chunked": {"block_size": 512},
       "pallas": {"block_n": 128, "block_m": 128},
   })
+  # Shard the loss over the mesh's data axis: None, "all_gather" or "ring" (kernels/distributed.py).
+  c.loss.distributed = ml_collections.FieldReference(None, field_type=str)
   c.loss.matching_weight = 0.0  # > 0 with model.fusion: image–text matching (multi-task).
 
   c.train = ml_collections.ConfigDict()

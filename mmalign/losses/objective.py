@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from kernels import api as kernels_api
+from kernels import distributed as kernels_distributed
 from mmalign.errors import UsageError
 from mmalign.losses.contrastive import LOSSES
 
@@ -33,10 +34,40 @@ def _kernel_kwargs(loss_config) -> dict:
   return {"impl": impl, "block_kwargs": dict(blocks) if blocks is not None else {}}
 
 
-def build_objective(loss_config, *, model_fuses: bool) -> Objective:
-  alignment = functools.partial(LOSSES.get(loss_config.name, config_key="loss.name"),
-                                **dict(loss_config.get("kwargs") or {}),
-                                **_kernel_kwargs(loss_config))
+# Losses with a sharded implementation in kernels/distributed.py (strategy by name).
+_DISTRIBUTED = {"infonce": kernels_distributed.infonce_loss,
+                "sigmoid": kernels_distributed.sigmoid_loss}
+
+
+def _distributed_alignment(loss_config, mesh, axis: str):
+  """The sharded loss for `loss.distributed` ("all_gather" | "ring") over the data axis."""
+  strategy = loss_config.distributed
+  if strategy not in kernels_distributed.STRATEGIES:
+    raise UsageError(f"unknown loss.distributed {strategy!r}; allowed: None, "
+                     f"{', '.join(kernels_distributed.STRATEGIES)}")
+  if loss_config.name not in _DISTRIBUTED:
+    raise UsageError(f"loss.name={loss_config.name!r} has no distributed version; "
+                     f"loss.distributed works with {', '.join(sorted(_DISTRIBUTED))}")
+  if mesh is None:
+    raise ValueError("loss.distributed needs the device mesh")
+  loss = _DISTRIBUTED[loss_config.name]
+
+  def alignment(text_emb, image_emb, scale, *, bias=None):
+    extra = (bias,) if loss_config.name == "sigmoid" else ()
+    return loss(text_emb, image_emb, scale, *extra, mesh=mesh, axis=axis,
+                strategy=strategy)
+  return alignment
+
+
+def build_objective(loss_config, *, model_fuses: bool, mesh=None,
+                    data_axis: str = "data") -> Objective:
+  """`mesh` (batch on `data_axis`) is needed when `loss.distributed` shards the loss."""
+  if loss_config.get("distributed"):
+    alignment = _distributed_alignment(loss_config, mesh, data_axis)
+  else:
+    alignment = functools.partial(LOSSES.get(loss_config.name, config_key="loss.name"),
+                                  **dict(loss_config.get("kwargs") or {}),
+                                  **_kernel_kwargs(loss_config))
   matching_weight = float(loss_config.get("matching_weight", 0.0))
   if model_fuses != (matching_weight > 0):
     raise UsageError(

@@ -73,8 +73,9 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
       global_batch=tc.batch_size, seed=tc.seed, normalization=exp.normalization,
       max_shift=config.data.max_shift)
   optimizer, schedule = exp.optimizer()
-  objective = build_objective(config.loss, model_fuses=exp.model.fusion is not None)
   mesh = mesh_lib.data_mesh()
+  objective = build_objective(config.loss, model_fuses=exp.model.fusion is not None,
+                              mesh=mesh, data_axis=mesh_lib.DATA_AXIS)
 
   state = exp.init_train_state()
   checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints,

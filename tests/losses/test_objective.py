@@ -83,3 +83,26 @@ def test_sigmoid_loss_uses_the_model_bias():
   z = 2 * np.eye(4) - 1
   expected = -np.sum(np.log(expit(z * logits))) / 4
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["all_gather", "ring"])
+@pytest.mark.parametrize("name", ["infonce", "sigmoid"])
+def test_distributed_strategies_match_on_a_one_device_mesh(strategy, name):
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.sharding import Mesh  # pylint: disable=import-outside-toplevel
+  mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+  outputs = _outputs(np.random.default_rng(4), with_matching=False)
+  outputs["bias"] = jnp.float32(-1.0)
+  config = _loss_config()
+  config.name = name
+  expected, _ = build_objective(config, model_fuses=False)(outputs)
+  config.distributed = strategy
+  loss, _ = build_objective(config, model_fuses=False, mesh=mesh)(outputs)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_unknown_distributed_strategy_is_named():
+  config = _loss_config()
+  config.distributed = "telepathy"
+  with pytest.raises(UsageError, match="loss.distributed"):
+    build_objective(config, model_fuses=False, mesh=object())
