@@ -16,6 +16,11 @@ def _inputs(n=12, m=12, d=8):
   return jax.random.normal(k1, (n, d)), jax.random.normal(k2, (m, d))
 
 
+_CPU_ONLY = pytest.mark.skipif(jax.default_backend() != "cpu",
+                               reason="checks the CPU dispatch; accelerators pick pallas")
+
+
+@_CPU_ONLY
 def test_auto_is_xla_chunked_on_cpu():
   assert jax.default_backend() == "cpu"
   assert api.resolve_impl("auto") == "xla_chunked"
@@ -54,6 +59,7 @@ def test_impls_agree_with_reference(impl):
   np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)
 
 
+@_CPU_ONLY
 def test_pallas_on_cpu_uses_gpu_kernels_in_interpret_mode(monkeypatch):
   calls = []
   fake = types.ModuleType("kernels.pallas_gpu")
