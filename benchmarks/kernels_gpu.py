@@ -65,6 +65,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # For `python benchmarks/kernels_gpu.py` as well as `-m`.
   sys.path.insert(0, ROOT)
 
+from benchmarks.report import write_report  # noqa: E402  pylint: disable=wrong-import-position
+
 IMPLS = ("pallas", "reference")
 _MATMUL = "matmul"  # The calibration case's name.
 
@@ -439,13 +441,8 @@ def main(argv):
       results=results)
   for key, t in report["targets"].items():
     print(f"target {key:10s} {t['verdict']}: {t['detail']}")
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  stem = os.path.join(_OUT_DIR.value, "kernels_gpu_quick" if _DRY_RUN.value else "kernels_gpu")
-  with open(stem + ".json", "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
-  with open(stem + ".md", "w", encoding="utf-8") as f:
-    f.write(to_markdown(report))
-  print(f"wrote {stem}.json and {stem}.md")
+  write_report(_OUT_DIR.value, "kernels_gpu_quick" if _DRY_RUN.value else "kernels_gpu", report,
+               to_markdown(report))
 
 
 if __name__ == "__main__":

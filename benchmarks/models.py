@@ -19,7 +19,6 @@ command, JAX version, device and date, as every results table must).
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shlex
 import statistics
@@ -39,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.report import write_report
 from mmalign.models import dual_encoder  # noqa: F401 (registers every encoder)
 from mmalign.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS
 # pylint: enable=wrong-import-position
@@ -186,13 +186,7 @@ def main(argv):
       batch_size=batch, repeats=repeats, warmup=warmup, image_shape=list(images.shape),
       token_shape=list(tokens.shape), results=results,
       cpu_count=os.cpu_count(), load_average_1min=round(os.getloadavg()[0], 2))
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  stem = os.path.join(_OUT_DIR.value, f"models_{device.platform}")
-  with open(stem + ".json", "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
-  with open(stem + ".md", "w", encoding="utf-8") as f:
-    f.write(to_markdown(report))
-  print(f"wrote {stem}.json and {stem}.md")
+  write_report(_OUT_DIR.value, f"models_{device.platform}", report, to_markdown(report))
 
 
 if __name__ == "__main__":
