@@ -39,6 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # For `python benchmarks/kernels.py` as well as `-m`.
   sys.path.insert(0, ROOT)
 
+from benchmarks.report import write_report  # noqa: E402  pylint: disable=wrong-import-position
+
 _SIZES = flags.DEFINE_list("sizes", None, "N = M values (default 1024,4096,16384,65536; "
                            "256,1024 if --quick).")
 _DIM = flags.DEFINE_integer("dim", 256, "Embedding width d.")
@@ -180,13 +182,7 @@ def main(argv):
       date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       dim=_DIM.value, repeats=repeats, warmup=_WARMUP.value, results=results,
       cpu_count=os.cpu_count(), load_average_1min=round(os.getloadavg()[0], 2))
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  stem = os.path.join(_OUT_DIR.value, "kernels_cpu")
-  with open(stem + ".json", "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
-  with open(stem + ".md", "w", encoding="utf-8") as f:
-    f.write(to_markdown(report))
-  print(f"wrote {stem}.json and {stem}.md")
+  write_report(_OUT_DIR.value, "kernels_cpu", report, to_markdown(report))
 
 
 if __name__ == "__main__":
