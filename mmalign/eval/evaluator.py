@@ -12,7 +12,6 @@ import json
 import os
 import time
 
-import numpy as np
 
 from mmalign import experiment as experiment_lib
 from mmalign.data import pipeline, sources

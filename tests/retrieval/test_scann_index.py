@@ -1,7 +1,6 @@
 """ScannIndex against exact numpy search, on both the brute-force and the tree path."""
 
 import json
-import os
 import shutil
 
 import numpy as np
