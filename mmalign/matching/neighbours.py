@@ -1,0 +1,40 @@
+"""Greedy matchers: each row picks its best column, optionally confirmed by that column.
+
+Both are jit-able and cost one argmax per axis. Ties go to the lowest index (jnp.argmax),
+so results are deterministic but may differ from a random tie-break.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from mmalign.errors import UsageError
+
+UNMATCHED = -1
+
+
+def check_scores(scores: jnp.ndarray) -> None:
+  """Raises early on shapes that would make argmax fail deep inside XLA."""
+  if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
+    raise UsageError(f"scores must be a non-empty [n, m] matrix, got shape {scores.shape}")
+
+
+def nearest_neighbour(scores: jnp.ndarray) -> jnp.ndarray:
+  """Best column of every row; many rows may share one column (not one-to-one)."""
+  scores = jnp.asarray(scores)
+  check_scores(scores)
+  return jnp.argmax(scores, axis=1).astype(jnp.int32)  # [n]
+
+
+def mutual_nearest_neighbours(scores: jnp.ndarray) -> jnp.ndarray:
+  """Row i keeps its best column j only if i is also j's best row, else -1.
+
+  The result is one-to-one by construction (a column has one best row), which makes it
+  a cheap, high-precision but lower-recall alternative to an exact assignment.
+  """
+  scores = jnp.asarray(scores)
+  check_scores(scores)
+  best_col = jnp.argmax(scores, axis=1)  # [n]
+  best_row = jnp.argmax(scores, axis=0)  # [m]
+  rows = jnp.arange(scores.shape[0])
+  return jnp.where(best_row[best_col] == rows, best_col, UNMATCHED).astype(jnp.int32)  # [n]
