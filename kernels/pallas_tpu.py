@@ -34,7 +34,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from . import pallas_gpu
-from . import reference
 from .pallas_gpu import _MASK, _NT, sigmoid_tile_value
 
 _LANES, _SUBLANES = 128, 8
@@ -296,12 +295,7 @@ def sigmoid_loss(text: jnp.ndarray, image: jnp.ndarray, scale: jnp.ndarray,
                                        interpret=interpret)
 
 
-def correspondence_loss(text: jnp.ndarray, image: jnp.ndarray,
-                        target: jnp.ndarray) -> jnp.ndarray:
-  """Delegates to `reference.correspondence_loss`: the dense [N, M] target is an input."""
-  return reference.correspondence_loss(text, image, target)
-
-
-def top_k(queries: jnp.ndarray, keys: jnp.ndarray, k: int):
-  """Delegates to `reference.top_k` (no Pallas top-k kernel yet)."""
-  return reference.top_k(queries, keys, k)
+# No N×M product to fuse (correspondence) and a matmul-plus-merge per tile (top-k):
+# both are the same XLA code on every backend; see pallas_gpu for why.
+correspondence_loss = pallas_gpu.correspondence_loss
+top_k = pallas_gpu.top_k

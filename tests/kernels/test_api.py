@@ -84,3 +84,19 @@ def test_real_pallas_kernels_agree_in_interpret_mode():
                              reference.infonce_loss(text, image, 3.0), rtol=1e-4)
   np.testing.assert_allclose(api.sigmoid(text, image, 3.0, -2.0, impl="pallas"),
                              reference.sigmoid_loss(text, image, 3.0, -2.0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("module_name", ["kernels.pallas_gpu", "kernels.pallas_tpu"])
+def test_pallas_top_k_and_correspondence_are_tiled_and_exact(module_name):
+  """Both delegate to the tiled XLA code; they must accept the API's interpret= flag."""
+  module = pytest.importorskip(module_name)
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  queries = jax.random.normal(keys[0], (7, 16))
+  corpus = jax.random.normal(keys[1], (45, 16))
+  values, indices = module.top_k(queries, corpus, 5, block_size=8, interpret=True)
+  want_values, want_indices = reference.top_k(queries, corpus, 5)
+  np.testing.assert_allclose(values, want_values, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(indices, want_indices)
+  target = jax.random.normal(keys[2], (7, 45))
+  np.testing.assert_allclose(module.correspondence_loss(queries, corpus, target, interpret=True),
+                             reference.correspondence_loss(queries, corpus, target), rtol=1e-4)
