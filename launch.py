@@ -34,7 +34,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def run(config, workdir: str, mode: str, query: str | None, k: int | None) -> None:
   # Imported here so that --help and flag errors answer without loading JAX.
   from mmalign import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
-  from mmalign.eval import evaluator  # pylint: disable=import-outside-toplevel
+  from mmalign.eval import classification_evaluator, evaluator  # pylint: disable=import-outside-toplevel
   from mmalign.retrieval import search as search_lib  # pylint: disable=import-outside-toplevel
   from mmalign.train import trainer  # pylint: disable=import-outside-toplevel
 
@@ -47,6 +47,8 @@ def run(config, workdir: str, mode: str, query: str | None, k: int | None) -> No
     variables, step = experiment_lib.variables_of(state), int(state["step"])
   if mode in ("all", "eval"):
     evaluator.evaluate(config, workdir, variables, step)
+    if experiment_lib.task_label(config):
+      classification_evaluator.evaluate_classification(config, workdir, variables, step)
   if mode in ("all", "search"):
     exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
     if variables is None:

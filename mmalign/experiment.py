@@ -35,6 +35,7 @@ class Experiment:
   tokenizer: Tokenizer
   model: DualEncoder
   normalization: pipeline.ImageNormalization
+  class_names: tuple[str, ...] = ()  # Of `task.label`; empty without a task.
   _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
 
   def jitted_method(self, method: str):
@@ -92,7 +93,8 @@ class Experiment:
   def meta(self) -> dict:
     """What a checkpoint must agree on to be restored into this experiment."""
     # Through JSON, so tuples compare equal to the lists a saved checkpoint holds.
-    return {"model_config": json.loads(json.dumps(resolved_model_config(self.config.model))),
+    return {"model_config": json.loads(json.dumps(resolved_model_config(
+        self.config.model, self.model.num_classes))),
             "tokenizer_sha256": self.tokenizer_sha256(),
             "dataset": f"{self.config.data.name}/{self.config.data.config}"}
 
@@ -129,16 +131,25 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
     tokenizer = Tokenizer.load(tokenizer_dir)
   elif allow_new_tokenizer:
     index = pipeline.index_split(sources.open_split(builder, "train", decode_images=False))
-    tokenizer = Tokenizer.train(index.group_captions, text_settings(config))
+    tokenizer = Tokenizer.train(index.tokenizer_corpus, text_settings(config))
     os.makedirs(tokenizer_dir, exist_ok=True)
     tokenizer.save(tokenizer_dir)
   else:
     raise UsageError(f"--workdir {workdir!r} holds no trained model (no "
                             f"{TOKENIZER_DIR}/): run --mode=train first")
-  model = build_dual_encoder(config.model, tokenizer.vocab_size, tokenizer.settings.max_length)
+  label = task_label(config)
+  class_names = tuple(sources.class_names(builder, label)) if label else ()
+  model = build_dual_encoder(config.model, tokenizer.vocab_size, tokenizer.settings.max_length,
+                             num_classes=len(class_names))
   normalization = pipeline.ImageNormalization(tuple(config.data.image_mean),
                                               tuple(config.data.image_std))
-  return Experiment(config, workdir, builder, tokenizer, model, normalization)
+  return Experiment(config, workdir, builder, tokenizer, model, normalization, class_names)
+
+
+def task_label(config) -> str | None:
+  """The dataset label the multi-task classifier learns (`task.label`), or None."""
+  task = config.get("task")
+  return task.get("label") if task is not None else None
 
 
 def text_settings(config) -> TextSettings:

@@ -1,4 +1,4 @@
-"""Pictures beside the numbers: training curves and recall-at-k curves (PNG, Agg)."""
+"""Pictures beside the numbers: training curves, recall-at-k curves, bar charts (PNG, Agg)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,24 @@ def plot_recall_curves(ranks_by_direction: dict[str, np.ndarray], chance: dict[s
   axes.set_title(title)
   axes.grid(alpha=0.3, which="both")
   axes.legend(title="dotted: chance")
+  _save(figure, path)
+
+
+def plot_bars(values: dict[str, float], path: str, title: str, *, ylabel: str,
+              reference: float | None = None, reference_label: str = "chance") -> None:
+  """One bar per named value (e.g. accuracy per input), with an optional dashed reference."""
+  figure = Figure(figsize=(1.2 + 1.1 * len(values), 3.6), layout="constrained")
+  axes = figure.add_subplot()
+  names = list(values)
+  bars = axes.bar(range(len(names)), [values[n] for n in names], color="tab:blue")
+  axes.bar_label(bars, fmt="%.3f", fontsize=8)
+  if reference is not None:
+    axes.axhline(reference, linestyle="--", color="gray", label=reference_label)
+    axes.legend(loc="lower right")
+  axes.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=8)
+  axes.set_ylabel(ylabel)
+  axes.set_ylim(0, 1.05)
+  axes.set_title(title, fontsize=9)
   _save(figure, path)
 
 

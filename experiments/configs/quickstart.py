@@ -22,6 +22,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.image_mean = (0.9,)  # Glyphs: mostly white paper.
   c.data.image_std = (0.25,)
   c.data.max_shift = 0  # Random translation in pixels (training only).
+  # Robustness to noisy pairs: this fraction of every training batch is paired with
+  # another row's image (mmalign/data/pipeline.py, TrainBatches.noisy_rows).
+  c.data.noisy_pair_fraction = 0.0
 
   c.text = ml_collections.ConfigDict()  # mmalign.data.tokenizer.TextSettings
   c.text.vocab_size = 2048
@@ -52,6 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.projection_kwargs = ml_collections.ConfigDict({"hidden": (), "dropout": 0.0})
   c.model.init_scale = 10.0
   c.model.fusion = ml_collections.FieldReference(None, field_type=str)
+  # Missing modalities: the chance, in training, that an example's task classifier sees
+  # only its caption or only its image (needs task.label; DualEncoder).
+  c.model.modality_dropout = 0.0
   c.model.fusion_kwargs = ml_collections.ConfigDict({
       "concat": {"missing": "learned"},
       "weighted_sum": {"alpha_mode": "gate"},
@@ -74,6 +80,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Shard the loss over the mesh's data axis: None, "all_gather" or "ring" (kernels/distributed.py).
   c.loss.distributed = ml_collections.FieldReference(None, field_type=str)
   c.loss.matching_weight = 0.0  # > 0 with model.fusion: image–text matching (multi-task).
+  c.loss.task_weight = 0.0  # > 0 with task.label: classification of the fused pair.
+  # Modality imbalance: multiplies the gradient the alignment loss sends into each tower.
+  c.loss.modality_weights = ml_collections.ConfigDict({"text": 1.0, "image": 1.0})
+
+  # Multi-task training (the design survey's alignment + task loss): a class-label
+  # feature of the dataset (e.g. shapes' "color1"), classified from the fused pair.
+  c.task = ml_collections.ConfigDict()
+  c.task.label = ml_collections.FieldReference(None, field_type=str)
 
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0

@@ -21,33 +21,48 @@ from mmalign.errors import UsageError
 
 @dataclasses.dataclass(frozen=True)
 class SplitIndex:
-  """What a split holds, read once without decoding images."""
+  """What a split holds, read once without decoding images.
+
+  A group may be worded several ways (shapes: "A above B" and "B below A" name
+  the same scenes). The group's caption, used as its retrieval query, is the
+  wording of its first example; training pairs each image with its own wording.
+  """
   groups: np.ndarray                 # [examples] int64, group of each example
   group_ids: np.ndarray              # [num_groups] int64, sorted distinct groups
   group_captions: list[str]          # [num_groups] caption of each group
   members: list[np.ndarray]          # [num_groups] example indices of each group
+  captions: list[str] = dataclasses.field(default_factory=list)  # [examples] own wording
 
   @property
   def num_groups(self) -> int:
     return len(self.group_ids)
 
+  @property
+  def tokenizer_corpus(self) -> list[str]:
+    """Group captions, then every other wording once: what the tokenizer learns from."""
+    seen = set(self.group_captions)
+    extra = [c for c in self.captions if not (c in seen or seen.add(c))]
+    return list(self.group_captions) + extra
+
 
 def index_split(caption_source) -> SplitIndex:
   """Scans a source opened with `decode_images=False` (fast: no PNG decoding)."""
   groups = np.empty(len(caption_source), np.int64)
+  example_captions: list[str] = []
   captions: dict[int, str] = {}
   for i in range(len(caption_source)):
     example = caption_source[i]
     group = int(example["group"])
     groups[i] = group
     caption = text_of(example["caption"])
-    if captions.setdefault(group, caption) != caption:
-      raise ValueError(f"group {group} has two captions: {captions[group]!r} and {caption!r}")
+    example_captions.append(caption)
+    captions.setdefault(group, caption)
   group_ids = np.array(sorted(captions), np.int64)
   order = np.argsort(groups, kind="stable")
   bounds = np.searchsorted(groups[order], group_ids, side="left")
   members = np.split(order, bounds[1:])
-  return SplitIndex(groups, group_ids, [captions[int(g)] for g in group_ids], members)
+  return SplitIndex(groups, group_ids, [captions[int(g)] for g in group_ids], members,
+                    example_captions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +97,11 @@ class TrainBatches:
   def __init__(self, source, index: SplitIndex, tokenizer: Tokenizer, *, global_batch: int,
                seed: int, normalization: ImageNormalization,
                process_index: int | None = None, process_count: int | None = None,
-               max_shift: int = 0):
+               max_shift: int = 0, labels: np.ndarray | None = None,
+               noisy_pair_fraction: float = 0.0):
+    """`labels` [examples] int: each example's class, served as batch["labels"]
+    (multi-task training). `noisy_pair_fraction` of every batch's pairs get
+    another row's image (`noisy_rows`), to study training on mismatched pairs."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if global_batch % process_count:
@@ -93,13 +112,19 @@ class TrainBatches:
                        "distinct captions of the training split")
     self._source = source
     self._index = index
-    self._tokens = tokenizer.encode(index.group_captions)  # [num_groups, length]
+    self._tokens = tokenizer.encode(index.captions)  # [examples, length], own wording
     self._global_batch = global_batch
     self._local = slice(process_index * global_batch // process_count,
                         (process_index + 1) * global_batch // process_count)
     self._seed = seed
     self._normalization = normalization
     self._max_shift = max_shift
+    if not 0.0 <= noisy_pair_fraction <= 1.0:
+      raise UsageError(f"data.noisy_pair_fraction must be in [0, 1]; got {noisy_pair_fraction}")
+    self._noisy_pair_fraction = noisy_pair_fraction
+    if labels is not None and len(labels) != len(index.groups):
+      raise ValueError(f"labels has {len(labels)} entries for {len(index.groups)} examples")
+    self._labels = labels
     self.steps_per_epoch = index.num_groups // global_batch
 
   def group_positions(self, step: int) -> np.ndarray:
@@ -108,21 +133,45 @@ class TrainBatches:
     order = np.random.default_rng([self._seed, epoch]).permutation(self._index.num_groups)
     return order[within * self._global_batch:(within + 1) * self._global_batch]
 
+  def noisy_rows(self, step: int) -> np.ndarray:
+    """Rows of the global batch of `step` whose image belongs to another row: [k] sorted.
+
+    k = round(fraction · batch); the k images are rotated by one among those
+    rows, so each of them pairs its caption with a different group's image.
+    """
+    k = int(round(self._noisy_pair_fraction * self._global_batch))
+    if k < 2:  # One row cannot swap with itself.
+      return np.zeros((0,), np.int64)
+    rng = np.random.default_rng([self._seed, 2 << 20, step])
+    return np.sort(rng.choice(self._global_batch, size=k, replace=False))
+
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     # Random choices are drawn for the whole global batch and then sliced, so the
     # global batch is the same whatever the number of processes.
     global_positions = self.group_positions(step)
     rng = np.random.default_rng([self._seed, 1 << 20, step])
-    choices = rng.random(len(global_positions))[self._local]  # [local]
-    positions = global_positions[self._local]
+    choices = rng.random(len(global_positions))  # [global]
     examples = np.array([members[int(u * len(members))] for u, members in
-                         zip(choices, (self._index.members[p] for p in positions))])
-    images = self._normalization(decode_images(self._source, examples))
+                         zip(choices, (self._index.members[p] for p in global_positions))])
+    image_examples = examples.copy()
+    noisy = self.noisy_rows(step)
+    image_examples[noisy] = examples[np.roll(noisy, 1)]
+    examples, image_examples = examples[self._local], image_examples[self._local]
+    positions = global_positions[self._local]
+    images = self._normalization(decode_images(self._source, image_examples))
     if self._max_shift:
       shifts = rng.integers(0, 2 * self._max_shift + 1, size=(len(global_positions), 2))
       images = _shift(images, self._max_shift, shifts[self._local])
-    return {"tokens": self._tokens[positions], "images": images,
-            "groups": self._index.group_ids[positions]}
+    batch = {"tokens": self._tokens[examples], "images": images,
+             "groups": self._index.group_ids[positions]}
+    if self._labels is not None:
+      batch["labels"] = self._labels[examples].astype(np.int32)  # The caption's example.
+    return batch
+
+
+def read_labels(caption_source, key: str) -> np.ndarray:
+  """Each example's integer feature `key`: [examples] int64 (no image decoding)."""
+  return np.array([int(caption_source[i][key]) for i in range(len(caption_source))], np.int64)
 
 
 def _shift(images: np.ndarray, max_shift: int, offsets: np.ndarray) -> np.ndarray:

@@ -45,3 +45,16 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str, *, decode_images: 
     raise UsageError(f"dataset {builder.name} has no split {split!r}; "
                      f"available: {', '.join(builder.info.splits)}")
   return builder.as_data_source(split=split, decoders=decoders)
+
+
+def class_names(builder: tfds.core.DatasetBuilder, key: str, *,
+                config_key: str = "task.label") -> list[str]:
+  """Names of the classes of the ClassLabel feature `key` (index = label value)."""
+  features = builder.info.features
+  labels = sorted(name for name, feature in features.items()
+                  if isinstance(feature, tfds.features.ClassLabel))
+  if key not in labels:
+    raise UsageError(f"{config_key}={key!r} is not a class-label feature of "
+                     f"{builder.name}/{builder.builder_config.name}; its class labels are: "
+                     f"{', '.join(labels) or 'none'}")
+  return list(features[key].names)

@@ -81,7 +81,7 @@ def evaluate(config, workdir: str, variables=None, step: int | None = None) -> d
                 "search_s": search_s, "queries": int(len(text_emb))},
       "embed_s": embed_s,
   }
-  _write_json(os.path.join(workdir, RESULTS_FILE.format(split=split)), results)
+  write_json(os.path.join(workdir, RESULTS_FILE.format(split=split)), results)
   plot_recall_curves(ranks, chance, os.path.join(workdir, f"eval_{split}.png"),
                      f"{results['dataset']} {split}, step {step}", curve_k)
   say(format_table(results))
@@ -111,7 +111,7 @@ def format_table(results: dict) -> str:
   return "\n".join(lines)
 
 
-def _write_json(path: str, data: dict) -> None:
+def write_json(path: str, data: dict) -> None:
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(data, f, indent=2)

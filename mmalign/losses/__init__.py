@@ -1,0 +1,1 @@
+from mmalign.losses import correspondence, regression  # noqa: F401  (registers them in LOSSES)

@@ -1,8 +1,17 @@
-"""The training objective: an alignment loss, plus image–text matching when the model fuses.
+"""The training objective: an alignment loss, plus the fused heads' losses.
 
-The design survey's multi-task option: `total = alignment + matching_weight ·
-matching`, where matching is binary cross-entropy on the fused pairs the model
-scores (see `DualEncoder`). Returns the metrics to log beside the total.
+The design survey's multi-task option:
+  total = alignment + matching_weight · matching + task_weight · task
+where matching is binary cross-entropy on the fused pairs the model scores
+(image–text matching, see `DualEncoder`) and task the cross-entropy of the
+classifier on each fused pair against the dataset label (`task.label`).
+
+Modality imbalance: `loss.modality_weights` scales the gradient that the
+alignment loss sends into each tower (the loss value is unchanged), so a
+modality that learns too fast and dominates can be slowed, or a weak one sped
+up, without changing what the loss measures.
+
+Returns the metrics to log beside the total.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -18,7 +28,7 @@ from kernels import distributed as kernels_distributed
 from mmalign.errors import UsageError
 from mmalign.losses.contrastive import LOSSES
 
-Objective = Callable[[dict], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
+Objective = Callable[[dict, dict], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
 
 
 def _kernel_kwargs(loss_config) -> dict:
@@ -52,33 +62,70 @@ def _distributed_alignment(loss_config, mesh, axis: str):
     raise ValueError("loss.distributed needs the device mesh")
   loss = _DISTRIBUTED[loss_config.name]
 
-  def alignment(text_emb, image_emb, scale, *, bias=None):
+  def alignment(text_emb, image_emb, scale, *, bias=None, labels=None):
+    del labels  # The sharded losses have diagonal positives only.
     extra = (bias,) if loss_config.name == "sigmoid" else ()
     return loss(text_emb, image_emb, scale, *extra, mesh=mesh, axis=axis,
                 strategy=strategy)
   return alignment
 
 
-def build_objective(loss_config, *, model_fuses: bool, mesh=None,
+def scale_gradient(x: jnp.ndarray, weight: float) -> jnp.ndarray:
+  """x in the forward pass; the gradient flowing back through it is multiplied by weight."""
+  if weight == 1.0:
+    return x
+  return weight * x + (1.0 - weight) * jax.lax.stop_gradient(x)
+
+
+def _modality_weights(loss_config) -> tuple[float, float]:
+  """(text, image) gradient weights from `loss.modality_weights`; both 1 when unset."""
+  weights = dict(loss_config.get("modality_weights") or {})
+  unknown = sorted(set(weights) - {"text", "image"})
+  if unknown:
+    raise UsageError(f"unknown loss.modality_weights key(s) {unknown}; allowed: text, image")
+  text, image = float(weights.get("text", 1.0)), float(weights.get("image", 1.0))
+  if text < 0 or image < 0:
+    raise UsageError(f"loss.modality_weights must be >= 0; got text={text}, image={image}")
+  return text, image
+
+
+def _head_weight(loss_config, weight_key: str, switch_key: str, switched_on: bool, why: str,
+                 example: str) -> float:
+  """`loss.<weight_key>`, which must be > 0 exactly when `switch_key` adds the head it trains."""
+  weight = float(loss_config.get(weight_key, 0.0))
+  if switched_on != (weight > 0):
+    raise UsageError(
+        f"loss.{weight_key}={weight} and {switch_key} {'is set' if switched_on else 'is None'}: "
+        f"{why}, so set both (e.g. {example} --config.loss.{weight_key}=1.0) or neither")
+  return weight
+
+
+def build_objective(loss_config, *, model_fuses: bool, has_task: bool = False, mesh=None,
                     data_axis: str = "data") -> Objective:
-  """`mesh` (batch on `data_axis`) is needed when `loss.distributed` shards the loss."""
+  """`mesh` (batch on `data_axis`) is needed when `loss.distributed` shards the loss.
+
+  has_task: the model has a task classifier (`task.label` set); then
+  `loss.task_weight` must be > 0, and batches must carry "labels".
+  """
   if loss_config.get("distributed"):
     alignment = _distributed_alignment(loss_config, mesh, data_axis)
   else:
     alignment = functools.partial(LOSSES.get(loss_config.name, config_key="loss.name"),
                                   **dict(loss_config.get("kwargs") or {}),
                                   **_kernel_kwargs(loss_config))
-  matching_weight = float(loss_config.get("matching_weight", 0.0))
-  if model_fuses != (matching_weight > 0):
-    raise UsageError(
-        f"loss.matching_weight={matching_weight} and model.fusion "
-        f"{'is set' if model_fuses else 'is None'}: the fusion module is trained by the "
-        "matching loss, so set both (e.g. --config.model.fusion=concat "
-        "--config.loss.matching_weight=1.0) or neither")
+  matching_weight = _head_weight(loss_config, "matching_weight", "model.fusion", model_fuses,
+                                 "the fusion module is trained by the matching loss",
+                                 "--config.model.fusion=concat")
+  task_weight = _head_weight(loss_config, "task_weight", "task.label", has_task,
+                             "the task classifier is trained by the task loss",
+                             "--config.task.label=color1")
+  text_weight, image_weight = _modality_weights(loss_config)
 
-  def objective(outputs: dict) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-    loss = alignment(outputs["text_emb"], outputs["image_emb"], outputs["scale"],
-                     bias=outputs.get("bias"))
+  def objective(outputs: dict, batch: dict) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """outputs: the model's dict; batch: the input batch ("groups", "labels" if any)."""
+    loss = alignment(scale_gradient(outputs["text_emb"], text_weight),
+                     scale_gradient(outputs["image_emb"], image_weight), outputs["scale"],
+                     bias=outputs.get("bias"), labels=batch.get("groups"))
     metrics = {}
     if model_fuses:  # Log the parts only when there is more than one.
       metrics["alignment_loss"] = loss
@@ -87,6 +134,12 @@ def build_objective(loss_config, *, model_fuses: bool, mesh=None,
       metrics["matching_loss"] = matching
       metrics["matching_accuracy"] = ((logits > 0) == (labels > 0.5)).mean()
       loss = loss + matching_weight * matching
+    if has_task:
+      logits, labels = outputs["class_logits"], batch["labels"]  # [b, classes], [b]
+      task = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      metrics["task_loss"] = task
+      metrics["task_accuracy"] = (logits.argmax(-1) == labels).mean()
+      loss = loss + task_weight * task
     return loss, metrics
 
   return objective

@@ -12,6 +12,7 @@ from typing import Any
 
 import ml_collections
 
+from mmalign.errors import UsageError
 from mmalign.models.dual_encoder import DualEncoder
 from mmalign.models.fusion import FUSIONS
 from mmalign.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS
@@ -25,15 +26,19 @@ def _kwargs_for(blocks, name: str) -> dict[str, Any]:
   return block.to_dict() if isinstance(block, ml_collections.ConfigDict) else dict(block)
 
 
-def resolved_model_config(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Only what defines the chosen model (checkpoints compare this, not unused blocks)."""
+def resolved_model_config(model_config: ml_collections.ConfigDict,
+                          num_classes: int = 0) -> dict[str, Any]:
+  """Only what defines the chosen model (checkpoints compare this, not unused blocks).
+
+  num_classes: size of the task classifier (0: none), from the dataset's label.
+  """
   # Look the names up now, so a typo fails before any work rather than inside init.
   TEXT_ENCODERS.get(model_config.text_encoder, config_key="model.text_encoder")
   IMAGE_ENCODERS.get(model_config.image_encoder, config_key="model.image_encoder")
   fusion = model_config.get("fusion")
   if fusion is not None:
     FUSIONS.get(fusion, config_key="model.fusion")
-  return {
+  resolved = {
       "text_encoder": model_config.text_encoder,
       "text_kwargs": _kwargs_for(model_config.get("text_kwargs"), model_config.text_encoder),
       "image_encoder": model_config.image_encoder,
@@ -44,13 +49,26 @@ def resolved_model_config(model_config: ml_collections.ConfigDict) -> dict[str, 
       "fusion": fusion,
       "fusion_kwargs": _kwargs_for(model_config.get("fusion_kwargs"), fusion) if fusion else {},
   }
+  if num_classes:  # Only then, so checkpoints of models without a task head still match.
+    resolved["num_classes"] = int(num_classes)
+  return resolved
 
 
 def build_dual_encoder(model_config: ml_collections.ConfigDict, vocab_size: int,
-                       max_length: int) -> DualEncoder:
-  """The text tower gets the tokenizer's vocabulary size (and length where it has one)."""
-  resolved = resolved_model_config(model_config)
+                       max_length: int, num_classes: int = 0) -> DualEncoder:
+  """The text tower gets the tokenizer's vocabulary size (and length where it has one).
+
+  `model.modality_dropout` is a training setting, not part of the checkpointed
+  architecture, so it is passed beside the resolved config.
+  """
+  resolved = resolved_model_config(model_config, num_classes)
+  if num_classes and resolved["fusion"] is None:
+    raise UsageError("task.label trains a classifier on the fused pair: set model.fusion "
+                     "(e.g. --config.model.fusion=concat)")
+  modality_dropout = float(model_config.get("modality_dropout", 0.0))
+  if not 0.0 <= modality_dropout <= 1.0:
+    raise UsageError(f"model.modality_dropout must be in [0, 1]; got {modality_dropout}")
   text_kwargs = dict(resolved.pop("text_kwargs"), vocab_size=vocab_size)
   if resolved["text_encoder"] == "transformer":
     text_kwargs.setdefault("max_length", max_length)
-  return DualEncoder(text_kwargs=text_kwargs, **resolved)
+  return DualEncoder(text_kwargs=text_kwargs, modality_dropout=modality_dropout, **resolved)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -37,6 +38,8 @@ class DualEncoder(nn.Module):
   init_bias: float = -10.0  # The sigmoid loss's learnable bias (SigLIP's initial value).
   fusion: str | None = None
   fusion_kwargs: dict[str, Any] | None = None
+  num_classes: int = 0  # > 0: a task classifier on the fused pair (needs fusion).
+  modality_dropout: float = 0.0  # Training-time chance that an example loses one modality.
 
   def setup(self):
     self.text_tower = TEXT_ENCODERS.get(self.text_encoder, config_key="model.text_encoder")(
@@ -53,6 +56,10 @@ class DualEncoder(nn.Module):
       self.fusion_module = build_fusion(self.fusion, config_key="model.fusion",
                                         **(self.fusion_kwargs or {}))
       self.match_head = Classifier(num_classes=1)
+    if self.num_classes:
+      if self.fusion is None:
+        raise ValueError("num_classes > 0 needs a fusion module to classify the fused pair")
+      self.task_head = Classifier(num_classes=self.num_classes)
 
   def embed_text(self, tokens, *, train: bool = False):
     """tokens [b, l] int32 → [b, embed_dim] float32, unit norm."""
@@ -77,7 +84,26 @@ class DualEncoder(nn.Module):
                "scale": self.scale(), "bias": self.bias}
     if self.fusion is not None:
       outputs.update(self._match(tokens, text, image, train=train))
+    if self.num_classes:
+      present = self._dropped_modalities(tokens.shape[0]) if train else None
+      outputs["class_logits"] = self._classify(tokens, text, image, present, train=train)
     return outputs
+
+  def classify(self, tokens, images, present=None):
+    """Eval-mode class logits [b, num_classes]; present [b, 2] bool (text, image) or None."""
+    text = self.text_tower(tokens, train=False)
+    image = self.image_tower(images, train=False)
+    return self._classify(tokens, text, image, present, train=False)
+
+  def _classify(self, tokens, text, image, present, *, train: bool):
+    inputs = FusionInputs.create(text, image, text_mask=tokens != 0, present=present)
+    return self.task_head(self.fusion_module(inputs, train=train), train=train)
+
+  def _dropped_modalities(self, batch: int):
+    """present [b, 2] for this training step, or None (both) without modality dropout."""
+    if not self.modality_dropout:
+      return None
+    return sample_present(self.make_rng("dropout"), batch, self.modality_dropout)
 
   def _match(self, tokens, text, image, *, train: bool) -> dict[str, jnp.ndarray]:
     rolled = tuple(jnp.roll(x, 1, axis=0) for x in image)  # Each caption, the next image.
@@ -90,3 +116,12 @@ class DualEncoder(nn.Module):
     batch = tokens.shape[0]
     labels = jnp.concatenate([jnp.ones(batch), jnp.zeros(batch)])
     return {"match_logits": logits, "match_labels": labels}  # [2b] each
+
+
+def sample_present(key: jax.Array, batch: int, rate: float) -> jnp.ndarray:
+  """present [b, 2] bool (text, image): each example keeps both with prob 1 − rate,
+  else loses its text or its image at even odds; never both."""
+  drop_key, which_key = jax.random.split(key)
+  dropped = jax.random.bernoulli(drop_key, rate, (batch,))
+  loses_text = jax.random.bernoulli(which_key, 0.5, (batch,))
+  return jnp.stack([~(dropped & loses_text), ~(dropped & ~loses_text)], axis=1)

@@ -40,7 +40,7 @@ def make_train_step(model, objective, optimizer, mesh, seed: int):
       outputs, new_model_state = model.apply(
           {"params": params, **model_state}, batch["tokens"], batch["images"], train=True,
           rngs=rngs, mutable=list(model_state))
-      loss, metrics = objective(outputs)
+      loss, metrics = objective(outputs, batch)
       return loss, ({**metrics, "scale": outputs["scale"]}, new_model_state)
 
     (loss, (metrics, new_model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
@@ -68,14 +68,18 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   tc = config.train
   train_index = pipeline.index_split(
       sources.open_split(exp.builder, "train", decode_images=False))
+  label = experiment_lib.task_label(config)
+  labels = pipeline.read_labels(sources.open_split(exp.builder, "train", decode_images=False),
+                                label) if label else None
   batches = pipeline.TrainBatches(
       sources.open_split(exp.builder, "train"), train_index, exp.tokenizer,
       global_batch=tc.batch_size, seed=tc.seed, normalization=exp.normalization,
-      max_shift=config.data.max_shift)
+      max_shift=config.data.max_shift, labels=labels,
+      noisy_pair_fraction=float(config.data.get("noisy_pair_fraction", 0.0)))
   optimizer, schedule = exp.optimizer()
   mesh = mesh_lib.data_mesh()
   objective = build_objective(config.loss, model_fuses=exp.model.fusion is not None,
-                              mesh=mesh, data_axis=mesh_lib.DATA_AXIS)
+                              has_task=bool(exp.model.num_classes), mesh=mesh, data_axis=mesh_lib.DATA_AXIS)
 
   state = exp.init_train_state()
   checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints,

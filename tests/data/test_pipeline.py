@@ -72,10 +72,13 @@ def test_index_split_accepts_str_captions():
   assert [m.tolist() for m in index.members] == [[1], [0, 2]]
 
 
-def test_index_split_rejects_a_group_with_two_captions():
-  source = [{"caption": b"one", "group": 1}, {"caption": b"two", "group": 1}]
-  with pytest.raises(ValueError, match="group 1 has two captions"):
-    pipeline.index_split(source)
+def test_a_group_worded_two_ways_keeps_every_wording():
+  source = [{"caption": b"b below a", "group": 1}, {"caption": b"a above b", "group": 1},
+            {"caption": b"c", "group": 0}, {"caption": b"a above b", "group": 1}]
+  index = pipeline.index_split(source)
+  assert index.group_captions == ["c", "b below a"]  # Its first example's wording.
+  assert index.captions == ["b below a", "a above b", "c", "a above b"]
+  assert index.tokenizer_corpus == ["c", "b below a", "a above b"]
 
 
 def test_text_of_decodes_bytes():
@@ -246,3 +249,44 @@ def test_eval_image_batches_cover_the_split_in_order(source):
     np.testing.assert_array_equal(_example_ids(images), indices)
     seen.extend(indices.tolist())
   assert seen == list(range(len(source)))
+
+
+def test_noisy_pairs_rotate_the_images_of_the_chosen_rows_only(source, index, tokenizer):
+  clean = _batches(source, index, tokenizer, global_batch=8)
+  noisy = _batches(source, index, tokenizer, global_batch=8, noisy_pair_fraction=0.5)
+  for step in range(5):
+    rows = noisy.noisy_rows(step)
+    assert len(rows) == 4 and len(set(rows.tolist())) == 4
+    clean_ids = _example_ids(clean(step)["images"])
+    noisy_batch = noisy(step)
+    noisy_ids = _example_ids(noisy_batch["images"])
+    np.testing.assert_array_equal(noisy_batch["tokens"], clean(step)["tokens"])  # Captions stay.
+    kept = np.setdiff1d(np.arange(8), rows)
+    np.testing.assert_array_equal(noisy_ids[kept], clean_ids[kept])
+    np.testing.assert_array_equal(noisy_ids[rows], clean_ids[np.roll(rows, 1)])
+    groups = np.array([_group_of(i) for i in noisy_ids])
+    assert (groups[rows] != noisy_batch["groups"][rows]).all()  # Every chosen pair is wrong.
+
+
+def test_noisy_pairs_are_the_same_for_any_process_count(source, index, tokenizer):
+  whole = _batches(source, index, tokenizer, global_batch=8, noisy_pair_fraction=0.5)(2)
+  halves = [_batches(source, index, tokenizer, global_batch=8, noisy_pair_fraction=0.5,
+                     process_index=p, process_count=2)(2) for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate([h["images"] for h in halves]), whole["images"])
+
+
+def test_noisy_pair_fraction_out_of_range_is_named(source, index, tokenizer):
+  with pytest.raises(UsageError, match="data.noisy_pair_fraction"):
+    _batches(source, index, tokenizer, noisy_pair_fraction=1.5)
+
+
+def test_labels_follow_the_caption_example(source, index, tokenizer):
+  labels = np.arange(len(source)) * 10  # Label of example i is 10·i.
+  batch = _batches(source, index, tokenizer, global_batch=8, labels=labels)(1)
+  np.testing.assert_array_equal(batch["labels"], 10 * _example_ids(batch["images"]))
+  assert batch["labels"].dtype == np.int32
+
+
+def test_read_labels_reads_the_feature(source):
+  np.testing.assert_array_equal(pipeline.read_labels(source, "group"),
+                                [_group_of(i) for i in range(len(source))])

@@ -7,6 +7,7 @@ import pytest
 from scipy.special import logsumexp
 
 from mmalign.losses.contrastive import LOSSES, symmetric_infonce
+from tests.finite_differences import numeric_gradient
 
 N, D, SCALE = 7, 5, 3.0
 
@@ -55,24 +56,13 @@ def test_reference_differs_from_a_rows_only_loss():
   assert abs(_reference(text, image, SCALE) - rows_only) > 1e-3
 
 
-def _central_difference(f, x, eps=1e-6) -> np.ndarray:
-  x = np.array(x, np.float64)
-  grad = np.zeros_like(x)
-  for i in np.ndindex(x.shape):
-    up, down = x.copy(), x.copy()
-    up[i] += eps
-    down[i] -= eps
-    grad[i] = (f(up) - f(down)) / (2 * eps)
-  return grad
-
-
 def test_gradients_match_finite_differences(x64):
   text, image = _inputs(2)
   grads = jax.grad(symmetric_infonce, argnums=(0, 1, 2))(
       jnp.asarray(text), jnp.asarray(image), jnp.float64(SCALE))
-  expected_text = _central_difference(lambda t: _reference(t, image, SCALE), text)
-  expected_image = _central_difference(lambda i: _reference(text, i, SCALE), image)
-  expected_scale = _central_difference(lambda s: _reference(text, image, s), SCALE)
+  expected_text = numeric_gradient(lambda t: _reference(t, image, SCALE), text)
+  expected_image = numeric_gradient(lambda i: _reference(text, i, SCALE), image)
+  expected_scale = numeric_gradient(lambda s: _reference(text, image, s), SCALE)
   assert grads[0].dtype == jnp.float64
   np.testing.assert_allclose(np.asarray(grads[0]), expected_text, atol=1e-5)
   np.testing.assert_allclose(np.asarray(grads[1]), expected_image, atol=1e-5)

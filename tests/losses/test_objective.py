@@ -1,5 +1,6 @@
 """The training objective: alignment loss alone, or plus weighted image–text matching."""
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -29,7 +30,7 @@ def _outputs(rng, with_matching):
 
 def test_alignment_only_equals_the_registered_loss():
   outputs = _outputs(np.random.default_rng(0), with_matching=False)
-  loss, metrics = build_objective(_loss_config(), model_fuses=False)(outputs)
+  loss, metrics = build_objective(_loss_config(), model_fuses=False)(outputs, {})
   expected = symmetric_infonce(outputs["text_emb"], outputs["image_emb"], outputs["scale"])
   np.testing.assert_allclose(loss, expected, rtol=1e-6)
   assert metrics == {}  # One part only: the total says it all.
@@ -37,7 +38,7 @@ def test_alignment_only_equals_the_registered_loss():
 
 def test_matching_adds_weighted_binary_cross_entropy():
   outputs = _outputs(np.random.default_rng(1), with_matching=True)
-  loss, metrics = build_objective(_loss_config(0.5), model_fuses=True)(outputs)
+  loss, metrics = build_objective(_loss_config(0.5), model_fuses=True)(outputs, {})
   logits = np.asarray(outputs["match_logits"], np.float64)
   labels = np.asarray(outputs["match_labels"], np.float64)
   p = expit(logits)
@@ -62,8 +63,8 @@ def _with_kernel(config, impl):
 @pytest.mark.parametrize("impl", ["auto", "reference", "xla_chunked"])
 def test_every_kernel_impl_gives_the_same_loss(impl):
   outputs = _outputs(np.random.default_rng(2), with_matching=False)
-  reference, _ = build_objective(_loss_config(), model_fuses=False)(outputs)
-  loss, _ = build_objective(_with_kernel(_loss_config(), impl), model_fuses=False)(outputs)
+  reference, _ = build_objective(_loss_config(), model_fuses=False)(outputs, {})
+  loss, _ = build_objective(_with_kernel(_loss_config(), impl), model_fuses=False)(outputs, {})
   np.testing.assert_allclose(loss, reference, rtol=1e-5)
 
 
@@ -77,7 +78,7 @@ def test_sigmoid_loss_uses_the_model_bias():
   outputs["bias"] = jnp.float32(-2.0)
   config = _loss_config()
   config.name = "sigmoid"
-  loss, _ = build_objective(config, model_fuses=False)(outputs)
+  loss, _ = build_objective(config, model_fuses=False)(outputs, {})
   t, i = np.asarray(outputs["text_emb"], np.float64), np.asarray(outputs["image_emb"], np.float64)
   logits = 2.0 * t @ i.T - 2.0
   z = 2 * np.eye(4) - 1
@@ -95,9 +96,9 @@ def test_distributed_strategies_match_on_a_one_device_mesh(strategy, name):
   outputs["bias"] = jnp.float32(-1.0)
   config = _loss_config()
   config.name = name
-  expected, _ = build_objective(config, model_fuses=False)(outputs)
+  expected, _ = build_objective(config, model_fuses=False)(outputs, {})
   config.distributed = strategy
-  loss, _ = build_objective(config, model_fuses=False, mesh=mesh)(outputs)
+  loss, _ = build_objective(config, model_fuses=False, mesh=mesh)(outputs, {})
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
@@ -106,3 +107,57 @@ def test_unknown_distributed_strategy_is_named():
   config.distributed = "telepathy"
   with pytest.raises(UsageError, match="loss.distributed"):
     build_objective(config, model_fuses=False, mesh=object())
+
+
+def test_task_loss_is_weighted_softmax_cross_entropy():
+  rng = np.random.default_rng(4)
+  outputs = _outputs(rng, with_matching=False)
+  logits = rng.normal(size=(4, 5)).astype(np.float32)
+  labels = np.array([0, 3, 4, 3], np.int32)
+  outputs["class_logits"] = jnp.asarray(logits)
+  config = _loss_config()
+  config.task_weight = 0.25
+  loss, metrics = build_objective(config, model_fuses=False, has_task=True)(
+      outputs, {"labels": jnp.asarray(labels)})
+  shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+  log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+  ce = -np.mean(log_p[np.arange(4), labels])
+  np.testing.assert_allclose(metrics["task_loss"], ce, rtol=1e-5)
+  np.testing.assert_allclose(metrics["task_accuracy"], np.mean(logits.argmax(1) == labels))
+  alignment = symmetric_infonce(outputs["text_emb"], outputs["image_emb"], outputs["scale"])
+  np.testing.assert_allclose(loss, alignment + 0.25 * ce, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weight, has_task", [(1.0, False), (0.0, True)])
+def test_task_label_and_task_weight_must_agree(weight, has_task):
+  config = _loss_config()
+  config.task_weight = weight
+  with pytest.raises(UsageError, match="loss.task_weight"):
+    build_objective(config, model_fuses=False, has_task=has_task)
+
+
+def test_modality_weights_scale_each_towers_gradient_not_the_loss():
+  outputs = _outputs(np.random.default_rng(5), with_matching=False)
+  plain = build_objective(_loss_config(), model_fuses=False)
+  config = _loss_config()
+  config.modality_weights = {"text": 0.25, "image": 3.0}
+  weighted = build_objective(config, model_fuses=False)
+
+  def grads(objective):
+    def loss_of(text, image):
+      return objective({**outputs, "text_emb": text, "image_emb": image}, {})[0]
+    return jax.value_and_grad(loss_of, argnums=(0, 1))(outputs["text_emb"],
+                                                       outputs["image_emb"])
+
+  (plain_loss, (plain_text, plain_image)) = grads(plain)
+  (loss, (text, image)) = grads(weighted)
+  np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
+  np.testing.assert_allclose(text, 0.25 * np.asarray(plain_text), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(image, 3.0 * np.asarray(plain_image), rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_modality_weight_is_named():
+  config = _loss_config()
+  config.modality_weights = {"audio": 2.0}
+  with pytest.raises(UsageError, match="audio"):
+    build_objective(config, model_fuses=False)

@@ -1,0 +1,44 @@
+"""What every experiment script's `main` does around its own work.
+
+Why one place: each script should quiet library INFO logs unless asked, reject
+stray arguments, record the exact command it was run with (results files quote
+it), and print a user's mistake as one `error:` line with exit status 2, as
+`launch.py` does.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+
+from mmalign.errors import UsageError
+
+
+def run_script(module: str, argv: list[str], body: Callable[[str], object]) -> None:
+  """Calls body(command), where command is `python -m <module> <the flags given>`."""
+  from absl import flags, logging  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Progress is printed; library INFO is noise.
+  command = " ".join([f"python -m {module}"] + [shlex.quote(a) for a in sys.argv[1:]])
+  try:
+    if len(argv) > 1:
+      raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    body(command)
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def write_results(out_dir: str, report: dict, markdown: str,
+                  plot: Callable[[dict, str], None], png_name: str) -> None:
+  """results.json, results.md and the PNG of a results folder, each replaced whole."""
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  os.makedirs(out_dir, exist_ok=True)
+  for name, text in (("results.json", json.dumps(report, indent=2)), ("results.md", markdown)):
+    path = os.path.join(out_dir, name)
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(f"{path}.tmp", path)
+  plot(report, os.path.join(out_dir, png_name))

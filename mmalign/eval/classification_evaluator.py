@@ -1,0 +1,93 @@
+"""Multi-task classifier evaluation: the fused classifier with both modalities, or one.
+
+The design survey asks what happens when a modality is missing. The model's
+task classifier (`task.label`, see `DualEncoder.classify`) is scored on the
+held-out split three ways: with caption and image ("both"), with the image
+hidden ("text_only") and with the caption hidden ("image_only"). A model
+trained with `model.modality_dropout` should stay well above chance in the
+one-modality rows; one trained without it usually collapses there.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from mmalign import experiment as experiment_lib
+from mmalign.data import pipeline, sources
+from mmalign.eval import metrics
+from mmalign.eval.evaluator import write_json
+from mmalign.models.dual_encoder import DualEncoder
+from mmalign.plots import plot_bars
+from mmalign.train.metrics_log import say
+
+RESULTS_FILE = "eval_{split}_classification.json"
+# Input → (has text, has image).
+PRESENCE = {"both": (True, True), "text_only": (True, False), "image_only": (False, True)}
+
+
+def class_logits(exp: experiment_lib.Experiment, variables, split: str,
+                 present: tuple[bool, bool], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(logits [examples, classes], labels [examples]) of the whole split, in order."""
+  caption_source = sources.open_split(exp.builder, split, decode_images=False)
+  index = pipeline.index_split(caption_source)
+  labels = pipeline.read_labels(caption_source, experiment_lib.task_label(exp.config))
+  tokens = exp.tokenizer.encode(index.captions)  # [examples, length]: each its own caption
+  classify = jax.jit(lambda v, t, i, p: exp.model.apply(v, t, i, p,
+                                                         method=DualEncoder.classify))
+  chunks = []
+  for images, indices in pipeline.eval_image_batches(sources.open_split(exp.builder, split),
+                                                     exp.normalization, batch_size):
+    n = len(indices)
+    pad = batch_size - n  # Fixed shapes: one compilation for the whole split.
+    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    batch_tokens = np.concatenate([tokens[indices], np.zeros((pad, tokens.shape[1]),
+                                                             tokens.dtype)])
+    mask = np.broadcast_to(np.array(present, bool), (batch_size, 2))
+    chunks.append(np.asarray(classify(variables, batch_tokens, images, mask))[:n])
+  return np.concatenate(chunks), labels
+
+
+def evaluate_classification(config, workdir: str, variables=None,
+                            step: int | None = None) -> dict:
+  """Writes `<workdir>/eval_<split>_classification.json` and a PNG; returns the results."""
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
+  if variables is None:
+    variables, step = exp.restore_variables()
+  split = config.eval.split
+  label = experiment_lib.task_label(config)
+  results = {"dataset": f"{config.data.name}/{config.data.config}", "split": split,
+             "step": step, "label": label, "classes": list(exp.class_names)}
+  for name, present in PRESENCE.items():
+    logits, labels = class_logits(exp, variables, split, present, config.eval.batch_size)
+    predictions = logits.argmax(axis=1)
+    results[name] = {"accuracy": metrics.accuracy(labels, predictions),
+                     "macro_f1": metrics.f1(labels, predictions, average="macro"),
+                     "roc_auc_ovr": metrics.roc_auc_ovr(labels, logits)}
+    results["num_examples"] = int(len(labels))
+    results["majority_class_accuracy"] = float(np.bincount(labels).max() / len(labels))
+  path = os.path.join(workdir, RESULTS_FILE.format(split=split))
+  write_json(path, results)
+  plot_bars({name: results[name]["accuracy"] for name in PRESENCE},
+            os.path.join(workdir, f"eval_{split}_classification.png"),
+            f"{results['dataset']} {split}: {label} (step {step})", ylabel="accuracy",
+            reference=results["majority_class_accuracy"], reference_label="majority class")
+  say(format_table(results))
+  say(f"written to {path}")
+  return results
+
+
+def format_table(results: dict) -> str:
+  """Markdown: accuracy, macro F1 and ROC-AUC per input, with the majority-class rate."""
+  lines = [f"{results['dataset']} {results['split']}: classify {results['label']!r} "
+           f"({len(results['classes'])} classes, {results['num_examples']} examples, "
+           f"step {results['step']})", "",
+           "| input | accuracy | macro F1 | ROC-AUC (ovr) |", "|---|---|---|---|"]
+  for name in PRESENCE:
+    r = results[name]
+    lines.append(f"| {name.replace('_', ' ')} | {100 * r['accuracy']:.1f}% | "
+                 f"{r['macro_f1']:.3f} | {r['roc_auc_ovr']:.3f} |")
+  lines.append(f"\nmajority class: {100 * results['majority_class_accuracy']:.1f}%")
+  return "\n".join(lines)

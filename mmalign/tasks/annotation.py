@@ -1,0 +1,130 @@
+"""Multi-label image annotation: which tags (colours, shapes, ...) an image shows.
+
+Two ways to score tags, compared on the same metrics:
+* zero-shot: the cosine of the image with each tag's text embedding (a prompt ensemble,
+  `zero_shot.prompt_ensemble`), using the text side of the shared space as the head;
+* trained: an independent sigmoid per tag (binary cross-entropy) on frozen features,
+  the same MLP machinery as `probe`.
+
+Ranking quality is mean average precision (threshold-free). Set-valued predictions
+need a threshold: 0.5 for the trained head's probabilities; cosines have no natural
+one, so `best_threshold` picks the one global cut that maximises micro-F1 on a
+labelled calibration split (the training split) and is then fixed for the test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import numpy as np
+
+from mmalign.eval import metrics
+from mmalign.tasks import probe as probe_lib
+from mmalign.tasks.zero_shot import zero_shot_logits
+
+
+def zero_shot_tag_scores(image_emb, tag_emb) -> np.ndarray:
+  """Cosine of each image [n, d] with each tag embedding [t, d]: [n, t] float32."""
+  return zero_shot_logits(image_emb, tag_emb)
+
+
+class MultilabelHead(probe_lib.Head):
+  """One sigmoid per tag."""
+
+  def predict(self, features) -> np.ndarray:
+    """[n, f] → [n, t] tag probabilities."""
+    return np.asarray(jax.nn.sigmoid(self.logits(features)))
+
+
+def _as_targets(targets, num: int | None = None) -> np.ndarray:
+  """[n, t] multi-hot as float32, checked to be 0/1."""
+  targets = np.asarray(targets)
+  if targets.ndim != 2 or targets.size == 0:
+    raise ValueError(f"targets must be a non-empty 2-D multi-hot array [n, tags], got "
+                     f"shape {targets.shape}")
+  if num is not None and targets.shape[0] != num:
+    raise ValueError(f"targets has {targets.shape[0]} rows, features {num}")
+  if not np.all((targets == 0) | (targets == 1)):
+    raise ValueError("targets must be multi-hot: every entry 0 or 1")
+  return targets.astype(np.float32)
+
+
+def train_multilabel_head(features, targets, *, hidden: Sequence[int] = (),
+                          steps: int = 500, learning_rate: float = 1e-2,
+                          weight_decay: float = 1e-4, seed: int = 0,
+                          batch_size: int | None = None,
+                          modality_dropout: float = 0.0) -> MultilabelHead:
+  """Sigmoid-BCE head on features [n, f] for multi-hot targets [n, t]."""
+  targets = _as_targets(targets, np.shape(features)[0])
+  return probe_lib.fit_head(features, targets, targets.shape[1], loss="sigmoid",
+                            hidden=hidden, steps=steps, learning_rate=learning_rate,
+                            weight_decay=weight_decay, seed=seed, batch_size=batch_size,
+                            modality_dropout=modality_dropout, head_class=MultilabelHead)
+
+
+def multilabel_f1(targets, predictions, *, average: Literal["micro", "macro"] = "micro"
+                  ) -> float:
+  """F1 of multi-hot predictions [n, t] against targets [n, t].
+
+  "micro" pools true/false positives and false negatives over all tags (frequent tags
+  weigh more), as `sklearn.metrics.f1_score(average="micro")` on indicator matrices.
+  "macro" averages per-tag F1 over the tags that occur in targets or predictions; like
+  `metrics.f1`, a tag absent from both is left out rather than counted as 0.
+  (`metrics.f1` is single-label, so it cannot score sets of tags.)
+  """
+  truth = _as_targets(targets).astype(bool)
+  predicted = _as_targets(predictions, truth.shape[0]).astype(bool)
+  if predicted.shape != truth.shape:
+    raise ValueError(f"predictions {predicted.shape} and targets {truth.shape} differ")
+  tp = np.sum(truth & predicted, axis=0)  # [t]
+  fp = np.sum(~truth & predicted, axis=0)  # [t]
+  fn = np.sum(truth & ~predicted, axis=0)  # [t]
+  if average == "micro":
+    tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+  if average != "macro":
+    raise ValueError(f"average must be 'micro' or 'macro', got {average!r}")
+  active = (tp + fp + fn) > 0
+  if not active.any():
+    return 0.0
+  return float(np.mean(2 * tp[active] / (2 * tp[active] + fp[active] + fn[active])))
+
+
+def best_threshold(scores, targets) -> float:
+  """The global cut `scores >= threshold` that maximises micro-F1 on (scores, targets).
+
+  scores, targets: [n, t]. Every distinct score is a candidate; with k cells at or
+  above a candidate and P positives, micro-F1 = 2 TP / (k + P), so one sort finds the
+  best. Ties go to the higher threshold (fewer tags predicted).
+  """
+  truth = _as_targets(targets)
+  scores = np.asarray(scores, np.float64)
+  if scores.shape != truth.shape:
+    raise ValueError(f"scores {scores.shape} and targets {truth.shape} differ")
+  if not np.all(np.isfinite(scores)):
+    raise ValueError("scores contains NaN or inf")
+  flat_scores, flat_truth = scores.ravel(), truth.ravel()
+  order = np.argsort(-flat_scores, kind="stable")
+  sorted_scores = flat_scores[order]
+  tp = np.cumsum(flat_truth[order])  # [cells] positives among the top k
+  block_end = np.append(sorted_scores[:-1] != sorted_scores[1:], True)  # A whole tie block.
+  k = np.arange(1, flat_scores.size + 1)
+  f1 = np.where(block_end, 2 * tp / (k + flat_truth.sum()), -1.0)
+  return float(sorted_scores[int(np.argmax(f1))])
+
+
+def annotation_report(targets, scores, threshold: float) -> dict[str, float]:
+  """mAP (threshold-free) and micro/macro F1 of `scores >= threshold`.
+
+  targets: [n, t] multi-hot; scores: [n, t], higher = more likely. mAP is
+  `metrics.mean_average_precision` (tags without a positive are skipped there).
+  """
+  truth = _as_targets(targets)
+  scores = np.asarray(scores)
+  predictions = scores >= threshold
+  return {"mAP": metrics.mean_average_precision(truth, scores),
+          "micro_f1": multilabel_f1(truth, predictions, average="micro"),
+          "macro_f1": multilabel_f1(truth, predictions, average="macro"),
+          "threshold": float(threshold)}

@@ -1,0 +1,314 @@
+"""Classifiers on frozen embeddings: linear probes and small MLPs ("SVM or DNN").
+
+A probe measures what the shared space already holds, so the encoders stay fixed and
+only a head is trained. Every input — text only, image only, or both — is laid out as
+the same fused vector `[t, i, t * i]` (`fused_features`), an absent modality's block and
+the product zeroed. One classifier can therefore be trained on pairs and evaluated with
+a modality missing; trained with `modality_dropout` it learns to fall back to the
+modality that is there. The product block lets even a linear probe compute the cosine
+similarity of a caption and an image (the sum of that block), which is what a
+matching decision needs.
+
+Training is a single jit-compiled `lax.fori_loop` of AdamW steps (full batch, or
+mini-batches drawn with replacement), so a probe costs one compile and no Python loop.
+Features are standardised with the training set's mean and std, kept in the probe so
+that evaluation applies exactly the same transform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mmalign.eval import metrics
+from mmalign.registry import Registry
+
+MODALITIES = ("text", "image")  # Column order of every `present [n, 2]` mask.
+_MIN_STD = 1e-6  # Columns flatter than this (e.g. an always-absent block) are not scaled.
+
+
+# ----------------------------------------------------------------------------------------
+# Features.
+# ----------------------------------------------------------------------------------------
+
+
+def _as_matrix(x, name: str) -> np.ndarray:
+  x = np.asarray(x, np.float32)
+  if x.ndim != 2:
+    raise ValueError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"{name} contains NaN or inf")
+  return x
+
+
+def fused_features(text_emb, image_emb, present=None) -> np.ndarray:
+  """`[t, i, t * i]` per example: [n, 3 * d] float32.
+
+  text_emb, image_emb: [n, d] or None (that modality is absent for every example).
+  present: [n, 2] bool (has text, has image), as in `models.fusion.FusionInputs`; a
+  False entry zeroes that modality's block and the product. Zeros are what "absent"
+  means to every probe here: a probe trained on fused pairs sees them only through
+  modality dropout, which is how it learns to fall back to the present modality.
+  """
+  if text_emb is None and image_emb is None:
+    raise ValueError("fused_features needs text_emb or image_emb; both are None")
+  text = None if text_emb is None else _as_matrix(text_emb, "text_emb")
+  image = None if image_emb is None else _as_matrix(image_emb, "image_emb")
+  if text is not None and image is not None and text.shape != image.shape:
+    raise ValueError(f"text_emb {text.shape} and image_emb {image.shape} must have one shape")
+  shape = (text if text is not None else image).shape
+  keep = np.ones((shape[0], 2), bool)  # [n, 2]
+  if present is not None:
+    present = np.asarray(present)
+    if present.shape != (shape[0], 2):
+      raise ValueError(f"present must have shape {(shape[0], 2)} (has text, has image), "
+                       f"got {present.shape}")
+    keep &= present.astype(bool)
+  keep[:, 0] &= text is not None
+  keep[:, 1] &= image is not None
+  text = np.zeros(shape, np.float32) if text is None else text * keep[:, :1]  # [n, d]
+  image = np.zeros(shape, np.float32) if image is None else image * keep[:, 1:]  # [n, d]
+  return np.concatenate([text, image, text * image], axis=1)  # [n, 3d]
+
+
+def _present_columns(present: jnp.ndarray, embed_dim: int) -> jnp.ndarray:
+  """present [n, 2] → [n, 3d] multiplier that zeroes absent blocks of a fused vector."""
+  text, image = present[:, :1], present[:, 1:]  # [n, 1] each
+  ones = jnp.ones((1, embed_dim), present.dtype)
+  return jnp.concatenate([text * ones, image * ones, text * image * ones], axis=1)
+
+
+PROBE_INPUTS: Registry[Callable[[np.ndarray, np.ndarray], np.ndarray]] = Registry(
+    "probe input")
+PROBE_INPUTS.register("text")(lambda text_emb, image_emb: fused_features(text_emb, None))
+PROBE_INPUTS.register("image")(lambda text_emb, image_emb: fused_features(None, image_emb))
+PROBE_INPUTS.register("fused")(fused_features)
+
+
+def probe_features(name: str, text_emb, image_emb) -> np.ndarray:
+  """Features of the probe input `name` ("text", "image", "fused"): [n, 3d].
+
+  Single-modality inputs keep the fused layout with the other block zeroed, so every
+  probe has one input width and a fused probe can be evaluated on them directly.
+  """
+  return PROBE_INPUTS.get(name)(text_emb, image_emb)
+
+
+# ----------------------------------------------------------------------------------------
+# The head: an MLP on standardised features.
+# ----------------------------------------------------------------------------------------
+
+
+def _init_layers(key: jax.Array, sizes: Sequence[int]) -> list[dict]:
+  """LeCun-normal weights, zero biases: [{"w": [in, out], "b": [out]}, ...]."""
+  layers = []
+  for layer_key, (fan_in, fan_out) in zip(jax.random.split(key, len(sizes) - 1),
+                                          itertools.pairwise(sizes)):
+    layers.append({"w": jax.random.normal(layer_key, (fan_in, fan_out)) / np.sqrt(fan_in),
+                   "b": jnp.zeros((fan_out,))})
+  return layers
+
+
+def _forward(layers: list[dict], x: jnp.ndarray) -> jnp.ndarray:
+  """x: [n, f] standardised → logits [n, out]; ReLU between layers."""
+  for layer in layers[:-1]:
+    x = jax.nn.relu(x @ layer["w"] + layer["b"])
+  return x @ layers[-1]["w"] + layers[-1]["b"]
+
+
+@jax.jit
+def _logits(layers, mean, std, features):
+  return _forward(layers, (features - mean) / std)
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """A trained head: weights plus the standardisation it was trained with."""
+  layers: list[dict]  # [{"w": [in, out], "b": [out]}, ...]
+  mean: np.ndarray  # [f] training-feature mean
+  std: np.ndarray  # [f] training-feature std (1 where a column is constant)
+  train_loss: float  # Loss of the last training step, for logs.
+
+  @property
+  def in_dim(self) -> int:
+    return int(self.mean.shape[0])
+
+  def logits(self, features) -> np.ndarray:
+    """features: [n, f] → [n, out] float32."""
+    features = _as_matrix(features, "features")
+    if features.shape[1] != self.in_dim:
+      raise ValueError(f"features have {features.shape[1]} columns; this head was trained "
+                       f"on {self.in_dim}")
+    return np.asarray(_logits(self.layers, self.mean, self.std, features))
+
+
+class Probe(Head):
+  """Single-label classifier: softmax over `num_classes` logits."""
+
+  def predict_proba(self, features) -> np.ndarray:
+    """[n, f] → [n, c] class probabilities."""
+    return np.asarray(jax.nn.softmax(self.logits(features), axis=-1))
+
+  def predict(self, features) -> np.ndarray:
+    """[n, f] → [n] int64 class ids."""
+    return np.argmax(self.logits(features), axis=-1).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------
+# Training.
+# ----------------------------------------------------------------------------------------
+
+
+def _softmax_loss(logits, targets):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def _sigmoid_loss(logits, targets):
+  return optax.sigmoid_binary_cross_entropy(logits, targets).mean()
+
+
+LOSSES = {"softmax": _softmax_loss, "sigmoid": _sigmoid_loss}
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "steps", "batch_size", "embed_dim"))
+def _train(layers, features, targets, mean, std, key, learning_rate, weight_decay,
+           dropout, *, loss: str, steps: int, batch_size: int | None,
+           embed_dim: int | None):
+  """AdamW on the head; returns (layers, loss of the last step).
+
+  features: [n, f] raw (not standardised); targets: [n] int or [n, t] float. With
+  embed_dim set, each example of a step loses one modality (text or image, evenly)
+  with probability `dropout`, in raw space, before standardisation: exactly what an
+  absent modality looks like at evaluation.
+  """
+  optimizer = optax.adamw(learning_rate, weight_decay=weight_decay,
+                          mask=lambda ls: [{"w": True, "b": False} for _ in ls])
+  loss_fn = LOSSES[loss]
+  num = features.shape[0]
+
+  def objective(layers, x, y, step_key):
+    if embed_dim is not None:
+      drop_key, which_key = jax.random.split(step_key)
+      dropped = jax.random.uniform(drop_key, (x.shape[0],)) < dropout  # [b]
+      text_dropped = jax.random.bernoulli(which_key, 0.5, (x.shape[0],))  # [b]
+      present = jnp.stack([~(dropped & text_dropped), ~(dropped & ~text_dropped)], axis=1)
+      x = x * _present_columns(present.astype(x.dtype), embed_dim)  # [b, 3d]
+    return loss_fn(_forward(layers, (x - mean) / std), y)
+
+  def body(step, carry):
+    layers, opt_state, _ = carry
+    step_key = jax.random.fold_in(key, step)
+    if batch_size is None:
+      x, y = features, targets
+    else:
+      rows = jax.random.randint(jax.random.fold_in(step_key, 1), (batch_size,), 0, num)
+      x, y = features[rows], targets[rows]
+    value, grads = jax.value_and_grad(objective)(layers, x, y, step_key)
+    updates, opt_state = optimizer.update(grads, opt_state, layers)
+    return optax.apply_updates(layers, updates), opt_state, value
+
+  carry = (layers, optimizer.init(layers), jnp.zeros((), jnp.float32))
+  layers, _, last_loss = jax.lax.fori_loop(0, steps, body, carry)
+  return layers, last_loss
+
+
+def fit_head(features, targets, out_dim: int, *, loss: str, hidden: Sequence[int] = (),
+             steps: int = 500, learning_rate: float = 1e-2, weight_decay: float = 1e-4,
+             seed: int = 0, batch_size: int | None = None,
+             modality_dropout: float = 0.0, head_class: type[Head] = Head) -> Head:
+  """Trains an MLP head (linear when `hidden` is empty) on fixed features.
+
+  features: [n, f]; targets: [n] int for loss="softmax", [n, out_dim] in {0, 1} for
+  loss="sigmoid". `modality_dropout` > 0 needs features in the `fused_features`
+  layout ([n, 3d]). Weight decay applies to weights, not biases (decaying a bias
+  would pull the prior towards uniform, which no regulariser is meant to do).
+  """
+  features = _as_matrix(features, "features")
+  num, width = features.shape
+  if num == 0:
+    raise ValueError("features has no rows")
+  if loss not in LOSSES:
+    raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+  hidden = tuple(int(h) for h in hidden)
+  if any(h <= 0 for h in hidden):
+    raise ValueError(f"hidden sizes must be positive, got {hidden}")
+  if steps <= 0:
+    raise ValueError(f"steps must be positive, got {steps}")
+  if batch_size is not None and not 0 < batch_size:
+    raise ValueError(f"batch_size must be positive or None (full batch), got {batch_size}")
+  if batch_size is not None and batch_size >= num:
+    batch_size = None  # A batch of everything is the full batch, without resampling.
+  if not 0.0 <= modality_dropout < 1.0:
+    raise ValueError(f"modality_dropout must lie in [0, 1), got {modality_dropout}")
+  embed_dim = None
+  if modality_dropout > 0:
+    if width % 3:
+      raise ValueError(f"modality_dropout needs fused_features [n, 3 * d]; features have "
+                       f"{width} columns, not a multiple of 3")
+    embed_dim = width // 3
+  mean = features.mean(axis=0)  # [f]
+  std = features.std(axis=0)  # [f]
+  std = np.where(std < _MIN_STD, 1.0, std).astype(np.float32)
+  layers = _init_layers(jax.random.key(seed), (width, *hidden, out_dim))
+  layers, last_loss = _train(layers, features, targets, mean, std,
+                             jax.random.fold_in(jax.random.key(seed), 1),
+                             jnp.float32(learning_rate), jnp.float32(weight_decay),
+                             jnp.float32(modality_dropout), loss=loss, steps=int(steps),
+                             batch_size=batch_size, embed_dim=embed_dim)
+  layers = jax.tree.map(np.asarray, layers)
+  return head_class(layers, mean, std, float(last_loss))
+
+
+def train_probe(features, labels, num_classes: int, *, hidden: Sequence[int] = (),
+                steps: int = 500, learning_rate: float = 1e-2, weight_decay: float = 1e-4,
+                seed: int = 0, batch_size: int | None = None,
+                modality_dropout: float = 0.0) -> Probe:
+  """Softmax classifier on features [n, f] with labels [n] int in [0, num_classes).
+
+  hidden=() is multinomial logistic regression (the linear probe); hidden=(h, ...)
+  an MLP with ReLU. See `fit_head` for the other arguments.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be 1-D integers, got shape {labels.shape} dtype "
+                     f"{labels.dtype}")
+  if labels.shape[0] != np.shape(features)[0]:
+    raise ValueError(f"labels has {labels.shape[0]} entries, features "
+                     f"{np.shape(features)[0]} rows")
+  if num_classes < 2:
+    raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}), got range "
+                     f"[{labels.min()}, {labels.max()}]")
+  return fit_head(features, labels.astype(np.int32), num_classes, loss="softmax",
+                  hidden=hidden, steps=steps, learning_rate=learning_rate,
+                  weight_decay=weight_decay, seed=seed, batch_size=batch_size,
+                  modality_dropout=modality_dropout, head_class=Probe)
+
+
+def classification_report(labels, probabilities) -> dict[str, float | None]:
+  """Accuracy, macro F1 and ROC-AUC of class probabilities [n, c] against labels [n].
+
+  ROC-AUC is binary (on column 1) for two classes, macro one-vs-rest otherwise; it is
+  None where undefined (a small split with a single class), rather than a made-up
+  number.
+  """
+  labels = np.asarray(labels)
+  probabilities = np.asarray(probabilities)
+  predictions = np.argmax(probabilities, axis=1)
+  report = {"accuracy": metrics.accuracy(labels, predictions),
+            "macro_f1": metrics.f1(labels, predictions, average="macro")}
+  if np.unique(labels).size < 2:
+    report["roc_auc"] = None
+  elif probabilities.shape[1] == 2:
+    report["roc_auc"] = metrics.roc_auc(labels, probabilities[:, 1])
+  else:
+    report["roc_auc"] = metrics.roc_auc_ovr(labels, probabilities)
+  return report
