@@ -11,50 +11,15 @@ import os
 
 import jax
 import numpy as np
-import optax
 
 from mmalign import experiment as experiment_lib
 from mmalign.data import pipeline, sources
 from mmalign.losses.objective import build_objective
 from mmalign.plots import plot_training_curves
 from mmalign.train import mesh as mesh_lib
+from mmalign.train import step as step_lib
 from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.metrics_log import MetricsLog, say
-
-
-def make_train_step(model, objective, optimizer, mesh, seed: int):
-  """jit-compiled step: batch sharded over `data`, state replicated.
-
-  Dropout keys are `fold_in(key(seed), step)`: a resumed run draws the same
-  ones. State collections (BatchNorm statistics) are updated in train mode.
-  """
-  replicated = mesh_lib.replicated(mesh)
-  batch_sharding = mesh_lib.batch_sharded(mesh)
-  base_key = jax.random.key(seed)
-
-  def step_fn(state, batch):
-    model_state = state.get("model_state", {})
-    rngs = {"dropout": jax.random.fold_in(base_key, state["step"])}
-
-    def loss_of(params):
-      outputs, new_model_state = model.apply(
-          {"params": params, **model_state}, batch["tokens"], batch["images"], train=True,
-          rngs=rngs, mutable=list(model_state))
-      loss, metrics = objective(outputs, batch)
-      return loss, ({**metrics, "scale": outputs["scale"]}, new_model_state)
-
-    (loss, (metrics, new_model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-        state["params"])
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
-    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
-    if model_state:
-      new_state["model_state"] = dict(new_model_state)
-    return new_state, metrics
-
-  return jax.jit(step_fn, in_shardings=(replicated, batch_sharding),
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
 def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -97,7 +62,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
       f"{len(train_index.groups)} images, {batches.steps_per_epoch} steps per epoch; "
       f"training steps {start + 1}..{tc.steps}")
 
-  train_step = make_train_step(exp.model, objective, optimizer, mesh, tc.seed)
+  train_step = step_lib.make_train_step(exp.model, objective, optimizer, mesh, tc.seed)
   metrics_log = MetricsLog(workdir, tc.steps, start)
   last = tc.steps if stop_after is None else min(stop_after, tc.steps)
   iterator = pipeline.train_iterator(batches, start_step=start, num_steps=last)
