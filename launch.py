@@ -81,12 +81,19 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Progress is printed; libraries' INFO logs (orbax, TFDS) only with --verbosity=0.
     logging.set_verbosity(logging.WARNING)
+  from mmalign.train import preemption, trainer  # pylint: disable=import-outside-toplevel
   try:
     run(_CONFIG.value, _WORKDIR.value, _MODE.value, _QUERY.value, _K.value)
   except UsageError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except preemption.Preempted as e:  # A scheduler's SIGTERM: saved, resumable, not a failure.
+    print(str(e), file=sys.stderr)
+    sys.exit(0)
+  except trainer.NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 class _DropNoise(logging_std.Filter):

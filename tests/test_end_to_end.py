@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -14,6 +13,7 @@ from mmalign import experiment as experiment_lib
 from mmalign.eval import evaluator
 from mmalign.retrieval import search as search_lib
 from mmalign.train import trainer
+from tests.trees import assert_trees_bitwise_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,11 +24,6 @@ def _config(data_dir, **train_overrides):
   for key, value in train_overrides.items():
     config.train[key] = value
   return config
-
-
-def _assert_trees_equal(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +50,7 @@ def test_restored_params_equal_trained_params(trained):
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
   variables, step = exp.restore_variables()
   assert step == config.train.steps
-  _assert_trees_equal(variables, experiment_lib.variables_of(state))
+  assert_trees_bitwise_equal(variables, experiment_lib.variables_of(state))
 
 
 def test_evaluation_from_checkpoint(trained):
@@ -93,8 +88,8 @@ def test_resume_matches_uninterrupted_run(tiny_data_dir, tmp_path):
   trainer.train(_config(tiny_data_dir, checkpoint_every=2), interrupted, stop_after=4)
   resumed = trainer.train(_config(tiny_data_dir, checkpoint_every=2), interrupted)
   uninterrupted = trainer.train(_config(tiny_data_dir, checkpoint_every=2), straight)
-  _assert_trees_equal(resumed["params"], uninterrupted["params"])
-  _assert_trees_equal(resumed["opt_state"], uninterrupted["opt_state"])
+  assert_trees_bitwise_equal(resumed["params"], uninterrupted["params"])
+  assert_trees_bitwise_equal(resumed["opt_state"], uninterrupted["opt_state"])
 
 
 def test_training_with_a_sharded_loss(tiny_data_dir, tmp_path):

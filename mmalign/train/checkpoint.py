@@ -2,12 +2,20 @@
 
 Orbax writes each step into a temporary directory and renames it when complete,
 so a crash during a save leaves the previous checkpoint as the latest good one.
+A finished checkpoint can still go bad later (a truncated file on a full disk,
+a partial copy): `restore_latest_good` then warns, moves the bad step aside to
+`<step>.corrupt` (never deleting anything) and falls back to the previous one.
+
+The data position and the random streams are not stored separately: batch
+`step` and the dropout key are pure functions of (seed, step), so the step
+saved with the state is the whole iterator state.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import jax
 import numpy as np
@@ -64,6 +72,31 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"], saved_meta
+
+  def restore_latest_good(self, abstract_state, meta: dict):
+    """`restore` of the newest readable step, moving unreadable ones aside.
+
+    A mismatch (another model) is the user's to fix and is raised at once; any
+    other failure to read a step marks it corrupt. Returns (state, meta), or
+    (None, None) when no step could be read.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        return self.restore(abstract_state, meta, step)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # Any unreadable file.
+        bad = os.path.join(self.directory, str(step))
+        aside = f"{bad}.corrupt"
+        warnings.warn(f"checkpoint {bad} is unreadable ({type(e).__name__}: "
+                      f"{str(e)[:200]}); moved it to {aside} and trying the previous one")
+        if jax.process_index() == 0:
+          os.replace(bad, aside)
+        if jax.process_count() > 1:  # Everyone sees the move before re-listing steps.
+          from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+          multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+        self._manager.reload()
+    return None, None
 
   def _check_shapes(self, step: int, abstract_state) -> None:
     """Compares parameter shapes (the optimizer state follows from them)."""

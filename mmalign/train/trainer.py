@@ -1,8 +1,14 @@
 """The one training loop: any registered model and loss, chosen by the config.
 
-Resumes on its own from the latest checkpoint in the workdir; since batch
+Resumes on its own from the latest good checkpoint in the workdir; since batch
 `step` is a pure function of (seed, step), the resumed run sees the same data
-it would have seen without the interruption.
+it would have seen without the interruption, and ends bitwise identical to an
+uninterrupted run on CPU.
+
+Faults: SIGTERM checkpoints the step just finished and raises `Preempted`
+(the launcher exits 0); a non-finite loss or gradient raises
+`NonFiniteLossError` naming the step before anything of that step is saved,
+so the last checkpoint stays the last good one.
 """
 
 from __future__ import annotations
@@ -20,6 +26,21 @@ from mmalign.train import mesh as mesh_lib
 from mmalign.train import step as step_lib
 from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.metrics_log import MetricsLog, say
+from mmalign.train.preemption import Preempted, SigtermWatch
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradient norm of a step is NaN or infinite."""
+
+
+def _check_finite(step: int, metrics: dict) -> None:
+  """Stops before a non-finite step is logged or saved (one scalar sync per step)."""
+  loss, grad_norm = (float(x) for x in jax.device_get((metrics["loss"], metrics["grad_norm"])))
+  if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+    raise NonFiniteLossError(
+        f"non-finite loss {loss} / gradient norm {grad_norm} at step {step}; nothing of this "
+        "step was saved, so the latest checkpoint is the last good state. Lower "
+        "train.learning_rate or check the inputs, then rerun to resume from it.")
 
 
 def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -52,8 +73,10 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   meta = exp.meta()
   if checkpointer.latest_step() is not None:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state)
-    state, _ = checkpointer.restore(abstract, meta)
-    say(f"resumed from {checkpointer.directory} at step {int(state['step'])}")
+    restored, _ = checkpointer.restore_latest_good(abstract, meta)
+    if restored is not None:
+      state = restored
+      say(f"resumed from {checkpointer.directory} at step {int(state['step'])}")
   state = jax.device_put(state, mesh_lib.replicated(mesh))
   start = int(state["step"])
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
@@ -66,16 +89,22 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   metrics_log = MetricsLog(workdir, tc.steps, start)
   last = tc.steps if stop_after is None else min(stop_after, tc.steps)
   iterator = pipeline.train_iterator(batches, start_step=start, num_steps=last)
-  for step in range(start + 1, last + 1):
-    state, metrics = train_step(state, mesh_lib.global_batch(next(iterator), mesh))
-    if step % tc.log_every == 0 or step == last:
-      metrics = jax.device_get(metrics)
-      if not np.isfinite(metrics["loss"]):
-        raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step}")
-      metrics_log.log(step, {**metrics, "learning_rate": schedule(step - 1)})
-    checkpointer.save(step, state, meta, force=step == last)
-  checkpointer.wait()
-  checkpointer.close()
+  try:
+    with SigtermWatch() as sigterm:
+      for step in range(start + 1, last + 1):
+        state, metrics = train_step(state, mesh_lib.global_batch(next(iterator), mesh))
+        _check_finite(step, metrics)
+        if step % tc.log_every == 0 or step == last:
+          metrics_log.log(step, {**jax.device_get(metrics),
+                                 "learning_rate": schedule(step - 1)})
+        saved = checkpointer.save(step, state, meta, force=step == last)
+        if step < last and sigterm.requested():
+          if not saved:
+            checkpointer.save(step, state, meta, force=True)
+          raise Preempted(step, checkpointer.directory)
+  finally:  # Pending asynchronous saves of good states complete even on an error.
+    checkpointer.wait()
+    checkpointer.close()
   if jax.process_index() == 0 and os.path.exists(metrics_log.path):
     plot_training_curves(metrics_log.path, os.path.join(workdir, "training_curves.png"))
   return state
