@@ -1,7 +1,9 @@
 """Tiny end-to-end runs: build → train → eval → ScaNN search → restore, and bad input."""
 
+import glob
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -43,6 +45,29 @@ def test_training_writes_checkpoint_tokenizer_and_metrics(trained):
     records = [json.loads(line) for line in f]
   assert [r["step"] for r in records] == [2, 4, 6]
   assert all(np.isfinite(r["loss"]) and r["steps_per_s"] > 0 for r in records)
+  assert all(r["examples_per_s"] == pytest.approx(r["steps_per_s"] * config.train.batch_size)
+             for r in records)
+
+
+def _event_records(path: str) -> list[bytes]:
+  """The payloads of a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
+  records, data = [], open(path, "rb").read()
+  offset = 0
+  while offset < len(data):
+    length = struct.unpack("<Q", data[offset:offset + 8])[0]
+    records.append(data[offset + 12:offset + 12 + length])
+    offset += 12 + length + 4
+  return records
+
+
+def test_training_writes_tensorboard_events(trained):
+  config, workdir, _ = trained
+  files = glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+  assert len(files) == 1
+  records = _event_records(files[0])
+  for tag in (b"loss", b"steps_per_s", b"examples_per_s", b"learning_rate"):
+    # One event per logged step (2, 4, 6) for every scalar.
+    assert sum(tag in r for r in records) >= len(range(2, config.train.steps + 1, 2)), tag
 
 
 def test_restored_params_equal_trained_params(trained):

@@ -1,7 +1,11 @@
-"""Progress and metrics: steps/s and ETA on the console, one JSON line per log in the workdir.
+"""Progress and metrics: steps/s and ETA on the console, one JSON line per log in the
+workdir (`metrics.jsonl`), and TensorBoard event files (`<workdir>/tensorboard/`).
 
 Progress goes to stdout with `say` rather than to absl's INFO log, which the
 launcher keeps at WARNING so that library chatter (orbax, TFDS) stays quiet.
+Only process 0 writes anything. Beside the step's metrics each record holds
+steps/s, examples/s and, where the backend reports it (GPU, TPU; not CPU), the
+device memory in use and its peak.
 """
 
 from __future__ import annotations
@@ -22,11 +26,20 @@ def say(message: str) -> None:
 class MetricsLog:
   """Appends to `<workdir>/metrics.jsonl`; only process 0 writes."""
 
-  def __init__(self, workdir: str, total_steps: int, start_step: int):
+  def __init__(self, workdir: str, total_steps: int, start_step: int, batch_size: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._total = total_steps
+    self._batch_size = batch_size
     self._last_step, self._last_time = start_step, time.perf_counter()
     self._writer = jax.process_index() == 0
+    self._tensorboard = None
+    if self._writer:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def close(self) -> None:
+    if self._tensorboard is not None:
+      self._tensorboard.close()
 
   def log(self, step: int, metrics: dict[str, float]) -> None:
     now = time.perf_counter()
@@ -34,14 +47,28 @@ class MetricsLog:
     self._last_step, self._last_time = step, now
     eta_s = (self._total - step) / steps_per_s if steps_per_s > 0 else float("inf")
     record = {"step": step, **{k: float(v) for k, v in metrics.items()},
-              "steps_per_s": steps_per_s, "time": time.time()}
+              "steps_per_s": steps_per_s, "examples_per_s": steps_per_s * self._batch_size,
+              **device_memory(), "time": time.time()}
     if not self._writer:
       return
+    for key, value in record.items():
+      if key not in ("step", "time"):
+        self._tensorboard.add_scalar(key, value, step)
+    self._tensorboard.flush()
     shown = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
     say(f"step {step}/{self._total}  {shown}  {steps_per_s:.2f} steps/s  "
         f"ETA {_duration(eta_s)}")
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+
+
+def device_memory() -> dict[str, float]:
+  """{"device_memory_gib", "device_peak_memory_gib"} of the first local device, or {}."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "bytes_in_use" not in stats:
+    return {}
+  return {"device_memory_gib": stats["bytes_in_use"] / 2**30,
+          "device_peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30}
 
 
 def _duration(seconds: float) -> str:

@@ -86,7 +86,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
       f"training steps {start + 1}..{tc.steps}")
 
   train_step = step_lib.make_train_step(exp.model, objective, optimizer, mesh, tc.seed)
-  metrics_log = MetricsLog(workdir, tc.steps, start)
+  metrics_log = MetricsLog(workdir, tc.steps, start, batch_size=tc.batch_size)
   last = tc.steps if stop_after is None else min(stop_after, tc.steps)
   iterator = pipeline.train_iterator(batches, start_step=start, num_steps=last)
   try:
@@ -105,6 +105,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   finally:  # Pending asynchronous saves of good states complete even on an error.
     checkpointer.wait()
     checkpointer.close()
+    metrics_log.close()
   if jax.process_index() == 0 and os.path.exists(metrics_log.path):
     plot_training_curves(metrics_log.path, os.path.join(workdir, "training_curves.png"))
   return state
