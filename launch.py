@@ -28,6 +28,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, toke
 _MODE = flags.DEFINE_enum("mode", "all", MODES, "What to run.")
 _QUERY = flags.DEFINE_string("query", None, "Text to search for (--mode=search).")
 _K = flags.DEFINE_integer("k", None, "Number of results (default: config.retrieval.k).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a multi-process job started by "
+    "hand (SLURM, Open MPI and Cloud TPU pods are detected without flags).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -81,8 +86,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Progress is printed; libraries' INFO logs (orbax, TFDS) only with --verbosity=0.
     logging.set_verbosity(logging.WARNING)
-  from mmalign.train import preemption, trainer  # pylint: disable=import-outside-toplevel
+  from mmalign.train import distributed, preemption, trainer  # pylint: disable=import-outside-toplevel
   try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     run(_CONFIG.value, _WORKDIR.value, _MODE.value, _QUERY.value, _K.value)
   except UsageError as e:
     logging.error("%s", e)

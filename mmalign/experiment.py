@@ -127,13 +127,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
   builder = sources.get_builder(config.data.name, config.data.config, config.data.data_dir)
   sources.ensure_built(builder)
   tokenizer_dir = os.path.join(workdir, TOKENIZER_DIR)
+  _barrier("before looking for the tokenizer")  # All processes then take the same branch.
   if Tokenizer.exists(tokenizer_dir):
     tokenizer = Tokenizer.load(tokenizer_dir)
   elif allow_new_tokenizer:
-    index = pipeline.index_split(sources.open_split(builder, "train", decode_images=False))
-    tokenizer = Tokenizer.train(index.tokenizer_corpus, text_settings(config))
-    os.makedirs(tokenizer_dir, exist_ok=True)
-    tokenizer.save(tokenizer_dir)
+    tokenizer = _train_tokenizer_once(builder, config, tokenizer_dir)
   else:
     raise UsageError(f"--workdir {workdir!r} holds no trained model (no "
                             f"{TOKENIZER_DIR}/): run --mode=train first")
@@ -150,6 +148,26 @@ def task_label(config) -> str | None:
   """The dataset label the multi-task classifier learns (`task.label`), or None."""
   task = config.get("task")
   return task.get("label") if task is not None else None
+
+
+def _train_tokenizer_once(builder, config, tokenizer_dir: str) -> Tokenizer:
+  """Process 0 trains and saves the tokenizer; the others wait, then load that copy."""
+  if jax.process_index() == 0:
+    index = pipeline.index_split(sources.open_split(builder, "train", decode_images=False))
+    tokenizer = Tokenizer.train(index.tokenizer_corpus, text_settings(config))
+    os.makedirs(tokenizer_dir, exist_ok=True)
+    tokenizer.save(tokenizer_dir)
+  if jax.process_count() == 1:
+    return tokenizer
+  _barrier("tokenizer saved")
+  return Tokenizer.load(tokenizer_dir)
+
+
+def _barrier(name: str) -> None:
+  """Waits for every process of a multi-process job (no-op for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
 
 
 def text_settings(config) -> TextSettings:
