@@ -61,7 +61,8 @@ class Experiment:
     schedule = learning_rate_schedule(peak=tc.learning_rate, warmup_steps=tc.warmup_steps,
                                       total_steps=tc.steps)
     return adamw(schedule, weight_decay=tc.weight_decay, grad_clip_norm=tc.grad_clip_norm,
-                 frozen=tuple(tc.get("frozen", ()))), schedule
+                 frozen=tuple(tc.get("frozen", ())),
+                 moments_dtype=tc.get("optimizer_moments_dtype", "float32")), schedule
 
   def init_train_state(self) -> dict:
     """{params, opt_state, step[, model_state]}: what a checkpoint holds.

@@ -100,6 +100,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Regexes over parameter paths ("text_tower/embed/embedding") that get no update and
   # no weight decay, e.g. ("text_tower/embed",) with model.text_kwargs.*.init_embeddings.
   c.train.frozen = ()
+  # Device mesh, -1 = all remaining devices. The batch is split over data × fsdp; arrays of
+  # >= fsdp_min_size elements (parameters and their Adam moments) are split over fsdp.
+  c.train.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  c.train.fsdp_min_size = 2 ** 14
+  # Gradient accumulation (batch_size must divide by micro_batches × devices). Contrastive
+  # negatives then come from the micro-batch unless gradient_cache=True (full-batch loss and
+  # gradients, recomputing the towers; not with model.fusion / task.label).
+  c.train.micro_batches = 1
+  c.train.gradient_cache = False
+  c.train.compute_dtype = "float32"  # "bfloat16": bf16 towers, float32 master weights.
+  c.train.optimizer_moments_dtype = "float32"  # "bfloat16": Adam moments stored in bf16.
+  # What a NaN/inf loss or gradient does: "stop" (raise, naming the step) or "skip" (leave
+  # params and optimizer state unchanged for that step and go on).
+  c.train.on_nonfinite = "stop"
   c.train.log_every = 50
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from mmalign.errors import UsageError
@@ -27,7 +28,7 @@ def _decay_mask(params):
 
 def param_path(path) -> str:
   """"text_tower/embed/embedding" for a jax.tree_util key path."""
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
 def frozen_labels(params, patterns: tuple[str, ...]):
@@ -38,17 +39,47 @@ def frozen_labels(params, patterns: tuple[str, ...]):
       else "trained", params)
 
 
+MOMENT_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _adam_moments_in(dtype, *, b1: float, b2: float) -> optax.GradientTransformation:
+  """optax.scale_by_adam with both moments stored in `dtype` (optax's mu_dtype covers mu only).
+
+  The update itself runs in float32 (the float32 gradients promote the stored
+  moments); scale_by_adam casts the new moments back to their stored dtype.
+  """
+  adam = optax.scale_by_adam(b1=b1, b2=b2, mu_dtype=dtype)
+
+  def init(params):
+    state = adam.init(params)
+    return state._replace(nu=jax.tree.map(lambda x: x.astype(dtype), state.nu))
+  return optax.GradientTransformation(init, adam.update)
+
+
 def adamw(schedule: optax.Schedule, *, weight_decay: float, b1: float = 0.9, b2: float = 0.98,
-          grad_clip_norm: float | None = 1.0,
-          frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+          grad_clip_norm: float | None = 1.0, frozen: tuple[str, ...] = (),
+          moments_dtype: str = "float32") -> optax.GradientTransformation:
   """AdamW; parameters matching a `frozen` regex get no update at all (no weight decay).
 
   Frozen parameters are left out of the gradient-norm clipping too, so freezing
   a tower does not change how the rest is clipped.
+
+  moments_dtype (`train.optimizer_moments_dtype`): "bfloat16" stores Adam's
+  two moments in bfloat16, halving the optimizer's memory; the parameters
+  (master weights) stay float32. The state has the same tree either way.
   """
+  if moments_dtype not in MOMENT_DTYPES:
+    raise UsageError(f"train.optimizer_moments_dtype={moments_dtype!r}; allowed: "
+                     f"{', '.join(MOMENT_DTYPES)}")
   chain = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
-  chain.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay,
-                           mask=_decay_mask))
+  if moments_dtype == "float32":
+    chain.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay,
+                             mask=_decay_mask))
+  else:  # optax.adamw's own chain, with the moments stored in moments_dtype.
+    chain.append(optax.chain(
+        _adam_moments_in(MOMENT_DTYPES[moments_dtype], b1=b1, b2=b2),
+        optax.add_decayed_weights(weight_decay, _decay_mask),
+        optax.scale_by_learning_rate(schedule)))
   trained = optax.chain(*chain)
   if not frozen:
     return trained

@@ -8,12 +8,14 @@ uninterrupted run on CPU.
 Faults: SIGTERM checkpoints the step just finished and raises `Preempted`
 (the launcher exits 0); a non-finite loss or gradient raises
 `NonFiniteLossError` naming the step before anything of that step is saved,
-so the last checkpoint stays the last good one.
+so the last checkpoint stays the last good one (`train.on_nonfinite="stop"`),
+or, with "skip", the step leaves the state unchanged and a warning names it.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 import numpy as np
@@ -63,9 +65,10 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
       max_shift=config.data.max_shift, labels=labels,
       noisy_pair_fraction=float(config.data.get("noisy_pair_fraction", 0.0)))
   optimizer, schedule = exp.optimizer()
-  mesh = mesh_lib.data_mesh()
+  mesh = mesh_lib.make_mesh(tc.get("mesh"))
   objective = build_objective(config.loss, model_fuses=exp.model.fusion is not None,
-                              has_task=bool(exp.model.num_classes), mesh=mesh, data_axis=mesh_lib.DATA_AXIS)
+                              has_task=bool(exp.model.num_classes),
+                              mesh=mesh_lib.loss_mesh(mesh), data_axis=mesh_lib.LOSS_AXIS)
 
   state = exp.init_train_state()
   checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints,
@@ -77,7 +80,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
     if restored is not None:
       state = restored
       say(f"resumed from {checkpointer.directory} at step {int(state['step'])}")
-  state = jax.device_put(state, mesh_lib.replicated(mesh))
+  train_step, state = step_lib.build_train_step(tc, exp.model, objective, optimizer, mesh, state)
   start = int(state["step"])
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   say(f"model: {config.model.text_encoder} + {config.model.image_encoder}, "
@@ -85,7 +88,6 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
       f"{len(train_index.groups)} images, {batches.steps_per_epoch} steps per epoch; "
       f"training steps {start + 1}..{tc.steps}")
 
-  train_step = step_lib.make_train_step(exp.model, objective, optimizer, mesh, tc.seed)
   metrics_log = MetricsLog(workdir, tc.steps, start, batch_size=tc.batch_size)
   last = tc.steps if stop_after is None else min(stop_after, tc.steps)
   iterator = pipeline.train_iterator(batches, start_step=start, num_steps=last)
@@ -93,7 +95,11 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
     with SigtermWatch() as sigterm:
       for step in range(start + 1, last + 1):
         state, metrics = train_step(state, mesh_lib.global_batch(next(iterator), mesh))
-        _check_finite(step, metrics)
+        if tc.get("on_nonfinite", "stop") == "stop":
+          _check_finite(step, metrics)
+        elif float(jax.device_get(metrics["skipped"])):
+          warnings.warn(f"step {step}: non-finite loss or gradient; the update was skipped "
+                        "(train.on_nonfinite='skip')")
         if step % tc.log_every == 0 or step == last:
           metrics_log.log(step, {**jax.device_get(metrics),
                                  "learning_rate": schedule(step - 1)})

@@ -154,3 +154,26 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
   assert Checkpointer(str(tmp_path)).latest_step() == 3
   with open(tmp_path / "metrics.jsonl") as f:
     assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4]
+
+
+def test_non_finite_steps_can_be_skipped(tiny_data_dir, tmp_path, monkeypatch):
+  config = _config(tiny_data_dir)
+  config.train.update(steps=6, checkpoint_every=3, on_nonfinite="skip")
+  clean_batch = pipeline.TrainBatches.__call__
+
+  def poisoned(self, step):
+    batch = clean_batch(self, step)
+    if step in (2, 3):  # The third and fourth steps.
+      batch["images"] = np.full_like(batch["images"], np.nan)
+    return batch
+
+  monkeypatch.setattr(pipeline.TrainBatches, "__call__", poisoned)
+  with pytest.warns(UserWarning, match="step 3: non-finite") as caught:
+    state = trainer.train(config, str(tmp_path))
+  assert sorted(str(w.message)[:6] for w in caught if "non-finite" in str(w.message)) == [
+      "step 3", "step 4"]
+  assert int(state["step"]) == 6
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+  with open(tmp_path / "metrics.jsonl") as f:
+    skipped = [json.loads(line)["skipped"] for line in f]
+  assert skipped == [0, 0, 1, 1, 0, 0]

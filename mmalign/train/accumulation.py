@@ -1,0 +1,170 @@
+"""The gradients of one step over the global batch: whole, in micro-batches, or with a
+gradient cache. All three return `(loss, metrics, grads, new_model_state)`.
+
+  full_batch      one forward and backward pass over the B rows (`train.micro_batches=1`).
+  micro_batched   m passes (a `lax.scan`) over micro-batches of B/m rows; the loss,
+                  metrics and gradients are their means, so activation memory is that
+                  of B/m rows. For a loss that is a mean over pairs (regression, the
+                  matching and task heads) this is the full-batch gradient up to
+                  float32 rounding. For contrastive losses (infonce, sigmoid,
+                  correspondence) it is NOT: each caption's negatives are only the
+                  B/m − 1 other rows of its micro-batch, an easier task than B − 1
+                  negatives, and the loss value is lower for it.
+  gradient_cache  the contrastive batch stays B (Gao et al. 2021, "Scaling deep
+                  contrastive learning batch size under memory limited setup"):
+                  pass 1 embeds the m micro-batches without gradients; the loss and
+                  its gradient w.r.t. the B embeddings (and scale, bias) are taken
+                  on the whole batch; pass 2 recomputes each micro-batch's embeddings
+                  and pulls its slice of that gradient back into the parameters
+                  (`jax.vjp`). Same loss and gradients as full_batch, for one extra
+                  forward pass; memory is one micro-batch of activations plus the
+                  [B, d] embeddings. Only for models whose outputs are the embeddings
+                  (+ scale, bias): fused heads (`model.fusion`, `task.label`) score
+                  pairs built inside the forward pass, which the cache cannot see.
+
+Micro-batch j holds rows j, j + m, j + 2m, ... of the batch. With the batch
+sharded over devices in contiguous blocks, each device then keeps its own rows
+in every micro-batch (B/m must divide by the number of batch shards): no data
+moves between devices to form them.
+
+Dropout: micro-batch j uses `fold_in(rng, j)`, in both passes of the gradient
+cache, so the recomputed embeddings are the cached ones.
+
+BatchNorm (`model_state`): in training, each micro-batch is normalised with its
+own statistics, as a smaller batch would be (so with BatchNorm even the gradient
+cache equals the full batch only up to that: "ghost" batch norm). Every
+micro-batch starts from the same running statistics and the m updated ones are
+averaged: one moving-average update per step, with the mean of the micro-batch
+statistics, so `momentum` keeps its per-step meaning whatever m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mmalign.errors import UsageError
+from mmalign.train import mesh as mesh_lib
+
+# forward(params, model_state, batch, rng) -> (outputs, new_model_state), in train mode.
+Forward = Callable[[dict, dict, dict, jax.Array], tuple[dict, dict]]
+CACHEABLE_OUTPUTS = ("text_emb", "image_emb", "scale", "bias")
+
+
+def check_gradient_cache(model) -> None:
+  """Fails, naming the config keys, for a model with fused heads."""
+  if getattr(model, "fusion", None) is not None or getattr(model, "num_classes", 0):
+    raise UsageError(
+        "train.gradient_cache=True caches only the text and image embeddings, but "
+        "model.fusion / task.label add heads scored on pairs inside the forward pass; "
+        "use train.gradient_cache=False (plain micro-batches) with them")
+
+
+def split_rows(tree, micro_batches: int, mesh: Mesh | None = None):
+  """Every leaf [B, ...] → [m, B/m, ...]; micro-batch j holds rows j, j + m, ..."""
+  def split(x):
+    if x.shape[0] % micro_batches:
+      raise UsageError(f"the batch of {x.shape[0]} rows does not split into "
+                       f"train.micro_batches={micro_batches}")
+    x = jnp.swapaxes(x.reshape(x.shape[0] // micro_batches, micro_batches, *x.shape[1:]), 0, 1)
+    if mesh is not None:  # Keep each device's rows where they are.
+      x = lax.with_sharding_constraint(
+          x, NamedSharding(mesh, P(None, mesh_lib.batch_axes(mesh))))
+    return x
+  return jax.tree.map(split, tree)
+
+
+def merge_rows(tree):
+  """Inverse of split_rows: every leaf [m, B/m, ...] → [B, ...] in the batch's order."""
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
+
+
+def _mean_over_micro_batches(tree):
+  return jax.tree.map(lambda x: x.mean(0) if jnp.issubdtype(x.dtype, jnp.floating) else x[-1],
+                      tree)
+
+
+def _zeros_like(params):
+  return jax.tree.map(jnp.zeros_like, params)
+
+
+def full_batch(forward: Forward, objective, params, model_state, batch, rng):
+  """One forward and backward pass over the whole batch."""
+  def loss_of(p):
+    outputs, new_model_state = forward(p, model_state, batch, rng)
+    loss, metrics = objective(outputs, batch)
+    return loss, ({**metrics, "scale": outputs["scale"]}, new_model_state)
+
+  (loss, (metrics, new_model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+  return loss, metrics, grads, new_model_state
+
+
+def micro_batched(forward: Forward, objective, params, model_state, batch, rng, *,
+                  micro_batches: int, mesh: Mesh | None = None):
+  """Means of loss, metrics and gradients over micro-batches (negatives per micro-batch)."""
+  def body(grad_sum, xs):
+    j, micro = xs
+    loss, metrics, grads, new_model_state = full_batch(
+        forward, objective, params, model_state, micro, jax.random.fold_in(rng, j))
+    return jax.tree.map(jnp.add, grad_sum, grads), (loss, metrics, new_model_state)
+
+  grad_sum, (losses, metrics, model_states) = lax.scan(
+      body, _zeros_like(params),
+      (jnp.arange(micro_batches), split_rows(batch, micro_batches, mesh)))
+  grads = jax.tree.map(lambda g: g / micro_batches, grad_sum)
+  return (losses.mean(), _mean_over_micro_batches(metrics), grads,
+          _mean_over_micro_batches(model_states))
+
+
+def _cacheable(outputs: dict) -> dict:
+  extra = sorted(set(outputs) - set(CACHEABLE_OUTPUTS))
+  if extra:
+    raise UsageError(f"train.gradient_cache=True cannot cache the model outputs {extra} "
+                     "(fused heads); use train.gradient_cache=False")
+  return outputs
+
+
+def gradient_cache(forward: Forward, objective, params, model_state, batch, rng, *,
+                   micro_batches: int, mesh: Mesh | None = None):
+  """Full-batch loss and gradients, computed one micro-batch of activations at a time."""
+  keys = jnp.arange(micro_batches)
+  micro = split_rows(batch, micro_batches, mesh)
+
+  def embed(_, xs):  # Pass 1: no gradients are taken through this scan.
+    j, micro_batch = xs
+    outputs, new_model_state = forward(params, model_state, micro_batch,
+                                       jax.random.fold_in(rng, j))
+    return None, (_cacheable(outputs), new_model_state)
+
+  _, (outputs, model_states) = lax.scan(embed, None, (keys, micro))
+  # outputs: embeddings [m, B/m, d]; scale, bias [m] (all equal: they depend on params only).
+  embeddings = {k: v for k, v in outputs.items() if k in ("text_emb", "image_emb")}
+  scalars = {k: v[0] for k, v in outputs.items() if k not in embeddings}
+  cached = {**merge_rows(embeddings), **scalars}  # [B, d] in the batch's order.
+
+  (loss, metrics), d_cached = jax.value_and_grad(
+      lambda o: objective(o, batch), has_aux=True)(cached)
+  # Each micro-batch's slice of d loss / d embeddings; the scalars' gradient is shared
+  # out evenly, so that the m passes add up to it once.
+  cotangents = {**split_rows({k: d_cached[k] for k in embeddings}, micro_batches, mesh),
+                **{k: jnp.broadcast_to(d_cached[k] / micro_batches, (micro_batches,))
+                   for k in scalars}}
+
+  def backprop(grad_sum, xs):  # Pass 2: recompute with gradients, pull the cached ones back.
+    j, micro_batch, cotangent = xs
+
+    def cached_outputs(p):
+      outputs, _ = forward(p, model_state, micro_batch, jax.random.fold_in(rng, j))
+      return {k: outputs[k] for k in cotangent}
+
+    _, pull_back = jax.vjp(cached_outputs, params)
+    (grads,) = pull_back(cotangent)
+    return jax.tree.map(jnp.add, grad_sum, grads), None
+
+  grads, _ = lax.scan(backprop, _zeros_like(params), (keys, micro, cotangents))
+  metrics = {**metrics, "scale": cached["scale"]}
+  return loss, metrics, grads, _mean_over_micro_batches(model_states)
