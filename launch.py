@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from mmalign.errors import UsageError
 
-MODES = ("all", "train", "eval", "search")
+MODES = ("all", "train", "eval", "search", "index")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config.",
                                           lock_config=True)
@@ -27,6 +27,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, toke
                                "metrics and results; reused to resume.")
 _MODE = flags.DEFINE_enum("mode", "all", MODES, "What to run.")
 _QUERY = flags.DEFINE_string("query", None, "Text to search for (--mode=search).")
+_QUERY_IMAGE = flags.DEFINE_string("query_image", None, "PNG to search the split's captions "
+                                   "with (image→text, --mode=search).")
 _K = flags.DEFINE_integer("k", None, "Number of results (default: config.retrieval.k).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for a multi-process job started by "
@@ -36,16 +38,30 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run(config, workdir: str, mode: str, query: str | None, k: int | None) -> None:
+def run(config, workdir: str, mode: str, query: str | None, k: int | None,
+        query_image: str | None = None) -> None:
   # Imported here so that --help and flag errors answer without loading JAX.
   from mmalign import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
   from mmalign.eval import classification_evaluator, evaluator  # pylint: disable=import-outside-toplevel
+  from mmalign.retrieval import cli as retrieval_cli  # pylint: disable=import-outside-toplevel
   from mmalign.retrieval import search as search_lib  # pylint: disable=import-outside-toplevel
   from mmalign.train import trainer  # pylint: disable=import-outside-toplevel
 
-  if mode == "search" and (query is None or not query.strip()):
+  if mode == "search" and not query_image and (query is None or not query.strip()):
     raise UsageError("--mode=search needs a non-empty --query, e.g. "
-                     "--query='latin small letter a with grave'")
+                     "--query='latin small letter a with grave', or --query_image=x.png")
+  if mode == "index":
+    path = retrieval_cli.build_index_for_workdir(config, workdir)
+    print(f"indexes: {path} (images), {path}_text (captions)")
+    return
+  if mode == "search" and query_image:
+    hits, sheet = retrieval_cli.search_image_query(config, workdir, query_image,
+                                                   k or config.retrieval.k)
+    print(f"\nsearch over the {config.eval.split} captions for the image {query_image!r}:")
+    for hit in hits:
+      print(f"  {hit.rank:2d}. {hit.score:+.3f}  {hit.caption}")
+    print(f"contact sheet: {sheet}")
+    return
   variables = step = None
   if mode in ("all", "train"):
     state = trainer.train(config, workdir)
@@ -61,7 +77,7 @@ def run(config, workdir: str, mode: str, query: str | None, k: int | None) -> No
     query = query if mode == "search" else config.retrieval.example_query
     hits, sheet = search_lib.search(exp, variables, step, query, k=k or config.retrieval.k,
                                     split=config.eval.split,
-                                    scann_config=evaluator.scann_config(config))
+                                    scann_config=search_lib.scann_config(config))
     print(f"\nScaNN search over the {config.eval.split} images for {query!r}:")
     for hit in hits:
       print(f"  {hit.rank:2d}. {hit.score:+.3f}  {hit.caption}")
@@ -89,7 +105,7 @@ def main(argv):
   from mmalign.train import distributed, preemption, trainer  # pylint: disable=import-outside-toplevel
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    run(_CONFIG.value, _WORKDIR.value, _MODE.value, _QUERY.value, _K.value)
+    run(_CONFIG.value, _WORKDIR.value, _MODE.value, _QUERY.value, _K.value, _QUERY_IMAGE.value)
   except UsageError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

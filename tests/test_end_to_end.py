@@ -98,7 +98,7 @@ def test_search_returns_k_hits_and_contact_sheet(trained):
   variables, step = exp.restore_variables()
   hits, sheet = search_lib.search(exp, variables, step, "latin small letter a with grave",
                                   k=4, split="test",
-                                  scann_config=evaluator.scann_config(config))
+                                  scann_config=search_lib.scann_config(config))
   assert [h.rank for h in hits] == [1, 2, 3, 4]
   scores = [h.score for h in hits]
   assert scores == sorted(scores, reverse=True)
@@ -187,3 +187,21 @@ def test_other_model_shape_refused_and_workdir_kept(trained, tiny_data_dir):
   after = {p: os.path.getmtime(os.path.join(d, p)) for d, _, files in os.walk(workdir)
            for p in files}
   assert after == before  # Nothing written, nothing lost.
+
+
+@pytest.mark.slow
+def test_index_mode_then_image_query_through_the_launcher(trained, tiny_data_dir, tmp_path):
+  config, workdir, _ = trained
+  result = _launch(f"--config.data.data_dir={tiny_data_dir}", "--mode=index", workdir=workdir)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "(images)" in result.stdout and "_text (captions)" in result.stdout
+  image = tmp_path / "query.png"
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
+  from mmalign.data import sources  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  Image.fromarray(np.asarray(sources.open_split(exp.builder, "test")[0]["image"])[..., 0]).save(
+      image)
+  result = _launch(f"--config.data.data_dir={tiny_data_dir}", "--mode=search",
+                   f"--query_image={image}", "--k=3", workdir=workdir)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "captions for the image" in result.stdout and " 3. " in result.stdout

@@ -124,6 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.batch_size = 512
 
   c.retrieval = ml_collections.ConfigDict()
+  c.retrieval.searcher = "scann"  # Or "exact": the tiled top-k (mmalign/retrieval/searchers.py).
   c.retrieval.k = 10
   c.retrieval.num_leaves = ml_collections.FieldReference(None, field_type=int)
   c.retrieval.num_leaves_to_search = ml_collections.FieldReference(None, field_type=int)

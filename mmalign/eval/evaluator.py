@@ -12,22 +12,18 @@ import json
 import os
 import time
 
+import numpy as np
 
 from mmalign import experiment as experiment_lib
 from mmalign.data import pipeline, sources
 from mmalign.eval import retrieval_metrics as rm
 from mmalign.plots import plot_recall_curves
-from mmalign.retrieval.scann_index import ScannConfig, ScannIndex
+from mmalign.retrieval import search as retrieval_search
+from mmalign.retrieval.scann_index import ScannIndex
 from mmalign.train.metrics_log import say
 
 RESULTS_FILE = "eval_{split}.json"
 CURVE_MAX_K = 50  # The recall curve PNG spans k = 1..50 (or up to the largest eval k).
-
-
-def scann_config(config) -> ScannConfig:
-  rc = config.retrieval
-  return ScannConfig(num_neighbors=rc.k, num_leaves=rc.num_leaves,
-                     num_leaves_to_search=rc.num_leaves_to_search, reorder=rc.reorder)
 
 
 def evaluate(config, workdir: str, variables=None, step: int | None = None) -> dict:
@@ -64,13 +60,16 @@ def evaluate(config, workdir: str, variables=None, step: int | None = None) -> d
 
   k = config.retrieval.k
   started = time.perf_counter()
-  scann = ScannIndex.build(image_emb, scann_config(config))
+  scann = ScannIndex.build(image_emb, retrieval_search.scann_config(config))
   build_s = time.perf_counter() - started
   started = time.perf_counter()
   _, scann_ids = scann.search(text_emb, k)
   search_s = time.perf_counter() - started
   _, exact_ids = rm.exact_top_k(text_emb, image_emb, k)
-  scann_hits = (index.groups[scann_ids] == index.group_ids[:, None]).any(axis=1)
+  # Slots ScaNN could not fill come back as id -1 (retrieval.vectors.MISSING_ID): no hit.
+  found = scann_ids >= 0
+  scann_hits = (found & (index.groups[np.where(found, scann_ids, 0)]
+                         == index.group_ids[:, None])).any(axis=1)
   results = {
       "dataset": f"{config.data.name}/{config.data.config}", "split": split, "step": step,
       "num_text_queries": int(index.num_groups), "gallery_images": int(len(index.groups)),

@@ -18,6 +18,7 @@ _CAPTION_WIDTH = 22  # characters per caption line
 _CAPTION_LINES = 3
 _TITLE_WIDTH = 80
 _FRAME_COLORS = {True: "#2ca02c", False: "#d62728"}  # green: correct, red: wrong
+_QUERY_COLOR = "#1f77b4"  # blue: the query image of an image→text search
 
 
 def _short(text: str, width: int, max_lines: int) -> str:
@@ -41,44 +42,59 @@ def _check_inputs(images: np.ndarray, captions: Sequence[str], scores: np.ndarra
     raise ValueError(f"expected {k} entries (one per image), got {wrong}")
 
 
+def _draw(ax, image: np.ndarray, label: str) -> None:
+  if image.shape[-1] == 1:
+    ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+  else:
+    ax.imshow(image)
+  ax.set_xticks([])
+  ax.set_yticks([])
+  ax.set_xlabel(label, fontsize=8)
+
+
 def save_contact_sheet(path: str | os.PathLike, query_text: str, images,
                        captions: Sequence[str], scores,
-                       correct=None, columns: int = 5) -> None:
+                       correct=None, columns: int = 5, query_image=None) -> None:
   """Writes a PNG: the query as title, then each retrieved image in rank order.
 
   images: [k, h, w, c] uint8, c in (1, 3, 4), c == 1 drawn in grey; captions: [k] str;
   scores: [k] float; correct: [k] bool or None. With `correct`, each image gets a green
-  (correct) or red (wrong) frame. At most `columns` images per row. Parent directories
-  are created.
+  (correct) or red (wrong) frame. query_image: [h', w', c'] uint8 or None; when given
+  (image→text search) it is drawn first, framed in blue and labelled "query". At most
+  `columns` images per row. Parent directories are created.
   """
   images = np.asarray(images)
   scores = np.asarray(scores, dtype=np.float64).reshape(-1)
   correct = None if correct is None else np.asarray(correct, dtype=bool).reshape(-1)
   _check_inputs(images, captions, scores, correct)
+  if query_image is not None:
+    query_image = np.asarray(query_image)
+    _check_inputs(query_image[None], ["query"], np.zeros(1), None)
 
   k = images.shape[0]
+  offset = 0 if query_image is None else 1
   if columns < 1:
     raise ValueError(f"columns must be >= 1, got {columns}")
-  columns = min(k, columns)
-  rows = -(-k // columns)
+  columns = min(k + offset, columns)
+  rows = -(-(k + offset) // columns)
   figure = Figure(figsize=(2.4 * columns, 2.9 * rows + 0.6), layout="constrained")
   FigureCanvasAgg(figure)
   figure.suptitle(_short(query_text, _TITLE_WIDTH, 2), fontsize=12)
   axes = figure.subplots(rows, columns, squeeze=False)  # [rows, columns]
 
-  for slot, ax in enumerate(axes.flat):
+  for panel, ax in enumerate(axes.flat):
+    slot = panel - offset
+    if panel == 0 and query_image is not None:
+      _draw(ax, query_image, "query")
+      for spine in ax.spines.values():
+        spine.set_edgecolor(_QUERY_COLOR)
+        spine.set_linewidth(4)
+      continue
     if slot >= k:
       ax.set_axis_off()
       continue
-    image = images[slot]
-    if image.shape[-1] == 1:
-      ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
-    else:
-      ax.imshow(image)
-    ax.set_xticks([])
-    ax.set_yticks([])
     caption = _short(captions[slot], _CAPTION_WIDTH, _CAPTION_LINES)
-    ax.set_xlabel(f"#{slot + 1}  {caption}\nscore {scores[slot]:.3f}", fontsize=8)
+    _draw(ax, images[slot], f"#{slot + 1}  {caption}\nscore {scores[slot]:.3f}")
     if correct is not None:
       for spine in ax.spines.values():
         spine.set_edgecolor(_FRAME_COLORS[bool(correct[slot])])

@@ -1,36 +1,53 @@
 """Approximate cosine search over an embedding gallery with ScaNN.
 
-ScaNN offers dot product and squared L2 but no cosine, so the index L2-normalises both
-the gallery and the queries and searches by dot product; the returned scores are then
-cosine similarities. Large galleries use ScaNN's tree + asymmetric hashing + exact
-reordering; small ones (where k-means tree training has too few points per leaf) fall
-back to exact brute force, so the same code serves unit tests and full evals.
+ScaNN offers dot product and squared L2 but no cosine, so rows are L2-normalised
+(`vectors.unit_rows`) and searched by dot product; scores are cosine similarities.
+Large galleries use ScaNN's tree + asymmetric hashing (AH) + exact reordering; small
+ones (where k-means has too few points per leaf) are searched by brute force, so the
+same code serves unit tests and full evals.
+
+ScaNN 1.4.2 updates a built searcher in place (`upsert`, `delete`); `Index` keeps the
+id bookkeeping. Updates do not retrain the tree or the AH codebooks: new points are
+assigned to the nearest existing leaf, so after large changes rebuild (or `tune`).
+
+Loading never goes through `scann_ops_pybind.load_searcher`, which unpickles
+`scann_docids.pkl` when present: ids live in `ids.npy`, and the searcher is rebuilt
+from the checksummed `scann_assets.pbtxt` and the `.npy`/`.pb` files it names.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-from importlib import metadata
+import re
 from typing import Any
 
 import numpy as np
 import scann
 
-MANIFEST = "manifest.json"
+from mmalign.retrieval.base import SEARCHERS, Index
+from mmalign.retrieval.manifest import IndexFileError, Provenance
+
+_ASSETS = "scann_assets.pbtxt"
 
 
 @dataclasses.dataclass(frozen=True)
 class ScannConfig:
   """Search parameters; None fields are derived from the gallery size at build time.
 
+  Defaults, from benchmarks/results/retrieval.md (1M x 128 skewed clustered mixture):
+  1000 leaves, 50 probed, reorder 100 gave recall@10 0.968; `tune` found 20 probed
+  leaves enough for 0.95 there (1.7x the QPS). Tune for your data when speed matters.
+
   num_neighbors: default k of `search`.
   num_leaves: k-means tree leaves; None -> round(sqrt(n)), never more than n.
-  num_leaves_to_search: leaves probed per query (the recall/speed knob); None -> a
-    quarter of the leaves, at least 1.
-  training_sample_size: points used to train tree and quantiser; None -> all n.
+  num_leaves_to_search: leaves probed per query (the recall/speed knob); None ->
+    `leaves_to_search_fraction` of the leaves, at least `min_leaves_to_search` (the
+    leaves needed for a recall grow much more slowly than sqrt(n), so a fixed fraction
+    is generous on large galleries and the floor protects small ones).
+  training_sample_size: points used to train tree and quantiser; None -> all n up to
+    `max_training_sample` (k-means on a sample is as good and much faster to build).
   dims_per_block, anisotropic_quantization_threshold: asymmetric hashing settings.
   reorder: candidates rescored exactly before the final top-k (raised to k if smaller).
   brute_force_below: galleries smaller than this (or than 2 * num_leaves) are searched
@@ -41,70 +58,63 @@ class ScannConfig:
   num_neighbors: int = 10
   num_leaves: int | None = None
   num_leaves_to_search: int | None = None
+  leaves_to_search_fraction: float = 0.05
+  min_leaves_to_search: int = 8
   training_sample_size: int | None = None
+  max_training_sample: int = 100_000
   dims_per_block: int = 2
   anisotropic_quantization_threshold: float = 0.2
   reorder: int = 100
   brute_force_below: int = 1000
 
 
-def _scann_version() -> str:
-  try:
-    return metadata.version("scann")
-  except metadata.PackageNotFoundError:
-    return "unknown"
-
-
-def _normalised_rows(x, name: str) -> np.ndarray:
-  """float32 C-contiguous [n, d] with unit rows; rejects what cosine cannot handle."""
-  x = np.asarray(x)
-  if x.ndim != 2:
-    raise ValueError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
-  x = np.ascontiguousarray(x, np.float32)
-  bad = ~np.isfinite(x).all(axis=1)
-  if bad.any():
-    raise ValueError(f"{name} has {int(bad.sum())} row(s) with NaN or inf "
-                     f"(first at row {int(np.argmax(bad))})")
-  norms = np.linalg.norm(x, axis=1, keepdims=True)  # [n, 1]
-  zero = norms[:, 0] == 0
-  if zero.any():
-    raise ValueError(f"{name} has {int(zero.sum())} zero-norm row(s) "
-                     f"(first at row {int(np.argmax(zero))}); cosine is undefined for them")
-  return np.ascontiguousarray(x / norms, np.float32)
-
-
 def resolved_tree_params(config: ScannConfig, count: int) -> dict[str, int] | None:
   """The tree settings used for a gallery of `count` items, or None for brute force."""
-  num_leaves = config.num_leaves or max(1, round(math.sqrt(count)))
-  num_leaves = min(num_leaves, count)
+  num_leaves = min(config.num_leaves or max(1, round(math.sqrt(count))), max(count, 1))
   if count < config.brute_force_below or count < 2 * num_leaves:
     return None
-  to_search = config.num_leaves_to_search or max(1, num_leaves // 4)
-  return {
-      "num_leaves": num_leaves,
-      "num_leaves_to_search": min(to_search, num_leaves),
-      "training_sample_size": min(config.training_sample_size or count, count),
-  }
+  to_search = config.num_leaves_to_search or max(
+      config.min_leaves_to_search, round(num_leaves * config.leaves_to_search_fraction))
+  sample = config.training_sample_size or min(count, config.max_training_sample)
+  return {"num_leaves": num_leaves, "num_leaves_to_search": min(to_search, num_leaves),
+          "training_sample_size": min(sample, count)}
 
 
-class ScannIndex:
-  """A built ScaNN searcher plus what is needed to check queries against it."""
+@SEARCHERS.register("scann")
+class ScannIndex(Index):
+  """A ScaNN searcher (tree + AH + reorder, or brute force) behind the `Index` API."""
 
-  def __init__(self, searcher: Any, dim: int, count: int, config: ScannConfig):
-    """Use `build` or `load`; this only wraps an existing searcher."""
+  name = "scann"
+
+  def __init__(self, searcher: Any, dim: int, ids: np.ndarray, params: dict[str, Any],
+               provenance: Provenance = Provenance(), tuning: dict | None = None):
+    super().__init__(dim, ids, params, provenance, tuning)
     self._searcher = searcher
-    self.dim = dim
-    self.count = count
-    self.config = config
 
   @property
   def is_brute_force(self) -> bool:
-    return resolved_tree_params(self.config, self.count) is None
+    """Fixed at build time: updates never switch a brute-force index to a tree."""
+    return self.params["mode"] == "brute_force"
+
+  @property
+  def config(self) -> ScannConfig:
+    return ScannConfig(**self.params["config"])
+
+  def set_search_params(self, *, num_leaves_to_search: int | None = None,
+                        reorder: int | None = None) -> None:
+    """Changes the query-time knobs (no rebuild); `tune` uses this."""
+    if self.is_brute_force:
+      return
+    if num_leaves_to_search is not None:
+      leaves = int(min(max(1, num_leaves_to_search), self.params["tree"]["num_leaves"]))
+      self.params["tree"]["num_leaves_to_search"] = leaves
+      self.params["config"]["num_leaves_to_search"] = leaves
+    if reorder is not None:
+      self.params["reorder"] = self.params["config"]["reorder"] = int(max(1, reorder))
 
   @classmethod
-  def build(cls, embeddings, config: ScannConfig = ScannConfig()) -> "ScannIndex":
-    """Indexes embeddings: [n, d] (normalised here; the caller's array is not changed)."""
-    gallery = _normalised_rows(embeddings, "embeddings")
+  def _backend_build(cls, gallery, ids, config, provenance):
+    config = config or ScannConfig()
     count, dim = gallery.shape
     builder = scann.scann_ops_pybind.builder(gallery, config.num_neighbors, "dot_product")
     tree = resolved_tree_params(config, count)
@@ -115,59 +125,57 @@ class ScannIndex:
           config.dims_per_block,
           anisotropic_quantization_threshold=config.anisotropic_quantization_threshold,
       ).reorder(config.reorder)
-    return cls(builder.build(), dim, count, config)
+    params = {"mode": "brute_force" if tree is None else "tree", "tree": tree,
+              "reorder": None if tree is None else config.reorder,
+              "num_neighbors": config.num_neighbors, "config": dataclasses.asdict(config)}
+    return cls(builder.build(), dim, ids, params, provenance)
 
-  def search(self, queries, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by cosine for queries: [q, d] (or one [d] query, returned as [1, k]).
-
-    Returns (scores [q, k] float32, indices [q, k] int64), best first.
-    """
-    k = self.config.num_neighbors if k is None else int(k)
-    if not 1 <= k <= self.count:
-      raise ValueError(f"k must be in [1, {self.count}] (index size), got {k}")
-    queries = np.asarray(queries)
-    if queries.ndim == 1:
-      queries = queries[None, :]
-    if queries.ndim == 2 and queries.shape[1] != self.dim:
-      raise ValueError(f"query dim {queries.shape[1]} != index dim {self.dim}")
-    queries = _normalised_rows(queries, "queries")
-    if queries.shape[0] == 0:
-      return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+  def _query_knobs(self, k: int) -> tuple[int, int]:
+    """(pre_reorder, leaves_to_search) for the raw searcher; -1 = the searcher's own."""
+    if self.is_brute_force:
+      return -1, -1
     # Reordering fewer than k candidates would return fewer than k exact neighbours.
-    pre_reorder = None if self.is_brute_force else max(self.config.reorder, k)
-    indices, scores = self._searcher.search_batched_parallel(
-        queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre_reorder)
-    return np.asarray(scores, np.float32), np.asarray(indices, np.int64)
+    return max(self.params["reorder"], k), self.params["tree"]["num_leaves_to_search"]
 
-  def save(self, directory: str | os.PathLike) -> None:
-    """Writes the searcher and a manifest; the directory can be moved or copied later.
+  def _backend_search(self, queries, k):
+    pre_reorder, leaves = self._query_knobs(k)
+    positions, scores = self._searcher.search_batched_parallel(
+        queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre_reorder,
+        leaves_to_search=leaves)
+    return scores, positions
 
-    The manifest is written last, so its presence marks a complete save.
-    """
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
+  def _backend_search_one(self, query, k):
+    pre_reorder, leaves = self._query_knobs(k)
+    # The raw single search returns only the results it has (no padding); `finish`
+    # pads to k.
+    positions, scores = self._searcher.searcher.search(query, k, pre_reorder, leaves)
+    return np.asarray(scores)[None], np.asarray(positions)[None]
+
+  def _backend_upsert(self, slots, rows):
+    self._searcher.searcher.upsert(slots, rows, max(1, len(slots)))
+
+  def _backend_delete(self, slots):
+    self._searcher.searcher.delete(list(slots))
+
+  def _backend_save(self, directory):
     # relative_path=True: asset paths are stored relative to the directory, so a copy
     # elsewhere still loads (the default stores absolute paths).
     self._searcher.serialize(directory, relative_path=True)
-    manifest = {
-        "dim": self.dim,
-        "count": self.count,
-        "config": dataclasses.asdict(self.config),
-        "scann_version": _scann_version(),
-    }
-    with open(os.path.join(directory, MANIFEST), "w") as f:
-      json.dump(manifest, f, indent=2)
 
   @classmethod
-  def load(cls, directory: str | os.PathLike) -> "ScannIndex":
-    """Reads what `save` wrote."""
-    directory = os.fspath(directory)
-    manifest_path = os.path.join(directory, MANIFEST)
-    if not os.path.isfile(manifest_path):
-      raise FileNotFoundError(f"no {MANIFEST} in {directory}; not a saved ScannIndex "
-                              "(or the save did not finish)")
-    with open(manifest_path) as f:
-      manifest = json.load(f)
-    searcher = scann.scann_ops_pybind.load_searcher(directory, assets_backcompat_shim=False)
-    config = ScannConfig(**manifest["config"])
-    return cls(searcher, int(manifest["dim"]), int(manifest["count"]), config)
+  def _backend_load(cls, directory, manifest, ids, provenance):
+    with open(os.path.join(directory, _ASSETS), encoding="utf-8") as f:
+      assets = f.read()
+    listed = set(manifest["files"])
+    for path in re.findall(r'asset_path:\s*"([^"]*)"', assets):
+      if os.path.isabs(path) or path not in listed:
+        raise IndexFileError(f"{directory!r}: {_ASSETS} names {path!r}, which is not a "
+                             "checksummed file of the index (absolute or unlisted path)")
+    wrapped = scann.scann_ops_pybind.ScannSearcher(
+        scann.scann_ops_pybind.scann_pybind.ScannNumpy(directory, assets))
+    index = cls(wrapped, manifest["dim"], ids, manifest["params"], provenance,
+                manifest.get("tuning"))
+    if wrapped.size() != len(ids):
+      raise IndexFileError(f"{directory!r}: the ScaNN searcher holds {wrapped.size()} "
+                           f"points but {len(ids)} ids are saved")
+    return index

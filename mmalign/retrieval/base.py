@@ -1,0 +1,222 @@
+"""What every searcher shares: checked inputs, item ids, updates, save and load.
+
+A backend (ScaNN, exact top-k) only stores unit rows at positions 0..count-1 and answers
+"best positions for these queries". This class owns everything around that, so each
+trap is handled in one place for all of them:
+
+* item ids: position p holds item `ids[p]` (any distinct non-negative int64; by default
+  the gallery row number). Results are item ids, never positions.
+* updates: `delete` moves the last row into the freed position (ScaNN's own rule, so
+  positions stay dense); `upsert` replaces rows of known ids in place and appends new ones.
+* save: the backend's files, `ids.npy` and the manifest (written last) go to a
+  temporary sibling directory that then replaces the target, so a crash mid-save never
+  leaves a half-written index behind a valid manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mmalign.registry import Registry
+from mmalign.retrieval import manifest as manifest_lib
+from mmalign.retrieval import vectors
+from mmalign.retrieval.manifest import IndexFileError, Provenance
+
+IDS_FILE = "ids.npy"
+
+
+class Index:
+  """A searchable gallery of unit vectors; subclasses implement the `_backend_*` hooks."""
+
+  name: ClassVar[str]  # The registry name, stored in the manifest.
+
+  def __init__(self, dim: int, ids: np.ndarray, params: dict[str, Any],
+               provenance: Provenance = Provenance(), tuning: dict | None = None):
+    """Use `build` or `load`; subclasses keep their backend state themselves."""
+    self.dim = int(dim)
+    self._ids = ids  # [count] int64
+    self._position: dict[int, int] | None = None  # id -> position, built on first update.
+    self.params = params
+    self.provenance = provenance
+    self.tuning = tuning
+    self.default_k = int(params.get("num_neighbors", 10))
+
+  # ------------------------------------------------------------------- public API
+
+  @property
+  def count(self) -> int:
+    return int(self._ids.shape[0])
+
+  @property
+  def ids(self) -> np.ndarray:
+    """[count] int64: the item id at each position (a copy)."""
+    return self._ids.copy()
+
+  @classmethod
+  def build(cls, embeddings, config=None, *, ids=None,
+            provenance: Provenance = Provenance()) -> "Index":
+    """Indexes embeddings: [n, d] (normalised here; the caller's array is not changed).
+
+    ids: [n] distinct non-negative item ids (default 0..n-1); n may be 0 (an empty
+    index that upserts can fill). config: the subclass's config (None: its default).
+    """
+    gallery = vectors.unit_rows(embeddings, "embeddings")  # [n, d]
+    ids = vectors.item_ids(ids, gallery.shape[0])
+    return cls._backend_build(gallery, ids, config, provenance)
+
+  def search(self, queries, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k items by cosine, best first.
+
+    queries: [q, d] (batched search) or [d] (one query, the low-latency path).
+    Returns (scores, ids): [q, k] (or [k] for one query), float32 and int64. Slots with
+    no result (k above the index size, an empty index, a probe that found fewer than k)
+    hold id `vectors.MISSING_ID` (-1) and score -inf, never a real item.
+    Raises ValueError naming the rows of queries with NaN, inf or zero norm.
+    """
+    k = vectors.check_k(self.default_k if k is None else k)
+    single = np.ndim(queries) == 1
+    queries = vectors.unit_rows(np.reshape(queries, (1, -1)) if single else queries,
+                                "queries", self.dim)  # [q, d]
+    available = min(k, self.count)
+    if queries.shape[0] == 0 or available == 0:
+      scores = np.zeros((queries.shape[0], 0), np.float32)
+      positions = np.zeros((queries.shape[0], 0), np.int64)
+    elif single:
+      scores, positions = self._backend_search_one(queries[0], available)
+    else:
+      scores, positions = self._backend_search(queries, available)
+    scores, ids = vectors.finish(scores, positions, k, self._ids)
+    return (scores[0], ids[0]) if single else (scores, ids)
+
+  def upsert(self, ids, embeddings) -> None:
+    """Replaces the vectors of known ids and adds the others: ids [m], embeddings [m, d]."""
+    rows = vectors.unit_rows(embeddings, "embeddings", self.dim)  # [m, d]
+    ids = vectors.item_ids(ids, rows.shape[0])
+    position = self._positions()
+    known = np.array([i in position for i in ids.tolist()], bool)  # [m]
+    slots = [position[i] if ok else None for i, ok in zip(ids.tolist(), known)]
+    self._backend_upsert(slots, rows)
+    for i in ids[~known].tolist():
+      position[i] = len(position)
+    self._ids = np.concatenate([self._ids, ids[~known]])
+
+  def delete(self, ids) -> None:
+    """Removes items by id; raises KeyError naming ids the index does not hold."""
+    ids = np.unique(np.asarray(ids, np.int64).reshape(-1))
+    position = self._positions()
+    unknown = [i for i in ids.tolist() if i not in position]
+    if unknown:
+      raise KeyError(f"cannot delete ids not in the index: {unknown[:10]}"
+                     f"{' ...' if len(unknown) > 10 else ''}")
+    slots = []
+    for i in ids.tolist():  # Swap-with-last, one id at a time: ScaNN's order of moves.
+      slot, last = position.pop(i), len(position)
+      if slot != last:
+        moved = int(self._ids[last])
+        self._ids[slot] = moved
+        position[moved] = slot
+      self._ids = self._ids[:last]
+      slots.append(slot)
+    self._backend_delete(slots)
+
+  def save(self, directory: str | os.PathLike) -> str:
+    """Writes the index to directory (replacing an index saved there); returns the path."""
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.exists(directory) and os.listdir(directory) and not os.path.isfile(
+        os.path.join(directory, manifest_lib.MANIFEST)):
+      raise IndexFileError(f"{directory!r} exists and is not a saved index; refusing to "
+                           "replace its contents")
+    tmp = f"{directory}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    self._backend_save(tmp)
+    np.save(os.path.join(tmp, IDS_FILE), self._ids, allow_pickle=False)
+    manifest_lib.write(tmp, self.manifest_fields())
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
+
+  def manifest_fields(self) -> dict[str, Any]:
+    """Everything the manifest says about this index except format, versions, files."""
+    return {"searcher": self.name, "dim": self.dim, "count": self.count,
+            "normalisation": manifest_lib.NORMALISATION, "metric": manifest_lib.METRIC,
+            "provenance": _as_dict(self.provenance),
+            "items": {"ids_file": IDS_FILE, "dtype": "int64",
+                      "key": self.provenance.item_key or "row of the indexed array"},
+            "params": self.params, "tuning": self.tuning}
+
+  @classmethod
+  def load(cls, directory: str | os.PathLike, *, dim: int | None = None,
+           expect: Provenance | None = None, verify: bool = True) -> "Index":
+    """Reads an index `save` wrote, refusing a mismatch (see `manifest.check_expected`).
+
+    dim: the caller's query width; expect: the provenance the caller's model has.
+    verify: check every file's sha256 first (reads the whole directory once).
+    """
+    directory = os.fspath(directory)
+    manifest = manifest_lib.read(directory, verify=verify)
+    if manifest["searcher"] != cls.name:
+      raise IndexFileError(f"{directory!r} holds a {manifest['searcher']!r} index, not "
+                           f"{cls.name!r}; load it with retrieval.searchers.load_index")
+    manifest_lib.check_expected(manifest, directory, dim=dim, expect=expect)
+    ids = np.load(os.path.join(directory, IDS_FILE), allow_pickle=False)
+    if ids.dtype != np.int64 or ids.shape != (manifest["count"],):
+      raise IndexFileError(f"{directory!r}: {IDS_FILE} has dtype {ids.dtype} and shape "
+                           f"{ids.shape}, expected int64 ({manifest['count']},)")
+    provenance = Provenance(**manifest["provenance"])
+    index = cls._backend_load(directory, manifest, ids, provenance)
+    if index.count != manifest["count"]:
+      raise IndexFileError(f"{directory!r}: backend holds {index.count} items, manifest "
+                           f"says {manifest['count']}")
+    return index
+
+  # ------------------------------------------------------------------- internals
+
+  def _positions(self) -> dict[int, int]:
+    if self._position is None:
+      self._position = {int(i): p for p, i in enumerate(self._ids.tolist())}
+    return self._position
+
+  # Backend hooks. Positions are int64; missing slots may be NaN-scored or negative.
+  @classmethod
+  def _backend_build(cls, gallery: np.ndarray, ids: np.ndarray, config,
+                     provenance: Provenance) -> "Index":
+    raise NotImplementedError
+
+  def _backend_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """queries: [q, d] unit rows; 1 <= k <= count -> (scores [q, k'], positions [q, k'])."""
+    raise NotImplementedError
+
+  def _backend_search_one(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """query: [d] unit row -> (scores [1, k'], positions [1, k'])."""
+    scores, positions = self._backend_search(query[None], k)
+    return scores, positions
+
+  def _backend_upsert(self, slots: list[int | None], rows: np.ndarray) -> None:
+    """Puts rows[i] at slots[i], or appends it (in order) where slots[i] is None."""
+    raise NotImplementedError
+
+  def _backend_delete(self, slots: list[int]) -> None:
+    """Deletes each slot in turn, the last row moving into it (positions stay dense)."""
+    raise NotImplementedError
+
+  def _backend_save(self, directory: str) -> None:
+    raise NotImplementedError
+
+  @classmethod
+  def _backend_load(cls, directory: str, manifest: dict, ids: np.ndarray,
+                    provenance: Provenance) -> "Index":
+    raise NotImplementedError
+
+
+SEARCHERS: Registry[type[Index]] = Registry("searcher")  # Filled by the backend modules.
+
+
+def _as_dict(provenance: Provenance) -> dict[str, Any]:
+  return {field: getattr(provenance, field)
+          for field in Provenance.__dataclass_fields__}  # pylint: disable=no-member

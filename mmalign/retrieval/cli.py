@@ -1,0 +1,86 @@
+"""What launch.py's `--mode=index` and `--query_image=path.png` do, as plain functions.
+
+`build_index_for_workdir` embeds the held-out split with the latest checkpoint and
+saves both galleries (images, for text→image; captions, for image→text), replacing
+indexes saved there before. `search_image_query` embeds one PNG and returns the nearest
+captions with a contact sheet. Both load only an index whose manifest matches the
+workdir's model and config (see `search.gallery_index`); a mismatch is a UsageError
+whose message gives the reason, so the launcher prints it as one line.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mmalign import experiment as experiment_lib
+from mmalign.data import pipeline, sources
+from mmalign.errors import UsageError
+from mmalign.retrieval import search as search_lib
+from mmalign.retrieval.contact_sheet import save_contact_sheet
+
+_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Channels of the dataset image -> PIL mode.
+
+
+def build_index_for_workdir(config, workdir: str) -> str:
+  """Builds and saves the image and caption indexes of `config.eval.split` for the latest
+  checkpoint; returns the image index's directory (the caption index is beside it,
+  with the suffix `_text`). Searcher and its settings come from `config.retrieval`."""
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
+  variables, step = exp.restore_variables()
+  name, searcher_config = search_lib.searcher_of(config)
+  for modality in ("text", "image"):
+    search_lib.build_gallery_index(exp, variables, step, config.eval.split, searcher_config,
+                                   modality=modality, searcher=name)
+  return search_lib.index_dir(workdir, config.eval.split, step, "image")
+
+
+def read_query_image(image_path: str, shape: tuple[int, int, int]) -> np.ndarray:
+  """The PNG (or any PIL format) at image_path as uint8 [h, w, c] of the dataset's shape.
+
+  Converted to the dataset's channels and resized (bilinear) to its size when they
+  differ, as the encoder was trained only on that shape.
+  """
+  if not image_path or not os.path.isfile(image_path):
+    raise UsageError(f"--query_image {image_path!r} is not a file")
+  height, width, channels = shape
+  try:
+    with Image.open(image_path) as image:
+      image = image.convert(_PIL_MODES[channels])
+      if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+      pixels = np.asarray(image, np.uint8)
+  except (UnidentifiedImageError, OSError) as e:
+    raise UsageError(f"--query_image {image_path!r} is not a readable image ({e})") from None
+  return pixels.reshape(height, width, channels)
+
+
+def search_image_query(config, workdir: str, image_path: str,
+                       k: int | None = None) -> tuple[list[search_lib.Hit], str]:
+  """Image→text: the k captions of `config.eval.split` nearest to the image at image_path.
+
+  Returns the hits (best first; each names an example image of the caption's group) and
+  the path of the contact sheet PNG, `<workdir>/search_image_<file name>.png`.
+  """
+  k = k or config.retrieval.k
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
+  pixels = read_query_image(image_path, exp.image_shape)  # [h, w, c] uint8
+  variables, step = exp.restore_variables()
+  split = config.eval.split
+  name, searcher_config = search_lib.searcher_of(config)
+  index = search_lib.gallery_index(exp, variables, step, split, searcher_config,
+                                   modality="text", searcher=name)
+  embed = exp.jitted_method("embed_image")
+  query = np.asarray(embed(variables, exp.normalization(pixels[None])))[0]  # [d]
+  scores, ids = index.search(query, k)  # [k]
+  hits = search_lib.hits_of(exp, split, "text", scores, ids)
+  images = pipeline.decode_images(sources.open_split(exp.builder, split),
+                                  np.array([h.example_index for h in hits]))
+  stem = os.path.splitext(os.path.basename(image_path))[0]
+  path = os.path.join(workdir, f"search_image_{search_lib.slug(stem)}.png")
+  save_contact_sheet(path, f"image query: {os.path.basename(image_path)}", images,
+                     [h.caption for h in hits], np.array([h.score for h in hits]),
+                     query_image=pixels)
+  return hits, path

@@ -1,0 +1,160 @@
+"""The manifest of a saved index: what it holds, what it was built from, and checksums.
+
+An index directory is only useful with the model that made its embeddings, so the
+manifest records where they came from (`Provenance`: checkpoint step, a hash of the
+config that determines the embeddings, the tokenizer's sha256, dataset, split and
+modality) and loading compares that with what the caller expects, refusing a mismatch
+with the reason instead of returning neighbours from another embedding space.
+
+Every file of the directory is listed with its sha256 and every path is relative, so
+a copied or moved directory loads and a changed or truncated file is caught before any
+backend reads it. The manifest is JSON and arrays are `.npy` read with
+`allow_pickle=False`: nothing in an index directory is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+from importlib import metadata
+from typing import Any
+
+from mmalign.errors import UsageError
+
+MANIFEST = "manifest.json"
+FORMAT = "mmalign.retrieval.index/1"
+NORMALISATION = "l2: gallery and query rows scaled to unit norm"
+METRIC = "cosine (dot product of unit rows)"
+_VERSIONED = ("scann", "numpy", "jax", "jaxlib", "mmalign")
+
+
+class IndexFileError(UsageError):
+  """An index directory is missing, incomplete, corrupted or of an unknown format."""
+
+
+class IndexMismatchError(UsageError):
+  """A saved index was built for another model, config, split or embedding width."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+  """Where the indexed embeddings came from; None fields are unknown (a raw array).
+
+  config_hash: hash of the config that determines the embeddings (model, data, text
+    settings), so an eval batch size or retrieval k change does not invalidate indexes.
+  modality: what the gallery rows are ("image" or "text").
+  item_key: what an item id names, e.g. "example index in unicode_glyphs/tiny:test".
+  """
+  checkpoint_step: int | None = None
+  config_hash: str | None = None
+  tokenizer_sha256: str | None = None
+  dataset: str | None = None
+  split: str | None = None
+  modality: str | None = None
+  item_key: str | None = None
+
+  # item_key describes ids; it is not a property of the embedding space.
+  COMPARED = ("checkpoint_step", "config_hash", "tokenizer_sha256", "dataset", "split",
+              "modality")
+
+  def mismatches(self, expected: "Provenance") -> list[str]:
+    """'field: index has X, expected Y' for every compared field `expected` sets."""
+    out = []
+    for field in self.COMPARED:
+      want, have = getattr(expected, field), getattr(self, field)
+      if want is not None and want != have:
+        out.append(f"{field}: index has {have!r}, expected {want!r}")
+    return out
+
+
+def library_versions() -> dict[str, str]:
+  versions = {"python": platform.python_version()}
+  for name in _VERSIONED:
+    try:
+      versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      versions[name] = "not installed"
+  return versions
+
+
+def sha256_of(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _files_of(directory: str) -> list[str]:
+  """Relative paths of every file under directory except the manifest, sorted."""
+  found = []
+  for root, _, names in os.walk(directory):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), directory)
+      if rel != MANIFEST:
+        found.append(rel.replace(os.sep, "/"))
+  return sorted(found)
+
+
+def write(directory: str, manifest: dict[str, Any]) -> dict[str, Any]:
+  """Adds format, versions and the checksums of every file, then writes the manifest.
+
+  Written last (and atomically), so a manifest marks a complete index directory.
+  """
+  manifest = {"format": FORMAT, **manifest, "versions": library_versions(),
+              "files": {rel: {"sha256": sha256_of(os.path.join(directory, rel)),
+                              "bytes": os.path.getsize(os.path.join(directory, rel))}
+                        for rel in _files_of(directory)}}
+  tmp = os.path.join(directory, f".{MANIFEST}.tmp{os.getpid()}")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=2)
+  os.replace(tmp, os.path.join(directory, MANIFEST))
+  return manifest
+
+
+def read(directory: str, *, verify: bool = True) -> dict[str, Any]:
+  """Parses the manifest; with verify, checks every listed file's size and sha256."""
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.isfile(path):
+    raise IndexFileError(f"no {MANIFEST} in {directory!r}: not a saved index (or its save "
+                         "did not finish)")
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise IndexFileError(f"{path} is not valid JSON ({e}); the index is corrupted") from None
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    raise IndexFileError(f"{path} has format {found!r}, expected {FORMAT!r}; rebuild the index")
+  for rel, entry in manifest["files"].items():
+    if os.path.isabs(rel) or ".." in rel.split("/"):
+      raise IndexFileError(f"{path} lists {rel!r}, which is outside the index directory")
+    file_path = os.path.join(directory, rel)
+    if not os.path.isfile(file_path):
+      raise IndexFileError(f"{directory!r} lacks {rel}, which its manifest lists")
+    if verify:
+      size = os.path.getsize(file_path)
+      digest = sha256_of(file_path) if size == entry["bytes"] else None
+      if digest != entry["sha256"]:
+        raise IndexFileError(
+            f"checksum mismatch for {rel} in {directory!r}: the file changed or is corrupted "
+            f"(manifest: {entry['bytes']} bytes, sha256 {entry['sha256'][:12]}…; found "
+            f"{size} bytes{f', sha256 {digest[:12]}…' if digest else ''}); rebuild the index")
+  return manifest
+
+
+def check_expected(manifest: dict[str, Any], directory: str, *, dim: int | None,
+                   expect: Provenance | None) -> None:
+  """Refuses an index whose width or provenance differs from what the caller has."""
+  reasons = []
+  if dim is not None and manifest["dim"] != dim:
+    reasons.append(f"dim: index holds {manifest['dim']}-dim embeddings, the queries are "
+                   f"{dim}-dim")
+  if expect is not None:
+    reasons += Provenance(**manifest["provenance"]).mismatches(expect)
+  if reasons:
+    raise IndexMismatchError(f"index {directory!r} was built for another model or config "
+                             f"({'; '.join(reasons)}); rebuild it (--mode=index)")
