@@ -21,6 +21,7 @@ from mmalign.data.tokenizer import TextSettings, Tokenizer
 from mmalign.errors import UsageError
 from mmalign.models.build import build_dual_encoder, resolved_model_config
 from mmalign.models.dual_encoder import DualEncoder
+from mmalign.train import mesh as mesh_lib
 from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.optimizer import adamw, learning_rate_schedule
 
@@ -39,11 +40,31 @@ class Experiment:
   _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
 
   def jitted_method(self, method: str):
-    """jit of `model.<method>(variables, x)` in eval mode, compiled once per experiment."""
+    """jit of `model.<method>(variables, x)` in eval mode, compiled once per experiment.
+
+    The batch x is split over the training mesh's batch axes and the variables
+    replicated, so evaluation uses every local device; the output comes back
+    replicated, ready for numpy. (Single-process: a multi-process job embeds on
+    each process's devices only.)
+    """
     if method not in self._jitted:
-      self._jitted[method] = jax.jit(lambda variables, x: self.model.apply(
-          variables, x, method=getattr(DualEncoder, method)))
+      mesh = self.eval_mesh()
+      self._jitted[method] = jax.jit(
+          lambda variables, x: self.model.apply(variables, x,
+                                                method=getattr(DualEncoder, method)),
+          in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
+          out_shardings=mesh_lib.replicated(mesh))
     return self._jitted[method]
+
+  def eval_mesh(self):
+    """The training mesh over this process's devices (all of them in a one-process run)."""
+    return mesh_lib.make_mesh(self.config.train.get("mesh"),
+                              devices=jax.local_devices() if jax.process_count() > 1 else None)
+
+  @property
+  def batch_multiple(self) -> int:
+    """Eval batches are padded to a multiple of this (the number of batch shards)."""
+    return mesh_lib.batch_devices(self.eval_mesh())
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -185,24 +206,35 @@ def embed_texts(experiment: Experiment, variables, texts: list[str], batch_size:
   """[len(texts), embed_dim] float32 numpy."""
   fn = experiment.jitted_method("embed_text")
   tokens = experiment.tokenizer.encode(texts)
-  return _batched(fn, variables, tokens, batch_size)
+  return _batched(fn, variables, tokens, batch_size, experiment.batch_multiple)
 
 
 def embed_images(experiment: Experiment, variables, source, batch_size: int = 512):
   """Embeds a whole split in order: [len(source), embed_dim] float32 numpy."""
   fn = experiment.jitted_method("embed_image")
-  chunks = [_batched(fn, variables, images, batch_size)
+  chunks = [_batched(fn, variables, images, batch_size, experiment.batch_multiple)
             for images, _ in pipeline.eval_image_batches(source, experiment.normalization,
                                                          batch_size)]
   return np.concatenate(chunks) if chunks else np.zeros((0, experiment.model.embed_dim))
 
 
-def _batched(fn, variables, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-  """Runs `fn` in fixed-size batches (the last one padded) so it compiles once."""
+def embed_image_array(experiment: Experiment, variables, images: np.ndarray,
+                      batch_size: int = 512) -> np.ndarray:
+  """Normalised images [n, h, w, c] float32 → [n, embed_dim] float32 numpy."""
+  return _batched(experiment.jitted_method("embed_image"), variables, images, batch_size,
+                  experiment.batch_multiple)
+
+
+def _batched(fn, variables, inputs: np.ndarray, batch_size: int, multiple: int = 1) -> np.ndarray:
+  """Runs `fn` in fixed-size batches (the last one padded) so it compiles once.
+
+  Every batch is padded to a multiple of `multiple` (the batch shards)."""
+  batch_size = -(-batch_size // multiple) * multiple
   outputs = []
   for start in range(0, len(inputs), batch_size):
     chunk = inputs[start:start + batch_size]
-    pad = batch_size - len(chunk) if len(inputs) > batch_size else 0
+    target = batch_size if len(inputs) > batch_size else -(-len(chunk) // multiple) * multiple
+    pad = target - len(chunk)
     padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
     outputs.append(np.asarray(fn(variables, padded))[:len(chunk)])
   return np.concatenate(outputs)

@@ -72,8 +72,8 @@ def search_image_query(config, workdir: str, image_path: str,
   name, searcher_config = search_lib.searcher_of(config)
   index = search_lib.gallery_index(exp, variables, step, split, searcher_config,
                                    modality="text", searcher=name)
-  embed = exp.jitted_method("embed_image")
-  query = np.asarray(embed(variables, exp.normalization(pixels[None])))[0]  # [d]
+  query = experiment_lib.embed_image_array(exp, variables,
+                                           exp.normalization(pixels[None]))[0]  # [d]
   scores, ids = index.search(query, k)  # [k]
   hits = search_lib.hits_of(exp, split, "text", scores, ids)
   images = pipeline.decode_images(sources.open_split(exp.builder, split),

@@ -1,0 +1,49 @@
+"""Evaluation embeds on every device: with 8 simulated devices the sharded embeddings equal
+the plain single-program ones, for batch sizes that do and do not divide by 8."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_SCRIPT = """
+import json, sys
+sys.path.insert(0, {root!r})
+import jax, numpy as np
+from experiments.configs import tiny
+from mmalign import experiment as experiment_lib
+from mmalign.data import sources
+from mmalign.models.dual_encoder import DualEncoder
+config = tiny.get_config()
+config.data.data_dir = {data_dir!r}
+exp = experiment_lib.prepare(config, {workdir!r}, allow_new_tokenizer=True)
+variables = exp.init_variables(0)
+texts = ["latin small letter a", "digit seven", "greek capital letter omega"] * 7  # 21 rows
+tokens = exp.tokenizer.encode(texts)
+sharded = experiment_lib.embed_texts(exp, variables, texts, batch_size=8)
+plain = np.asarray(exp.model.apply(variables, tokens, method=DualEncoder.embed_text))
+images = experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder, "test"),
+                                     batch_size=16)
+print(json.dumps({{"devices": jax.device_count(), "batch_multiple": exp.batch_multiple,
+                  "text_error": float(np.abs(sharded - plain).max()),
+                  "images": int(images.shape[0]), "finite": bool(np.isfinite(images).all())}}))
+"""
+
+
+@pytest.mark.slow
+def test_eval_embeddings_are_sharded_over_eight_devices(tiny_data_dir, tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  done = subprocess.run(
+      [sys.executable, "-c", _SCRIPT.format(root=ROOT, data_dir=tiny_data_dir,
+                                            workdir=str(tmp_path))],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = json.loads(done.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 8 and report["batch_multiple"] == 8
+  assert report["text_error"] < 1e-5
+  assert report["images"] > 0 and report["finite"]
