@@ -45,7 +45,9 @@ class ScannConfig:
   num_leaves_to_search: leaves probed per query (the recall/speed knob); None ->
     `leaves_to_search_fraction` of the leaves, at least `min_leaves_to_search` (the
     leaves needed for a recall grow much more slowly than sqrt(n), so a fixed fraction
-    is generous on large galleries and the floor protects small ones).
+    is generous on large galleries and the floor protects small ones: with a floor of 8,
+    the 1,810-image shapes test gallery (43 leaves) gave recall@10 0.867 against exact
+    search, with 16 it gives 0.966).
   training_sample_size: points used to train tree and quantiser; None -> all n up to
     `max_training_sample` (k-means on a sample is as good and much faster to build).
   dims_per_block, anisotropic_quantization_threshold: asymmetric hashing settings.
@@ -59,7 +61,7 @@ class ScannConfig:
   num_leaves: int | None = None
   num_leaves_to_search: int | None = None
   leaves_to_search_fraction: float = 0.05
-  min_leaves_to_search: int = 8
+  min_leaves_to_search: int = 16
   training_sample_size: int | None = None
   max_training_sample: int = 100_000
   dims_per_block: int = 2

@@ -90,8 +90,8 @@ def test_set_search_params_changes_recall_without_rebuild(tree_data):
 
 def test_resolved_tree_params():
   assert resolved_tree_params(ScannConfig(), 999) is None  # Below brute_force_below.
-  assert resolved_tree_params(ScannConfig(), 10_000) == {  # 5% of 100 leaves < the floor 8.
-      "num_leaves": 100, "num_leaves_to_search": 8, "training_sample_size": 10_000}
+  assert resolved_tree_params(ScannConfig(), 10_000) == {  # 5% of 100 leaves < the floor 16.
+      "num_leaves": 100, "num_leaves_to_search": 16, "training_sample_size": 10_000}
   assert resolved_tree_params(ScannConfig(), 10**6) == {
       "num_leaves": 1000, "num_leaves_to_search": 50, "training_sample_size": 100_000}
   custom = ScannConfig(num_leaves=400, num_leaves_to_search=1000, training_sample_size=10**9,
