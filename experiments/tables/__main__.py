@@ -1,0 +1,89 @@
+"""Runs one table: `python -m experiments.tables <table> [--quick] [--seeds=N] [--parallel=N]`.
+
+  python -m experiments.tables objectives --quick       # tiny data, a minute or two
+  python -m experiments.tables objectives --dry_run     # which cells are cached
+  python -m experiments.tables robustness --sections=noisy_pairs   # a share of the grid
+
+Writes <out_dir>/results.md, results.json and <table>.png; the default out_dir is
+experiments/results/<table>/ (experiments/results/quick/<table>/ with --quick).
+Finished cells are cached under --workdir_root (see runner.py), so a rerun only
+computes what changed; a failed cell is reported, the others are kept, and the
+exit status is 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from experiments.cli import run_script, write_results
+from experiments.tables import plots, report, runner, spec
+from mmalign.errors import UsageError
+
+
+def out_dir_for(table: str, quick: bool) -> str:
+  return os.path.join(spec.ROOT, "experiments", "results", *(["quick"] if quick else []), table)
+
+
+def run_table(table: spec.Table, settings: runner.Settings, *, command: str,
+              out_dir: str | None = None) -> tuple[dict | None, dict[str, str]]:
+  """(report or None for a dry run, errors by cell key): runs what is missing, writes it."""
+  plan = runner.plan(table, settings)
+  records, errors = runner.run_missing(plan, settings)
+  if settings.dry_run:
+    return None, errors
+  out_dir = out_dir or out_dir_for(table.name, settings.quick)
+  summary = runner.summarize(plan, records, command=command, failed=errors)
+  png = f"{table.name}.png"
+  markdown = report.format_markdown(summary, png)
+  write_results(out_dir, summary, markdown, plots.plot_report, png)
+  print(markdown)
+  print(f"written to {out_dir}/results.md, results.json, {png}")
+  return summary, errors
+
+
+def _define_flags():
+  """Defined on demand, so importing this module (tests) adds no global absl flags."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_boolean("quick", False, "The same grid on tiny data: a few steps, 1 seed.")
+  flags.DEFINE_integer("seeds", None, "Seeds per row (default: the table's, 3; 1 with --quick).")
+  flags.DEFINE_integer("parallel", 1, "Cells run at once, each in its own process.")
+  flags.DEFINE_string("workdir_root", "workdirs/tables", "Cell cache and workdirs.")
+  flags.DEFINE_string("out_dir", None, "Results folder (default "
+                      "experiments/results/[quick/]<table>).")
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir of every cell (not part of the cell key).")
+  flags.DEFINE_list("sections", [], "Run only these sections; the others are read from the "
+                    "cache (to split a table across sessions).")
+  flags.DEFINE_boolean("dry_run", False, "List the cells to run; run and write nothing.")
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  from experiments.tables import TABLES  # pylint: disable=import-outside-toplevel
+  f = flags.FLAGS
+
+  def body(command: str) -> None:
+    if len(argv) < 2:
+      raise UsageError("name a table: python -m experiments.tables <table>; tables: "
+                       f"{', '.join(TABLES.names())}")
+    table = TABLES.get(argv[1])
+    settings = runner.Settings(workdir_root=f.workdir_root, quick=f.quick, seeds=f.seeds,
+                               parallel=f.parallel, data_dir=f.data_dir,
+                               sections=tuple(f.sections), dry_run=f.dry_run)
+    if table.full_run_estimate and not settings.quick:
+      print(f"{table.name}: a full run from scratch takes {table.full_run_estimate} on 2 "
+            "CPU cores")
+    summary, errors = run_table(table, settings, command=command, out_dir=f.out_dir)
+    if errors:
+      print(f"error: {len(errors)} cell(s) failed: {'; '.join(summary['failed'])}",
+            file=sys.stderr)
+      sys.exit(1)
+
+  run_script("experiments.tables", argv[:1] + argv[2:], body)
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=import-outside-toplevel
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,146 @@
+"""Cell kinds: what computes one (config, seed) cell of a table, chosen by name.
+
+A kind is a function `run(cell) -> flat metrics` plus how a reader reruns one
+cell by hand. The training kind goes through exactly what `launch.py
+--mode=all` does (trainer, retrieval evaluator, classification evaluator when
+`task.label` is set), so a table's numbers are the launcher's numbers. Bump a
+kind's `version` when its metrics change meaning: cached cells of the old
+version are then recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from mmalign.registry import Registry
+
+DIRECTIONS = ("text_to_image", "image_to_text")
+
+
+@dataclasses.dataclass
+class Cell:
+  """One (config, seed) of a table, keyed by the hash of both (runner.cell_key)."""
+  table: str
+  kind: str
+  config: ml_collections.ConfigDict  # Resolved: base + overrides + seed + data_dir.
+  seed: int
+  params: dict[str, Any]
+  key: str
+  directory: str  # <workdir_root>/<table>/<key>: cell.json and the cell's workdir.
+
+  @property
+  def workdir(self) -> str:
+    return os.path.join(self.directory, "workdir")
+
+  @property
+  def result_path(self) -> str:
+    return os.path.join(self.directory, "cell.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class CellKind:
+  run: Callable[[Cell], dict[str, float]]
+  # Rerun by hand: {config} the base config path, {overrides} the base's --config.x=y
+  # flags, {workdir} a fresh directory.
+  command: str
+  version: int = 1
+  note: str = ""  # What the command does not cover.
+
+
+CELL_KINDS: Registry[CellKind] = Registry("table cell kind")
+
+
+def register_kind(name: str, *, command: str, version: int = 1, note: str = ""):
+  """Decorator: `@register_kind("name", command=...)` on `run(cell) -> metrics`."""
+  def decorator(run):
+    CELL_KINDS.register(name)(CellKind(run, command, version, note))
+    return run
+  return decorator
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
+  """{"a": {"b": 1}} → {"a/b": 1.0}: numbers only (strings, lists and None are dropped)."""
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{name}/"))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      out[name] = float(value)
+  return out
+
+
+def training_throughput(workdir: str) -> dict[str, float]:
+  """Median training examples/s and steps/s of the logged intervals after the first
+  (the first holds compilation); empty without a metrics log."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  records = records[1:] or records
+  if not records:
+    return {}
+  return {key: float(np.median([r[key] for r in records]))
+          for key in ("examples_per_s", "steps_per_s") if all(key in r for r in records)}
+
+
+@register_kind("train_eval", command="python launch.py --config={config} "
+               "--workdir={workdir} {overrides}")
+def train_and_evaluate(cell: Cell) -> dict[str, float]:
+  """launch.py --mode=all without the example search: train, then the evaluators."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from mmalign import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
+  from mmalign.eval import classification_evaluator, evaluator  # pylint: disable=import-outside-toplevel
+  from mmalign.train import trainer  # pylint: disable=import-outside-toplevel
+
+  started = time.perf_counter()
+  state = trainer.train(cell.config, cell.workdir)
+  train_s = time.perf_counter() - started
+  variables = jax.device_get(experiment_lib.variables_of(state))
+  step = int(state["step"])
+  retrieval = evaluator.evaluate(cell.config, cell.workdir, variables, step)
+  metrics = flatten({d: retrieval[d] for d in DIRECTIONS})
+  if experiment_lib.task_label(cell.config):
+    classification = classification_evaluator.evaluate_classification(
+        cell.config, cell.workdir, variables, step)
+    metrics.update(flatten(classification, "classification/"))
+  metrics.update({f"train/{k}": v for k, v in training_throughput(cell.workdir).items()})
+  metrics.update({"train/seconds": train_s, "train/steps": float(step)})
+  return metrics
+
+
+def _procrustes_family(embeddings: str) -> str:
+  return "frozen" if embeddings.startswith("frozen") else "tfidf_pca"
+
+
+@register_kind("procrustes", command="python -m experiments.procrustes_baseline "
+               "--config={config} {overrides}")
+def procrustes(cell: Cell) -> dict[str, float]:
+  """experiments/procrustes_baseline.py's rows, keyed `<family>/<alignment>/<direction>/...`
+  with family "frozen" (random towers) or "tfidf_pca", alignment "none" or "procrustes"."""
+  from experiments import procrustes_baseline  # pylint: disable=import-outside-toplevel
+  report = procrustes_baseline.run(cell.config, workdir=cell.workdir,
+                                   out_dir=os.path.join(cell.workdir, "procrustes"),
+                                   split=cell.config.eval.split)
+  metrics = {}
+  for row in report["rows"]:
+    prefix = f"{_procrustes_family(row['embeddings'])}/{row['alignment'].lower()}/"
+    metrics.update(flatten({d: row[d] for d in DIRECTIONS}, prefix))
+  metrics.update(flatten(report["chance"], "chance/"))
+  return metrics
+
+
+def procrustes_view(family: str, alignment: str = "procrustes"):
+  """A Row.view: one Procrustes row's metrics under the training kind's key names."""
+  prefix = f"{family}/{alignment}/"
+  return lambda m: {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)}

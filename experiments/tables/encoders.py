@@ -1,0 +1,60 @@
+"""Table 5, encoders: retrieval and training speed per text and per image tower.
+
+One factor at a time around the quickstart model (bag of words + CNN, InfoNCE on
+unicode_glyphs/full): the text tower varies with the CNN fixed (GLYPH_STEPS, so
+its bag-of-words row is objectives' InfoNCE cell), then the image tower with the
+bag of words fixed, at IMAGE_STEPS: a ResNet-18 or ViT-Ti step costs 7–8 CNN steps
+on 2 CPU cores, so the image section trains shorter and has its own CNN row. Each
+section fits the 2-hour budget on its own (`--sections=text`, `--sections=image`);
+the full 3 × 3 cross would not.
+
+Throughput is the median training examples/s of the logged intervals after the
+first (compilation), from the trainer's metrics.jsonl; it is only comparable
+between cells run one at a time (--parallel=1) on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+from experiments.tables import bases
+from experiments.tables.objectives import RETRIEVAL_COLUMNS
+from experiments.tables.spec import Column, Panel, Row, Section, Table
+
+TEXT = {"bag of words": "bag_of_words", "LSTM (bidirectional)": "lstm",
+        "Transformer (2 layers)": "transformer"}
+IMAGE = {"CNN": "cnn", "ResNet-18 (width 32)": "resnet", "ViT-Ti (patch 4)": "vit"}
+IMAGE_STEPS = 300
+QUICK = {"text": ("bag of words", "LSTM (bidirectional)"), "image": ("CNN", "ViT-Ti (patch 4)")}
+
+COLUMNS = RETRIEVAL_COLUMNS + (
+    Column("train/examples_per_s", "train examples/s", fmt="int"),
+)
+
+
+def _section(name: str, title: str, choices: dict[str, str], key: str, quick: bool,
+             steps: int) -> Section:
+  names = [n for n in choices if not quick or n in QUICK[name]]
+  rows = tuple(Row(n, {key: choices[n]}) for n in names)
+  data = "unicode_glyphs/tiny" if quick else "unicode_glyphs/full"
+  recall = tuple(c.key for c in RETRIEVAL_COLUMNS if "recall@1" in c.key or "@10" in c.key)
+  return Section(
+      name=name, base=bases.glyphs(quick, steps), rows=rows, columns=COLUMNS,
+      title=f"{title} ({data} test)",
+      panels=(Panel("bars", recall, f"{title}: recall", ylabel="recall"),
+              Panel("bars", ("train/examples_per_s",), f"{title}: training speed",
+                    ylabel="examples / s", ylim=None)))
+
+
+def sections(quick: bool) -> list[Section]:
+  return [_section("text", "Text towers, image tower CNN", TEXT, "model.text_encoder", quick,
+                   bases.GLYPH_STEPS),
+          _section("image", "Image towers, text tower bag of words", IMAGE,
+                   "model.image_encoder", quick, IMAGE_STEPS)]
+
+
+TABLE = Table(
+    name="encoders", title="Encoders: retrieval and training speed",
+    sections=sections, seeds=3,
+    full_run_estimate=("~2.8 h in two sessions: `--sections=text` ~1.3 h (9 trainings × "
+                       f"{bases.GLYPH_STEPS} steps, 3 shared with objectives), "
+                       f"`--sections=image` ~1.5 h (9 × {IMAGE_STEPS} steps, ResNet/ViT "
+                       "~2.5 s a step)"))

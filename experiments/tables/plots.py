@@ -1,0 +1,101 @@
+"""A table report as one PNG: a row of panels per section, error bars = std over seeds.
+
+Panels are chosen by name (spec.Panel.kind) from PANELS:
+  bars    one group per column, one bar per table row;
+  curves  a line per column against the rows' `x` (e.g. noisy-pair fraction), or,
+          when the columns carry `x` (e.g. missing-modality rate), a line per row
+          against the columns' x. The band is mean ± std over seeds.
+matplotlib's object API with Agg, as in mmalign/plots.py: no pyplot state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _stat(row: dict, key: str) -> tuple[float, float]:
+  """(mean, std) of one column of a row; NaN when not computed."""
+  stats = row["stats"][key]
+  if stats["mean"] is None:
+    return np.nan, np.nan
+  return stats["mean"], stats["std"]
+
+
+def _labels(section: dict) -> dict[str, dict]:
+  return {c["key"]: c for c in section["columns"]}
+
+
+def bars(axes, section: dict, panel: dict) -> None:
+  columns = _labels(section)
+  keys, rows = panel["columns"], section["rows"]
+  width = 0.8 / max(len(rows), 1)
+  for i, row in enumerate(rows):
+    means, stds = zip(*(_stat(row, k) for k in keys), strict=True)
+    offsets = np.arange(len(keys)) + (i - (len(rows) - 1) / 2) * width
+    axes.bar(offsets, means, width, yerr=stds, capsize=2, label=row["name"])
+  axes.set_xticks(np.arange(len(keys)), [columns[k]["label"] for k in keys], fontsize=8)
+  axes.grid(alpha=0.3, axis="y")
+  axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2)
+
+
+def _line(axes, xs, stats, label: str) -> None:
+  xs = np.asarray(xs, np.float64)
+  means, stds = (np.asarray(v, np.float64) for v in zip(*stats, strict=True))
+  line, = axes.plot(xs, means, marker="o", label=label)
+  axes.fill_between(xs, means - stds, means + stds, color=line.get_color(), alpha=0.2,
+                    linewidth=0)
+
+
+def curves(axes, section: dict, panel: dict) -> None:
+  columns = _labels(section)
+  keys, rows = panel["columns"], section["rows"]
+  if all(columns[k]["x"] is not None for k in keys):  # A line per row over the columns.
+    xs = [columns[k]["x"] for k in keys]
+    for row in rows:
+      _line(axes, xs, [_stat(row, k) for k in keys], row["name"])
+  else:  # A line per column over the rows.
+    xs = [row["x"] for row in rows]
+    for key in keys:
+      _line(axes, xs, [_stat(row, key) for row in rows], columns[key]["label"])
+  axes.set_xticks(xs, [f"{x:g}" for x in xs])  # The grid's own values, also on a log axis.
+  axes.minorticks_off()
+  axes.grid(alpha=0.3, which="both")
+  axes.legend(fontsize=7)
+
+
+PANELS: dict[str, Callable[[object, dict, dict], None]] = {"bars": bars, "curves": curves}
+
+
+def plot_report(report: dict, path: str) -> None:
+  """Every section's panels, one figure row per section, written atomically to `path`."""
+  sections = [s for s in report["sections"] if s["panels"]]
+  if not sections:
+    return
+  width = max(len(s["panels"]) for s in sections)
+  # Bar legends sit below their panel, two names a line: room for long row lists.
+  legend_lines = max((len(s["rows"]) + 1) // 2 for s in sections)
+  figure = Figure(figsize=(max(5.2 * width, 7.0), (3.4 + 0.2 * legend_lines) * len(sections)),
+                  layout="constrained")
+  for r, section in enumerate(sections):
+    for c, panel in enumerate(section["panels"]):
+      axes = figure.add_subplot(len(sections), width, r * width + c + 1)
+      axes.set_xscale(panel["xscale"])  # First: it resets the ticks a panel may set.
+      PANELS[panel["kind"]](axes, section, panel)
+      if panel["ylim"] is not None:
+        axes.set_ylim(*panel["ylim"])
+      axes.set_xlabel(panel["xlabel"])
+      axes.set_ylabel(panel["ylabel"])
+      axes.set_title(panel["title"] or section["title"], fontsize=9)
+  seeds = len(report["seeds"])
+  figure.suptitle(f"{report['title']} ({seeds} seed{'s' * (seeds > 1)}; band/bar: ± std)",
+                  fontsize=10)
+  FigureCanvasAgg(figure)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}.png"
+  figure.savefig(tmp, dpi=110)
+  os.replace(tmp, path)

@@ -1,0 +1,299 @@
+"""A table's grid → cells → cache → (parallel) runs → mean ± std over seeds.
+
+Every (row, seed) resolves to one config; its cell key is a hash of what the
+cell computes: kind, kind version, the resolved config, seed and the kind's
+params. Left out of the hash unless a row or base overrides them: NOT_HASHED,
+keys that do not change a table's numbers (where the data lives, ScaNN search
+settings, logging and checkpoint cadence), so that adding such a key to a
+config file does not throw away hours of finished cells. Any other config
+change, a new key included, reruns the cells. Rows with the same key share one
+run. A finished cell leaves
+
+  <workdir_root>/<table>/<key>/cell.json   metrics, written last and atomically
+  <workdir_root>/<table>/<key>/workdir/    the launcher's workdir (checkpoints, evals)
+
+so a rerun only computes cells whose recipe changed, an interrupted cell resumes
+from its checkpoint, and a cell another table already computed (same key in a
+sibling folder) is reused as is. That is also what makes splitting a long table
+across sessions safe (`--sections`); two processes must not run the same cell at
+once, though (they would share its workdir).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime
+import glob
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Iterable
+
+import numpy as np
+
+from experiments.tables import cells as cells_lib
+from experiments.tables import spec
+from mmalign.errors import UsageError
+
+NOT_HASHED = ("data.data_dir", "retrieval", "train.log_every", "train.checkpoint_every",
+              "train.keep_checkpoints")
+
+
+def say(message: str) -> None:
+  print(message, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How to run a table (the CLI's flags)."""
+  workdir_root: str = "workdirs/tables"
+  quick: bool = False
+  seeds: int | None = None  # None: the table's default (quick_seeds with quick).
+  parallel: int = 1
+  data_dir: str | None = None  # Overrides config.data.data_dir; not part of the cell key.
+  sections: tuple[str, ...] = ()  # Only these run; the others come from the cache or stay "—".
+  dry_run: bool = False  # List the cells and whether they are cached; run nothing.
+
+
+@dataclasses.dataclass
+class Plan:
+  """The grid of one table: which cell every (section, row, seed) reads."""
+  table: spec.Table
+  sections: list[spec.Section]
+  seeds: list[int]
+  cells: dict[str, cells_lib.Cell]  # key → cell, each once
+  keys: dict[tuple[str, int, int], str]  # (section name, row index, seed) → key
+  runnable: set[str]  # Keys in the selected sections.
+  quick: bool = False
+
+
+# ----------------------------------------------------------------------------------------
+# Grid and keys.
+# ----------------------------------------------------------------------------------------
+
+
+def build_config(base: spec.Base, row: spec.Row, seed: int, data_dir: str | None = None):
+  """base file + base overrides + row overrides + train.seed (+ data_dir), resolved."""
+  config = spec.load_config(base.config)
+  spec.apply_overrides(config, base.overrides)
+  spec.apply_overrides(config, row.overrides)
+  config.train.seed = seed
+  if data_dir:
+    config.data.data_dir = data_dir
+  return config.copy_and_resolve_references()
+
+
+def _drop(tree: dict, dotted: str) -> None:
+  *path, last = dotted.split(".")
+  for part in path:
+    tree = tree.get(part, {})
+  tree.pop(last, None)
+
+
+def cell_key(kind: str, config, seed: int, params: dict, overridden=()) -> str:
+  """16 hex digits of sha256 over what the cell computes; stable across processes.
+
+  `overridden`: the dotted keys the base and row set; a NOT_HASHED key (or section)
+  they touch is hashed after all, so rows that differ only there stay apart.
+  """
+  tree = config.to_dict()
+  for key in NOT_HASHED:
+    if not any(o == key or o.startswith(f"{key}.") for o in overridden):
+      _drop(tree, key)
+  payload = {"kind": kind, "version": cells_lib.CELL_KINDS.get(kind).version,
+             "config": tree, "seed": int(seed), "params": dict(params)}
+  blob = json.dumps(payload, sort_keys=True, default=repr)
+  return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def plan(table: spec.Table, settings: Settings) -> Plan:
+  sections = table.sections(settings.quick)
+  names = [s.name for s in sections]
+  unknown = sorted(set(settings.sections) - set(names))
+  if unknown:
+    raise UsageError(f"--sections: table {table.name!r} has no section "
+                     f"{', '.join(unknown)}; its sections: {', '.join(names)}")
+  count = settings.seeds
+  if count is None:
+    count = table.quick_seeds if settings.quick else table.seeds
+  if count < 1:
+    raise UsageError(f"--seeds must be at least 1, got {count}")
+  seeds = list(range(count))
+  cells, keys, runnable = {}, {}, set()
+  for section in sections:
+    for index, row in enumerate(section.rows):
+      for seed in seeds:
+        config = build_config(section.base, row, seed, settings.data_dir)
+        key = cell_key(row.kind, config, seed, row.params,
+                       overridden=[*section.base.overrides, *row.overrides])
+        keys[(section.name, index, seed)] = key
+        if not settings.sections or section.name in settings.sections:
+          runnable.add(key)
+        cells.setdefault(key, cells_lib.Cell(
+            table=table.name, kind=row.kind, config=config, seed=seed,
+            params=dict(row.params), key=key,
+            directory=os.path.join(settings.workdir_root, table.name, key)))
+  return Plan(table, sections, seeds, cells, keys, runnable, settings.quick)
+
+
+# ----------------------------------------------------------------------------------------
+# Cache.
+# ----------------------------------------------------------------------------------------
+
+
+def cached_result(workdir_root: str, table: str, key: str) -> dict | None:
+  """This table's cell.json for `key`, else any other table's, else None."""
+  own = os.path.join(workdir_root, table, key, "cell.json")
+  for path in [own] + sorted(glob.glob(os.path.join(workdir_root, "*", key, "cell.json"))):
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+  return None
+
+
+def _write_json(path: str, data: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2)
+  os.replace(tmp, path)
+
+
+def run_cell(cell: cells_lib.Cell, kind: cells_lib.CellKind | None = None) -> dict:
+  """Computes one cell and stores its record; the entry point of worker processes too.
+
+  A worker is handed `kind` itself (its function pickles by module and name), so a
+  kind registered outside experiments/tables (a test's) runs there as well.
+  """
+  if kind is None:
+    importlib.import_module("experiments.tables")  # Registers every table's cell kinds.
+    kind = cells_lib.CELL_KINDS.get(cell.kind)
+  started = time.perf_counter()
+  metrics = kind.run(cell)
+  record = {"key": cell.key, "table": cell.table, "kind": cell.kind, "seed": cell.seed,
+            "params": cell.params, "config": json.loads(cell.config.to_json_best_effort()),
+            "metrics": metrics, "seconds": time.perf_counter() - started,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  _write_json(cell.result_path, record)
+  return record
+
+
+def _describe(plan_: Plan, key: str) -> str:
+  """"section/row (seed s)" of the first grid position that reads `key`."""
+  for (section_name, index, seed), k in plan_.keys.items():
+    if k == key:
+      section = next(s for s in plan_.sections if s.name == section_name)
+      return f"{section_name}: {section.rows[index].name} (seed {seed})"
+  return key
+
+
+def run_missing(plan_: Plan, settings: Settings) -> tuple[dict[str, dict], dict[str, str]]:
+  """(records by key, errors by key): cached cells read, missing runnable ones computed.
+
+  A failing cell is reported and skipped, so one bad config does not cost the
+  others; the caller decides the exit status.
+  """
+  records, errors, todo = {}, {}, []
+  for key, cell in plan_.cells.items():
+    record = cached_result(settings.workdir_root, plan_.table.name, key)
+    if record is not None:
+      records[key] = record
+    elif key in plan_.runnable:
+      todo.append(cell)
+  say(f"{plan_.table.name}: {len(plan_.cells)} cells, {len(records)} cached, "
+      f"{len(todo)} to run" + (f" in {settings.parallel} processes" if todo and
+                              settings.parallel > 1 else ""))
+  for cell in todo:
+    say(f"  to run: {cell.key} {_describe(plan_, cell.key)}")
+  if settings.dry_run or not todo:
+    return records, errors
+
+  def done(cell: cells_lib.Cell, record: dict | None, error: str | None, position: int):
+    if error is None:
+      records[cell.key] = record
+      say(f"[{position}/{len(todo)}] done {_describe(plan_, cell.key)} "
+          f"in {record['seconds']:.0f} s")
+    else:
+      errors[cell.key] = error
+      say(f"[{position}/{len(todo)}] FAILED {_describe(plan_, cell.key)}:\n{error}")
+
+  if settings.parallel <= 1:
+    for position, cell in enumerate(todo, 1):
+      say(f"[{position}/{len(todo)}] running {_describe(plan_, cell.key)} in {cell.workdir}")
+      try:
+        done(cell, run_cell(cell), None, position)
+      except Exception:  # pylint: disable=broad-except
+        done(cell, None, traceback.format_exc(), position)
+    return records, errors
+
+  context = multiprocessing.get_context("spawn")  # Each cell's JAX in a fresh process.
+  with concurrent.futures.ProcessPoolExecutor(settings.parallel, mp_context=context) as pool:
+    futures = {pool.submit(run_cell, cell, cells_lib.CELL_KINDS.get(cell.kind)): cell
+               for cell in todo}
+    for position, future in enumerate(concurrent.futures.as_completed(futures), 1):
+      cell = futures[future]
+      try:
+        done(cell, future.result(), None, position)
+      except Exception:  # pylint: disable=broad-except
+        done(cell, None, traceback.format_exc(), position)
+  return records, errors
+
+
+# ----------------------------------------------------------------------------------------
+# Aggregation.
+# ----------------------------------------------------------------------------------------
+
+
+def mean_std(values: Iterable[float]) -> dict:
+  """{"mean", "std", "n"}: std is the sample std (ddof=1) over seeds, 0 for one seed."""
+  values = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
+  if values.size == 0:
+    return {"mean": None, "std": None, "n": 0}
+  std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+  return {"mean": float(values.mean()), "std": std, "n": int(values.size)}
+
+
+def summarize(plan_: Plan, records: dict[str, dict], *, command: str,
+              failed: Iterable[str] = ()) -> dict:
+  """The report: per section and row, each seed's shown metrics and their mean ± std."""
+  sections = []
+  for section in plan_.sections:
+    column_keys = [c.key for c in section.columns]
+    rows = []
+    for index, row in enumerate(section.rows):
+      per_seed, keys = {}, {}
+      for seed in plan_.seeds:
+        key = plan_.keys[(section.name, index, seed)]
+        keys[str(seed)] = key
+        if key in records:
+          metrics = records[key]["metrics"]
+          shown = row.view(metrics) if row.view else metrics
+          per_seed[str(seed)] = {k: shown.get(k) for k in column_keys}
+      rows.append({
+          "name": row.name, "kind": row.kind, "x": row.x,
+          "overrides": spec.format_overrides(row.overrides), "cells": keys,
+          "per_seed": per_seed,
+          "stats": {k: mean_std(m[k] for m in per_seed.values()) for k in column_keys}})
+    kinds = sorted({row.kind for row in section.rows})
+    sections.append({
+        "name": section.name, "title": section.title, "notes": section.notes,
+        "base": {"config": section.base.config,
+                 "overrides": spec.format_overrides(section.base.overrides)},
+        "commands": {kind: {"command": cells_lib.CELL_KINDS.get(kind).command,
+                            "note": cells_lib.CELL_KINDS.get(kind).note} for kind in kinds},
+        "columns": [dataclasses.asdict(c) for c in section.columns],
+        "panels": [dataclasses.asdict(p) for p in section.panels],
+        "rows": rows})
+  return {"table": plan_.table.name, "title": plan_.table.title, "command": command,
+          "quick": plan_.quick,
+          "seeds": plan_.seeds,
+          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+          "jax_version": importlib.metadata.version("jax"),
+          "cell_seconds": sum(r.get("seconds", 0.0) for r in records.values()),
+          "failed": sorted(_describe(plan_, k) for k in failed), "sections": sections}

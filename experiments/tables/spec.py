@@ -1,0 +1,132 @@
+"""What a table is made of: sections of rows (config overrides) scored in columns.
+
+A table never holds numbers, only the recipe: for every row, a base config file
+plus dotted overrides (exactly launch.py's `--config.x=y`), the cell kind that
+computes it (`cells.CELL_KINDS`), and which of that cell's metrics it shows.
+Rows whose recipe is the same (same overrides, kind and params) are one cell,
+trained once: that is how the fusion table's "text only" and "image only" rows
+come out of one model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import shlex
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+
+from mmalign.errors import UsageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+Metrics = dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+  """A config file (path relative to the repository) and the overrides every row shares."""
+  config: str
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One line of a section.
+
+  `view` maps the cell's raw metrics to this row's (e.g. the text-only column of
+  a classifier); None shows them as they are. `x` places the row on a curve.
+  """
+  name: str
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  kind: str = "train_eval"
+  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # Hashed, not config.
+  view: Callable[[Metrics], Metrics] | None = None
+  x: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+  """A metric key of the rows' views; `best` "max"/"min" bolds the best mean, None never.
+
+  `x` places the column on a curve whose series are the rows (see plots.py).
+  """
+  key: str
+  label: str
+  fmt: str = "percent"  # A key of report.FORMATS.
+  best: str | None = "max"
+  x: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  """One plot of a section: `kind` is a key of plots.PANELS."""
+  kind: str  # "bars" | "curves"
+  columns: tuple[str, ...]
+  title: str = ""
+  xlabel: str = ""
+  ylabel: str = ""
+  xscale: str = "linear"
+  ylim: tuple[float, float] | None = (0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+  name: str
+  title: str
+  base: Base
+  rows: tuple[Row, ...]
+  columns: tuple[Column, ...]
+  panels: tuple[Panel, ...] = ()
+  notes: str = ""  # Markdown under the section title: how to read it.
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """A named table: `sections(quick)` gives the full grid, or its tiny-data version."""
+  name: str
+  title: str
+  sections: Callable[[bool], list[Section]]
+  seeds: int = 3
+  quick_seeds: int = 1
+  full_run_estimate: str = ""  # On the 2-core CPU machine; printed by --dry_run.
+
+
+# ----------------------------------------------------------------------------------------
+# Configs and overrides.
+# ----------------------------------------------------------------------------------------
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file under the repository, e.g. experiments/configs/tiny.py."""
+  if not path.endswith(".py") or not os.path.exists(os.path.join(ROOT, path)):
+    raise UsageError(f"config file {path!r} does not exist under {ROOT}")
+  module = importlib.import_module(path[:-len(".py")].replace("/", "."))
+  return module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+  """Sets dotted keys in place, as `--config.a.b=v` would; unknown keys are an error."""
+  for key, value in overrides.items():
+    *path, last = key.split(".")
+    node = config
+    for i, part in enumerate(path):
+      if part not in node:
+        raise UsageError(f"--config.{key}: no such config key ({'.'.join(path[:i + 1])!r})")
+      node = node[part]
+    if last not in node:
+      raise UsageError(f"--config.{key}: no such config key ({key!r})")
+    setattr(node, last, value)
+
+
+def format_value(value: Any) -> str:
+  """How `--config.x=<value>` spells a value so that config_flags parses it back."""
+  text = value if isinstance(value, str) else repr(value)
+  return shlex.quote(text)
+
+
+def format_overrides(overrides: Mapping[str, Any]) -> str:
+  """`--config.a=1 --config.b=x`, in the order given; empty string for none."""
+  return " ".join(f"--config.{k}={format_value(v)}" for k, v in overrides.items())
