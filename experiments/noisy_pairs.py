@@ -17,12 +17,12 @@ import datetime
 import os
 
 import jax
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from experiments.cli import run_script, write_results
 from mmalign import experiment as experiment_lib
 from mmalign.eval import evaluator
+from mmalign.plots import save_figure
 from mmalign.train import trainer
 from mmalign.train.metrics_log import say
 
@@ -85,8 +85,7 @@ def plot(report: dict, path: str) -> None:
   axes.grid(alpha=0.3)
   axes.legend(fontsize=7)
   axes.set_title(f"{report['dataset']}: retrieval vs noisy pairs", fontsize=9)
-  FigureCanvasAgg(figure)
-  figure.savefig(path, dpi=110)
+  save_figure(figure, path)
 
 
 def _define_flags():

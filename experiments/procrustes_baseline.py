@@ -25,12 +25,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import time
 
 import jax
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from experiments.cli import run_script, write_results
@@ -39,6 +37,7 @@ from mmalign.alignment import fit_procrustes_map
 from mmalign.data import pipeline, sources
 from mmalign.errors import UsageError
 from mmalign.eval import retrieval_metrics as rm
+from mmalign.plots import save_figure
 
 DIRECTIONS = ("text_to_image", "image_to_text")
 
@@ -244,10 +243,7 @@ def plot_recall_bars(report: dict, path: str) -> None:
                 ncols=min(len(rows), 3), fontsize=8, title="dotted: chance",
                 title_fontsize=8)
   figure.suptitle(f"{report['dataset']} {report['split']}: frozen embeddings + Procrustes")
-  FigureCanvasAgg(figure)
-  tmp = f"{path}.tmp{os.getpid()}.png"
-  figure.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
+  save_figure(figure, path)
 
 
 def write_outputs(report: dict, out_dir: str) -> None:

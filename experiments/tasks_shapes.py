@@ -33,13 +33,13 @@ import time
 
 import jax
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from experiments.cli import run_script, write_results
 from mmalign import experiment as experiment_lib
 from mmalign.data import sources
 from mmalign.errors import UsageError
+from mmalign.plots import save_figure
 from mmalign.tasks import annotation, zero_shot
 from mmalign.tasks import probe as probe_lib
 from mmalign.tasks import shapes_tasks as st
@@ -401,8 +401,7 @@ def plot(report: dict, path: str) -> None:
   axes.set_ylim(0, 1)
   axes.set_title("zero-shot (cyan) vs trained (orange)")
   figure.suptitle(f"{report['dataset']} {report['split']}, step {report['step']}")
-  FigureCanvasAgg(figure)
-  figure.savefig(path, dpi=110)
+  save_figure(figure, path)
 
 
 def _legend_below(axes) -> None:

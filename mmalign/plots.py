@@ -25,7 +25,7 @@ def plot_training_curves(metrics_jsonl: str, path: str) -> None:
     axes.set_xlabel("step")
     axes.set_title(key)
     axes.grid(alpha=0.3)
-  _save(figure, path)
+  save_figure(figure, path)
 
 
 def plot_recall_curves(ranks_by_direction: dict[str, np.ndarray], chance: dict[str, np.ndarray],
@@ -48,7 +48,7 @@ def plot_recall_curves(ranks_by_direction: dict[str, np.ndarray], chance: dict[s
   axes.set_title(title)
   axes.grid(alpha=0.3, which="both")
   axes.legend(title="dotted: chance")
-  _save(figure, path)
+  save_figure(figure, path)
 
 
 def plot_bars(values: dict[str, float], path: str, title: str, *, ylabel: str,
@@ -66,10 +66,11 @@ def plot_bars(values: dict[str, float], path: str, title: str, *, ylabel: str,
   axes.set_ylabel(ylabel)
   axes.set_ylim(0, 1.05)
   axes.set_title(title, fontsize=9)
-  _save(figure, path)
+  save_figure(figure, path)
 
 
-def _save(figure: Figure, path: str) -> None:
+def save_figure(figure: Figure, path: str) -> None:
+  """Renders with Agg and writes the PNG atomically (a temporary file, then a rename)."""
   FigureCanvasAgg(figure)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)

@@ -10,12 +10,12 @@ matplotlib's object API with Agg, as in mmalign/plots.py: no pyplot state.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from mmalign.plots import save_figure
 
 
 def _stat(row: dict, key: str) -> tuple[float, float]:
@@ -94,8 +94,4 @@ def plot_report(report: dict, path: str) -> None:
   seeds = len(report["seeds"])
   figure.suptitle(f"{report['title']} ({seeds} seed{'s' * (seeds > 1)}; band/bar: ± std)",
                   fontsize=10)
-  FigureCanvasAgg(figure)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}.png"
-  figure.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
+  save_figure(figure, path)
