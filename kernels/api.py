@@ -13,7 +13,7 @@ and the Pallas kernels without code changes:
 
 `**block_kwargs` go to the chosen implementation unchanged; their names and
 defaults are documented there (xla_chunked: `block_size`, default 512 for the
-losses and 1024 for top_k; reference takes none; Pallas modules also take
+losses and 4096 for top_k; reference takes none; Pallas modules also take
 `interpret`). A kwarg the implementation does not accept raises TypeError, so
 no setting is silently ignored.
 """

@@ -606,9 +606,9 @@ def top_k(queries: jnp.ndarray, keys: jnp.ndarray, k: int, *,
           interpret: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Tiled exact top-k via `xla_chunked.top_k`: a [q, block] matmul per tile, then a merge.
 
-  The per-tile work is one matmul (which XLA runs on the tensor cores) and a
-  `lax.top_k` over [q, k + block] candidates, so a hand-written kernel would
-  gain little; never forms the [q, g] score matrix. `interpret` as above.
+  The per-tile work is one matmul (which XLA runs on the tensor cores), a max over
+  groups of keys and a small `lax.top_k`, so a hand-written kernel would gain
+  little; never forms the [q, g] score matrix. `interpret` as above.
   """
   del interpret
   return xla_chunked.top_k(queries, keys, k, block_size=block_size)

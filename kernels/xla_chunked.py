@@ -23,12 +23,14 @@ may be bfloat16; everything is computed in float32.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 
 DEFAULT_BLOCK_SIZE = 512  # Columns per tile: a [N, 512] float32 tile is 2 KiB per row.
-DEFAULT_TOP_K_BLOCK_SIZE = 1024  # Keys per tile for `top_k`.
+DEFAULT_TOP_K_BLOCK_SIZE = 4096  # Keys per tile for `top_k` (best of 1k-32k on a 2-core CPU).
+DEFAULT_TOP_K_GROUP_SIZE = 32  # Keys per group whose maximum pass 1 of `top_k` keeps.
 
 
 def _positive_index(positives: jnp.ndarray | None, n: int, m: int) -> jnp.ndarray:
@@ -280,32 +282,58 @@ def correspondence_loss(text: jnp.ndarray, image: jnp.ndarray,
 
 
 def top_k(queries: jnp.ndarray, keys: jnp.ndarray, k: int, *,
-          block_size: int = DEFAULT_TOP_K_BLOCK_SIZE) -> tuple[jnp.ndarray, jnp.ndarray]:
+          block_size: int = DEFAULT_TOP_K_BLOCK_SIZE,
+          group_size: int = DEFAULT_TOP_K_GROUP_SIZE) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Inner-product top-k, equal to `reference.top_k`, scanning `block_size` keys at a time.
 
-  Keeps a running [q, k] best list and merges each [q, block] tile into it with
-  `lax.top_k` over the concatenated candidates; earlier keys come first in the
-  concatenation, so ties still go to the lower index. k may exceed block_size.
+  Why two passes: merging every [q, block] score tile with `lax.top_k` costs more than
+  the matmul itself on a CPU. So pass 1 keeps only the maximum of each group of
+  `group_size` consecutive keys and merges those ([q, block / group] per tile, a
+  `group_size`-fold smaller top-k) into the k best groups per query. The k best items
+  always lie in the k best groups: a group outside them is beaten by k groups, each
+  holding an item that beats all of its members (equal maxima go to the lower group,
+  whose items also have lower indices). Pass 2 rescores the k · group candidate keys
+  per query and takes the top k; candidates are in index order, so ties still go to
+  the lower index. k may exceed block_size and the number of groups.
   queries: [q, d]; keys: [g, d]; requires k <= g.
   Returns (values [q, k] float32, indices [q, k] int32), best first.
   """
   num_keys = keys.shape[0]
   if not 0 < k <= num_keys:
     raise ValueError(f"k must be in [1, {num_keys}] (the number of keys); got {k}")
+  group = math.gcd(group_size, block_size)  # Groups never straddle two tiles.
   queries = queries.astype(jnp.float32)
-  key_blocks, offsets = _blocks(keys.astype(jnp.float32), block_size)
-  q = queries.shape[0]
+  key_blocks, offsets = _blocks(keys.astype(jnp.float32), block_size)  # [nb, B, d], [nb]
+  q, groups_per_block = queries.shape[0], block_size // group
+  num_groups = key_blocks.shape[0] * groups_per_block
 
-  def step(carry, block):
-    best_values, best_indices = carry  # [q, k] each
+  def best_groups(carry, block):
+    best_maxima, best_groups = carry  # [q, k] each
     key_block, offset = block
     columns = offset + jnp.arange(block_size, dtype=jnp.int32)  # [B]
     scores = jnp.where(columns[None, :] < num_keys, queries @ key_block.T, -jnp.inf)  # [q, B]
-    values = jnp.concatenate([best_values, scores], axis=1)  # [q, k + B]
-    indices = jnp.concatenate([best_indices, jnp.broadcast_to(columns, (q, block_size))], axis=1)
-    best_values, chosen = jax.lax.top_k(values, k)
-    return (best_values, jnp.take_along_axis(indices, chosen, axis=1)), None
+    maxima = scores.reshape(q, groups_per_block, group).max(axis=2)  # [q, B / group]
+    ids = offset // group + jnp.arange(groups_per_block, dtype=jnp.int32)
+    maxima = jnp.concatenate([best_maxima, maxima], axis=1)
+    ids = jnp.concatenate([best_groups, jnp.broadcast_to(ids, (q, groups_per_block))], axis=1)
+    best_maxima, chosen = jax.lax.top_k(maxima, k)
+    return (best_maxima, jnp.take_along_axis(ids, chosen, axis=1)), None
 
-  init = (jnp.full((q, k), -jnp.inf, jnp.float32), jnp.full((q, k), -1, jnp.int32))
-  (values, indices), _ = jax.lax.scan(step, init, (key_blocks, offsets))
-  return values, indices
+  # Placeholder groups lie past the last real one: their columns are masked below.
+  init = (jnp.full((q, k), -jnp.inf, jnp.float32),
+          jnp.broadcast_to(num_groups + jnp.arange(k, dtype=jnp.int32), (q, k)))
+  (_, groups), _ = jax.lax.scan(best_groups, init, (key_blocks, offsets))
+  groups = jnp.sort(groups, axis=1)  # [q, k], index order for the tie rule.
+  flat_keys = key_blocks.reshape(-1, keys.shape[1])  # [nb * B, d]
+
+  def rescore(query_and_groups):
+    query, query_groups = query_and_groups  # [d], [k]
+    columns = (query_groups[:, None] * group + jnp.arange(group, dtype=jnp.int32)).reshape(-1)
+    candidates = jnp.take(flat_keys, columns, axis=0, mode="fill", fill_value=0.0)  # [k·G, d]
+    scores = jnp.where(columns < num_keys, candidates @ query, -jnp.inf)  # [k * group]
+    values, chosen = jax.lax.top_k(scores, k)
+    return values, columns[chosen]
+
+  # Queries are rescored in slices so the gathered candidates stay near 32 MiB.
+  slice_size = max(1, min(q, (8 << 20) // (k * group * keys.shape[1])))
+  return jax.lax.map(rescore, (queries, groups), batch_size=slice_size)

@@ -74,7 +74,8 @@ def evaluate(config, workdir: str, variables=None, step: int | None = None) -> d
       "dataset": f"{config.data.name}/{config.data.config}", "split": split, "step": step,
       "num_text_queries": int(index.num_groups), "gallery_images": int(len(index.groups)),
       "text_to_image": t2i, "image_to_text": i2t,
-      "scann": {"recall_at_k_vs_exact": rm.recall_vs_exact(scann_ids, exact_ids), "k": k,
+      "scann": {"recall_at_k_vs_exact": rm.recall_vs_exact(
+                    scann_ids, exact_ids, queries=text_emb, gallery=image_emb), "k": k,
                 f"text_to_image_recall@{k}": float(scann_hits.mean()),
                 "brute_force": scann.is_brute_force, "build_s": build_s,
                 "search_s": search_s, "queries": int(len(text_emb))},

@@ -255,11 +255,17 @@ def _probability_of_no_hit(g: int, m: np.ndarray, k: int) -> np.ndarray:
   return np.prod(np.clip(factors, 0.0, None), axis=1)
 
 
-def recall_vs_exact(approx_indices, exact_indices) -> float:
-  """Standard ANN recall: |approx ∩ exact| / k per query, averaged over queries.
+def recall_vs_exact(approx_indices, exact_indices, *, queries=None, gallery=None,
+                    atol: float = 1e-5) -> float:
+  """ANN recall: the share of the k true neighbours an approximate search found.
 
-  approx_indices, exact_indices: [q, k] integer gallery ids. Duplicate ids within an
-  approximate row count once, so padding repeats cannot inflate the score.
+  approx_indices, exact_indices: [q, k] integer gallery ids (missing slots: -1, never a
+  hit; a repeated id in an approximate row counts once, so padding cannot inflate it).
+  Without vectors this is the standard |approx ∩ exact| / k. With queries [q, d] and
+  gallery [n, d], an approximate id whose true score is within atol of the k-th true
+  score also counts (at most k per row): trained embeddings hold exact duplicates
+  (identical images, repeated captions), and which of two tied items an exact search
+  returns is arbitrary, so the set definition would charge a correct search for a tie.
   """
   approx = np.asarray(approx_indices).astype(np.int64)
   exact = np.asarray(exact_indices).astype(np.int64)
@@ -269,12 +275,24 @@ def recall_vs_exact(approx_indices, exact_indices) -> float:
   num, k = exact.shape
   if num == 0 or k == 0:
     raise ValueError(f"need at least one query and k >= 1, got shape {exact.shape}")
+  ordered = np.sort(approx, axis=1)
+  repeated = np.zeros_like(ordered, dtype=bool)
+  repeated[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+  valid = (ordered >= 0) & ~repeated  # [q, k]
   # One integer key per (row, id) pair turns the per-row set intersection into one
   # vectorised np.isin over all rows.
-  low = min(approx.min(), exact.min())
-  span = max(approx.max(), exact.max()) - low + 1
+  low = min(ordered.min(), exact.min())
+  span = max(ordered.max(), exact.max()) - low + 1
   rows = np.arange(num, dtype=np.int64)[:, None] * span
-  approx_keys = np.unique(rows + approx - low)
-  exact_keys = np.unique(rows + exact - low)
-  hits = np.count_nonzero(np.isin(approx_keys, exact_keys, assume_unique=True))
-  return float(hits / (num * k))
+  hits = valid & np.isin(rows + ordered - low, rows + exact - low)
+  if (queries is None) != (gallery is None):
+    raise ValueError("tie-aware recall needs both queries and gallery (or neither)")
+  if queries is not None:
+    queries = np.asarray(queries, np.float64)  # [q, d]
+    gallery = np.asarray(gallery, np.float64)  # [n, d]
+    if queries.shape[0] != num:
+      raise ValueError(f"queries has {queries.shape[0]} rows, the id arrays {num}")
+    kth = np.einsum("qd,qkd->qk", queries, gallery[exact]).min(axis=1)  # [q]
+    found = np.einsum("qd,qkd->qk", queries, gallery[np.where(valid, ordered, 0)])
+    hits |= valid & (found >= kth[:, None] - atol)
+  return float(np.minimum(hits.sum(axis=1), k).sum() / (num * k))

@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mmalign.eval import retrieval_metrics as rm
+
 from mmalign.retrieval import vectors
 from mmalign.retrieval.manifest import Provenance
 from mmalign.retrieval.scann_index import ScannConfig, ScannIndex
@@ -51,11 +53,14 @@ def exact_neighbours(gallery: np.ndarray, queries: np.ndarray, k: int,
   return out
 
 
-def recall_at_k(found_ids: np.ndarray, exact_ids: np.ndarray) -> float:
-  """|found ∩ exact| / |exact|, averaged over queries; missing (-1) slots never count."""
-  hits = sum(int(np.isin(row_exact, row_found[row_found >= 0]).sum())
-             for row_found, row_exact in zip(found_ids, exact_ids))
-  return float(hits / exact_ids.size)
+def recall_at_k(found_ids: np.ndarray, exact_ids: np.ndarray, queries=None,
+                gallery=None) -> float:
+  """Recall of found [q, k] against exact [q, k] ids; missing (-1) slots never count.
+
+  With queries and gallery, items tied with the k-th true neighbour count too
+  (see `retrieval_metrics.recall_vs_exact`: trained galleries hold duplicates).
+  """
+  return rm.recall_vs_exact(found_ids, exact_ids, queries=queries, gallery=gallery)
 
 
 def leaf_ladder(num_leaves: int, steps: int = 14) -> list[int]:
@@ -67,14 +72,15 @@ def leaf_ladder(num_leaves: int, steps: int = 14) -> list[int]:
 def sweep(index: ScannIndex, queries: np.ndarray, exact_ids: np.ndarray, k: int, *,
           leaves: Sequence[int] | None = None, reorders: Sequence[int] = (),
           target_recall: float | None = None, min_gain: float | None = None,
-          repeats: int = 3) -> list[SweepPoint]:
+          repeats: int = 3, gallery: np.ndarray | None = None) -> list[SweepPoint]:
   """Measures (recall, QPS) of a tree index over its query-time knobs.
 
   queries: [q, d] unit rows; exact_ids: [q, k] true item ids. For each reorder depth,
   leaves are walked upwards; the walk stops at the first point reaching target_recall,
   or (with min_gain) once one more step adds less recall than that: past the plateau
   the reorder depth, not the leaves, limits recall, and more leaves only cost time.
-  The index is left as found.
+  The index is left as found. gallery: [n, d] rows whose positions are the index's ids
+  (ids 0..n-1); given, items tied with the k-th true neighbour count as hits.
   """
   before = (index.params["tree"]["num_leaves_to_search"], index.params["reorder"])
   num_leaves = index.params["tree"]["num_leaves"]
@@ -89,7 +95,8 @@ def sweep(index: ScannIndex, queries: np.ndarray, exact_ids: np.ndarray, k: int,
         _, found = index.search(queries, k)
         best = min(best, time.perf_counter() - started)
       point = SweepPoint(num_leaves, min(probe, num_leaves), reorder,
-                         recall_at_k(found, exact_ids), len(queries) / best)
+                         recall_at_k(found, exact_ids, None if gallery is None else queries,
+                                     gallery), len(queries) / best)
       gain = point.recall - points[-1].recall if points and points[-1].reorder == reorder \
           else np.inf
       points.append(point)

@@ -256,3 +256,31 @@ def test_recall_vs_exact_matches_set_loop():
 def test_recall_vs_exact_rejects_shape_mismatch():
   with pytest.raises(ValueError, match="equal shape"):
     rm.recall_vs_exact(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_recall_vs_exact_counts_ties_with_vectors():
+  """A duplicate of a true neighbour is an equally correct answer once vectors are given."""
+  rng = np.random.default_rng(4)
+  gallery = rng.normal(size=(40, 5))
+  gallery[39] = gallery[3]  # Item 39 ties with item 3.
+  queries = rng.normal(size=(6, 5))
+  scores = queries @ gallery.T
+  masked = scores.copy()
+  masked[:, 39] = -np.inf  # The exact search happened to return 3, never its twin.
+  exact = np.argsort(-masked, axis=1, kind="stable")[:, :4]
+  swapped = np.where(exact == 3, 39, exact)  # The tied twin instead of 3.
+  wrong = exact.copy()
+  wrong[:, 0] = np.argsort(-masked, axis=1, kind="stable")[:, 20]  # A true miss.
+  wrong[wrong == 3] = 39
+  assert rm.recall_vs_exact(exact, exact, queries=queries, gallery=gallery) == 1.0
+  assert rm.recall_vs_exact(swapped, exact, queries=queries, gallery=gallery) == 1.0
+  has_3 = (exact == 3).any(axis=1)
+  assert rm.recall_vs_exact(swapped, exact) == pytest.approx(1 - has_3.mean() / 4)
+  # Brute-force definition: ids scoring at least the k-th exact score, at most k per row.
+  kth = np.take_along_axis(scores, exact, 1).min(axis=1)
+  expected = np.mean([min(4, sum(scores[r, i] >= kth[r] - 1e-5 for i in set(row) if i >= 0))
+                      for r, row in enumerate(wrong)]) / 4
+  assert rm.recall_vs_exact(wrong, exact, queries=queries, gallery=gallery) == \
+      pytest.approx(expected)
+  with pytest.raises(ValueError, match="both queries and gallery"):
+    rm.recall_vs_exact(exact, exact, queries=queries)

@@ -130,3 +130,30 @@ def test_top_k_ties_go_to_lower_index():
   keys = jnp.ones((20, 4))  # Every score is equal.
   _, indices = xla_chunked.top_k(jnp.ones((2, 4)), keys, 6, block_size=4)
   np.testing.assert_array_equal(indices, np.tile(np.arange(6), (2, 1)))
+
+
+@pytest.mark.parametrize("num_keys,k,block,group", [
+    (300, 10, 64, 8),     # Several tiles, k below the number of groups.
+    (37, 30, 16, 8),      # k above the number of real groups: placeholders must not leak.
+    (1000, 1, 128, 32),   # k = 1.
+    (129, 129, 64, 16),   # k = every key, ragged last tile.
+    (50, 7, 48, 32),      # group does not divide the tile: gcd(32, 48) = 16 is used.
+])
+def test_top_k_group_pass_matches_numpy(num_keys, k, block, group):
+  """The two-pass (group maxima, then rescoring) top-k against a float64 numpy sort."""
+  queries, keys = _inputs(23, num_keys, seed=num_keys)
+  values, indices = xla_chunked.top_k(queries, keys, k, block_size=block, group_size=group)
+  scores = np.asarray(queries, np.float64) @ np.asarray(keys, np.float64).T
+  expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+  np.testing.assert_array_equal(indices, expected)
+  np.testing.assert_allclose(values, np.take_along_axis(scores, expected, 1), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_top_k_ties_across_groups_go_to_lower_index():
+  """Equal group maxima in different tiles: the lower group's items must win."""
+  keys = np.zeros((64, 4), np.float32)
+  keys[[5, 20, 40, 63], 0] = 1.0  # Four equal best items in four groups of 8.
+  _, indices = xla_chunked.top_k(jnp.ones((3, 4)), jnp.asarray(keys), 6, block_size=16,
+                                 group_size=8)
+  np.testing.assert_array_equal(indices, np.tile([5, 20, 40, 63, 0, 1], (3, 1)))
