@@ -42,7 +42,9 @@ class Experiment:
   def jitted_method(self, method: str):
     """jit of `model.<method>(variables, x)` in eval mode, compiled once per experiment.
 
-    The batch x is split over the training mesh's batch axes and the variables
+    x is one array or a tuple of arrays (the method's positional inputs, e.g.
+    classify's tokens, images, presence), all with the batch as their first axis.
+    The batch is split over the training mesh's batch axes and the variables
     replicated, so evaluation uses every local device; the output comes back
     replicated, ready for numpy. (Single-process: a multi-process job embeds on
     each process's devices only.)
@@ -50,7 +52,7 @@ class Experiment:
     if method not in self._jitted:
       mesh = self.eval_mesh()
       self._jitted[method] = jax.jit(
-          lambda variables, x: self.model.apply(variables, x,
+          lambda variables, x: self.model.apply(variables, *(x if isinstance(x, tuple) else (x,)),
                                                 method=getattr(DualEncoder, method)),
           in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
           out_shardings=mesh_lib.replicated(mesh))
@@ -202,17 +204,23 @@ def text_settings(config) -> TextSettings:
   return TextSettings(**config.text)
 
 
+def apply_in_batches(experiment: Experiment, method: str, variables, inputs,
+                     batch_size: int) -> np.ndarray:
+  """`model.<method>` over inputs (an array or a tuple of arrays, batch first) in padded
+  fixed-size batches sharded over the mesh: one compilation, every local device."""
+  return _batched(experiment.jitted_method(method), variables, inputs, batch_size,
+                  experiment.batch_multiple)
+
+
 def embed_texts(experiment: Experiment, variables, texts: list[str], batch_size: int = 1024):
   """[len(texts), embed_dim] float32 numpy."""
-  fn = experiment.jitted_method("embed_text")
-  tokens = experiment.tokenizer.encode(texts)
-  return _batched(fn, variables, tokens, batch_size, experiment.batch_multiple)
+  return apply_in_batches(experiment, "embed_text", variables,
+                          experiment.tokenizer.encode(texts), batch_size)
 
 
 def embed_images(experiment: Experiment, variables, source, batch_size: int = 512):
   """Embeds a whole split in order: [len(source), embed_dim] float32 numpy."""
-  fn = experiment.jitted_method("embed_image")
-  chunks = [_batched(fn, variables, images, batch_size, experiment.batch_multiple)
+  chunks = [apply_in_batches(experiment, "embed_image", variables, images, batch_size)
             for images, _ in pipeline.eval_image_batches(source, experiment.normalization,
                                                          batch_size)]
   return np.concatenate(chunks) if chunks else np.zeros((0, experiment.model.embed_dim))
@@ -221,20 +229,26 @@ def embed_images(experiment: Experiment, variables, source, batch_size: int = 51
 def embed_image_array(experiment: Experiment, variables, images: np.ndarray,
                       batch_size: int = 512) -> np.ndarray:
   """Normalised images [n, h, w, c] float32 → [n, embed_dim] float32 numpy."""
-  return _batched(experiment.jitted_method("embed_image"), variables, images, batch_size,
-                  experiment.batch_multiple)
+  return apply_in_batches(experiment, "embed_image", variables, images, batch_size)
 
 
-def _batched(fn, variables, inputs: np.ndarray, batch_size: int, multiple: int = 1) -> np.ndarray:
-  """Runs `fn` in fixed-size batches (the last one padded) so it compiles once.
+def _batched(fn, variables, inputs, batch_size: int, multiple: int = 1) -> np.ndarray:
+  """Runs `fn` in fixed-size batches (the last one zero-padded) so it compiles once.
 
+  inputs: an array or a tuple of arrays of equal length (passed to fn as given).
   Every batch is padded to a multiple of `multiple` (the batch shards)."""
+  arrays = inputs if isinstance(inputs, tuple) else (inputs,)
+  total = len(arrays[0])
+  if any(len(a) != total for a in arrays):
+    raise ValueError(f"inputs differ in length: {[len(a) for a in arrays]}")
   batch_size = -(-batch_size // multiple) * multiple
   outputs = []
-  for start in range(0, len(inputs), batch_size):
-    chunk = inputs[start:start + batch_size]
-    target = batch_size if len(inputs) > batch_size else -(-len(chunk) // multiple) * multiple
-    pad = target - len(chunk)
-    padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
-    outputs.append(np.asarray(fn(variables, padded))[:len(chunk)])
+  for start in range(0, total, batch_size):
+    chunks = [a[start:start + batch_size] for a in arrays]
+    count = len(chunks[0])
+    target = batch_size if total > batch_size else -(-count // multiple) * multiple
+    padded = tuple(np.concatenate([c, np.zeros((target - count, *c.shape[1:]), c.dtype)])
+                   for c in chunks)
+    outputs.append(np.asarray(fn(variables, padded if isinstance(inputs, tuple)
+                                 else padded[0]))[:count])
   return np.concatenate(outputs)

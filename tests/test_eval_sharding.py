@@ -28,8 +28,22 @@ sharded = experiment_lib.embed_texts(exp, variables, texts, batch_size=8)
 plain = np.asarray(exp.model.apply(variables, tokens, method=DualEncoder.embed_text))
 images = experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder, "test"),
                                      batch_size=16)
+# Several inputs per row (classify's tokens, images, presence) go through the same path.
+config = tiny.get_config()
+config.data.update(name="shapes", config="tiny", data_dir={data_dir!r})
+config.model.fusion = "concat"
+config.task.label = "color1"
+multi = experiment_lib.prepare(config, {workdir!r} + "/shapes", allow_new_tokenizer=True)
+multi_variables = multi.init_variables(0)
+rng = np.random.default_rng(0)
+inputs = (multi.tokenizer.encode(["a red circle above a blue square"] * 21),
+          rng.normal(size=(21, *multi.image_shape)).astype(np.float32),
+          rng.random((21, 2)) < 0.7)
+logits = experiment_lib.apply_in_batches(multi, "classify", multi_variables, inputs, 8)
+direct = np.asarray(multi.model.apply(multi_variables, *inputs, method=DualEncoder.classify))
 print(json.dumps({{"devices": jax.device_count(), "batch_multiple": exp.batch_multiple,
                   "text_error": float(np.abs(sharded - plain).max()),
+                  "classify_error": float(np.abs(logits - direct).max()),
                   "images": int(images.shape[0]), "finite": bool(np.isfinite(images).all())}}))
 """
 
@@ -46,4 +60,5 @@ def test_eval_embeddings_are_sharded_over_eight_devices(tiny_data_dir, tmp_path)
   report = json.loads(done.stdout.strip().splitlines()[-1])
   assert report["devices"] == 8 and report["batch_multiple"] == 8
   assert report["text_error"] < 1e-5
+  assert report["classify_error"] < 1e-5
   assert report["images"] > 0 and report["finite"]

@@ -43,6 +43,10 @@ from mmalign.errors import UsageError
 
 NOT_HASHED = ("data.data_dir", "retrieval", "train.log_every", "train.checkpoint_every",
               "train.keep_checkpoints")
+# Config keys added after cells were cached, with the value that keeps the old
+# behaviour: at that value (and not overridden) they leave the hash alone, so a
+# new option does not throw away finished cells; any other value is hashed.
+NEUTRAL_DEFAULTS: dict[str, object] = {"data.sampling": "captions"}
 
 
 def say(message: str) -> None:
@@ -89,6 +93,17 @@ def build_config(base: spec.Base, row: spec.Row, seed: int, data_dir: str | None
   return config.copy_and_resolve_references()
 
 
+_MISSING = object()
+
+
+def _get(tree: dict, dotted: str, default):
+  for part in dotted.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return default
+    tree = tree[part]
+  return tree
+
+
 def _drop(tree: dict, dotted: str) -> None:
   *path, last = dotted.split(".")
   for part in path:
@@ -100,11 +115,15 @@ def cell_key(kind: str, config, seed: int, params: dict, overridden=()) -> str:
   """16 hex digits of sha256 over what the cell computes; stable across processes.
 
   `overridden`: the dotted keys the base and row set; a NOT_HASHED key (or section)
-  they touch is hashed after all, so rows that differ only there stay apart.
+  they touch is hashed after all, so rows that differ only there stay apart. A
+  NEUTRAL_DEFAULTS key is hashed only when set to another value (or overridden).
   """
   tree = config.to_dict()
   for key in NOT_HASHED:
     if not any(o == key or o.startswith(f"{key}.") for o in overridden):
+      _drop(tree, key)
+  for key, neutral in NEUTRAL_DEFAULTS.items():
+    if key not in overridden and _get(tree, key, _MISSING) == neutral:
       _drop(tree, key)
   payload = {"kind": kind, "version": cells_lib.CELL_KINDS.get(kind).version,
              "config": tree, "seed": int(seed), "params": dict(params)}

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 
 from mmalign import experiment as experiment_lib
 from mmalign.data import pipeline, sources
 from mmalign.eval import metrics
 from mmalign.eval.evaluator import write_json
-from mmalign.models.dual_encoder import DualEncoder
 from mmalign.plots import plot_bars
 from mmalign.train.metrics_log import say
 
@@ -35,18 +33,12 @@ def class_logits(exp: experiment_lib.Experiment, variables, split: str,
   index = pipeline.index_split(caption_source)
   labels = pipeline.read_labels(caption_source, experiment_lib.task_label(exp.config))
   tokens = exp.tokenizer.encode(index.captions)  # [examples, length]: each its own caption
-  classify = jax.jit(lambda v, t, i, p: exp.model.apply(v, t, i, p,
-                                                         method=DualEncoder.classify))
   chunks = []
   for images, indices in pipeline.eval_image_batches(sources.open_split(exp.builder, split),
                                                      exp.normalization, batch_size):
-    n = len(indices)
-    pad = batch_size - n  # Fixed shapes: one compilation for the whole split.
-    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-    batch_tokens = np.concatenate([tokens[indices], np.zeros((pad, tokens.shape[1]),
-                                                             tokens.dtype)])
-    mask = np.broadcast_to(np.array(present, bool), (batch_size, 2))
-    chunks.append(np.asarray(classify(variables, batch_tokens, images, mask))[:n])
+    mask = np.broadcast_to(np.array(present, bool), (len(indices), 2))  # [n, 2]
+    chunks.append(experiment_lib.apply_in_batches(
+        exp, "classify", variables, (tokens[indices], images, mask), batch_size))
   return np.concatenate(chunks), labels
 
 

@@ -81,6 +81,15 @@ def test_keys_that_change_no_number_are_not_hashed_unless_overridden():
   assert _key(config=config) != _key()
 
 
+def test_new_keys_at_their_neutral_default_leave_the_key_alone(monkeypatch):
+  monkeypatch.setitem(runner.NEUTRAL_DEFAULTS, "data.brand_new_sampling", "captions")
+  config = runner.build_config(spec.Base(TINY), spec.Row("r"), 0)
+  config.data.brand_new_sampling = "captions"  # Added later, default = old behaviour.
+  assert _key(config=config) == _key()
+  config.data.brand_new_sampling = "images"
+  assert _key(config=config) != _key()
+
+
 def test_cell_key_changes_with_overrides_seed_params_and_kind():
   keys = {_key(), _key({"loss.name": "sigmoid"}), _key({"train.steps": 7}), _key(seed=1),
           _key(params={"sizes": [4]}), _key(kind="train_eval")}
