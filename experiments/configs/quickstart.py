@@ -25,6 +25,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Robustness to noisy pairs: this fraction of every training batch is paired with
   # another row's image (mmalign/data/pipeline.py, TrainBatches.noisy_rows).
   c.data.noisy_pair_fraction = 0.0
+  # How a training batch is drawn (mmalign/data/sampling.py): "captions", one image per
+  # distinct caption (at most 5,838 rows here); "images", train.batch_size distinct
+  # images against min(batch, captions) distinct captions (InfoNCE only), which is
+  # what lets the batch grow past the caption count.
+  c.data.sampling = "captions"
 
   c.text = ml_collections.ConfigDict()  # mmalign.data.tokenizer.TextSettings
   c.text.vocab_size = 2048

@@ -8,11 +8,11 @@ Adding a table: a module with `TABLE = spec.Table(...)`, one line below, and its
 quick run is picked up by tests/tables/test_quick.py.
 """
 
-from experiments.tables import (encoders, fusion, matching, objectives, retrieval_efficiency,
-                                robustness)
+from experiments.tables import (batch_size, encoders, fusion, matching, objectives,
+                                retrieval_efficiency, robustness)
 from mmalign.registry import Registry
 
 TABLES = Registry("table")
 for _module in (fusion, objectives, matching, robustness, encoders,  # Issue 8's numbering.
-                retrieval_efficiency):
+                batch_size, retrieval_efficiency):
   TABLES.register(_module.TABLE.name)(_module.TABLE)

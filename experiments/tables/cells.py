@@ -93,6 +93,16 @@ def training_throughput(workdir: str) -> dict[str, float]:
           for key in ("examples_per_s", "steps_per_s") if all(key in r for r in records)}
 
 
+def step_memory(workdir: str) -> dict[str, float]:
+  """{"step_temp_bytes"}: XLA's scratch memory of the compiled train step, per device, as
+  the trainer recorded it (mmalign/train/trainer.py, STEP_MEMORY); empty without it."""
+  path = os.path.join(workdir, "step_memory.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {"step_temp_bytes": float(json.load(f)["temp_bytes"])}
+
+
 @register_kind("train_eval", command="python launch.py --config={config} "
                "--workdir={workdir} {overrides}")
 def train_and_evaluate(cell: Cell) -> dict[str, float]:
@@ -114,7 +124,8 @@ def train_and_evaluate(cell: Cell) -> dict[str, float]:
     classification = classification_evaluator.evaluate_classification(
         cell.config, cell.workdir, variables, step)
     metrics.update(flatten(classification, "classification/"))
-  metrics.update({f"train/{k}": v for k, v in training_throughput(cell.workdir).items()})
+  metrics.update({f"train/{k}": v for k, v in {**training_throughput(cell.workdir),
+                                                **step_memory(cell.workdir)}.items()})
   metrics.update({"train/seconds": train_s, "train/steps": float(step)})
   return metrics
 

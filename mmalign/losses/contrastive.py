@@ -29,6 +29,25 @@ def symmetric_infonce(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.
   return kernels_api.infonce(text_emb, image_emb, scale, impl=impl, **(block_kwargs or {}))
 
 
+def image_rows_infonce(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.ndarray,
+                       image_to_text: jnp.ndarray, *, impl: str = "reference",
+                       block_kwargs: dict[str, Any] | None = None, **unused) -> jnp.ndarray:
+  """InfoNCE with rows = images, columns = texts (`data.sampling="images"` batches).
+
+  Why images as rows: each image has exactly one caption (`image_to_text`), while
+  a caption may be shared by several images of the batch, which is the kernels'
+  multi-positive column. So the loss is ½ (mean over images of CE against all T
+  texts + mean over the texts that have an image of the multi-positive CE over
+  the images); texts without an image serve only as negatives. With one image
+  per text (a permutation) it equals `symmetric_infonce`.
+
+  text_emb: [T, d]; image_emb: [B, d]; scale: scalar; image_to_text: [B] int in [0, T).
+  """
+  del unused
+  return kernels_api.infonce(image_emb, text_emb, scale, image_to_text, impl=impl,
+                             **(block_kwargs or {}))
+
+
 @LOSSES.register("sigmoid")
 def sigmoid(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.ndarray, *,
             bias: jnp.ndarray, impl: str = "reference",

@@ -26,7 +26,7 @@ import optax
 from kernels import api as kernels_api
 from kernels import distributed as kernels_distributed
 from mmalign.errors import UsageError
-from mmalign.losses.contrastive import LOSSES
+from mmalign.losses.contrastive import LOSSES, image_rows_infonce
 
 Objective = Callable[[dict, dict], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
 
@@ -100,13 +100,45 @@ def _head_weight(loss_config, weight_key: str, switch_key: str, switched_on: boo
   return weight
 
 
+SAMPLINGS = ("captions", "images")  # data.sampling (mmalign/data/sampling.py).
+
+
+def _image_rows_alignment(loss_config, *, model_fuses: bool, has_task: bool):
+  """The alignment loss of `data.sampling="images"` batches; refuses what it cannot do."""
+  distributed = loss_config.get("distributed")
+  if loss_config.name != "infonce":
+    refused = (f"loss.name={loss_config.name!r} (only infonce has the multi-positive "
+               "columns that captions shared by several images need)")
+  elif distributed:
+    refused = (f"loss.distributed={distributed!r} (the sharded losses have diagonal "
+               "positives only; use None)")
+  elif model_fuses or has_task:
+    refused = ("model.fusion / task.label (their heads pair row i's caption with row i's "
+               "image, and text rows are not image rows here)")
+  else:
+    refused = None
+  if refused:
+    raise UsageError(f"data.sampling='images' does not support {refused}; use "
+                     "data.sampling='captions' for it")
+  return functools.partial(image_rows_infonce, **dict(loss_config.get("kwargs") or {}),
+                           **_kernel_kwargs(loss_config))
+
+
 def build_objective(loss_config, *, model_fuses: bool, has_task: bool = False, mesh=None,
-                    data_axis: str = "data") -> Objective:
+                    data_axis: str = "data", sampling: str = "captions") -> Objective:
   """`mesh` (batch on `data_axis`) is needed when `loss.distributed` shards the loss.
 
   has_task: the model has a task classifier (`task.label` set); then
   `loss.task_weight` must be > 0, and batches must carry "labels".
+  sampling: `data.sampling`. With "images" the batch holds B images and T texts
+  and carries "image_to_text" [B]; the alignment is then `image_rows_infonce`.
   """
+  if sampling not in SAMPLINGS:
+    raise UsageError(f"unknown data.sampling {sampling!r}; allowed: {', '.join(SAMPLINGS)}")
+  image_rows = None
+  if sampling == "images":
+    image_rows = _image_rows_alignment(loss_config, model_fuses=model_fuses,
+                                       has_task=has_task)
   if loss_config.get("distributed"):
     alignment = _distributed_alignment(loss_config, mesh, data_axis)
   else:
@@ -123,9 +155,14 @@ def build_objective(loss_config, *, model_fuses: bool, has_task: bool = False, m
 
   def objective(outputs: dict, batch: dict) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """outputs: the model's dict; batch: the input batch ("groups", "labels" if any)."""
-    loss = alignment(scale_gradient(outputs["text_emb"], text_weight),
-                     scale_gradient(outputs["image_emb"], image_weight), outputs["scale"],
-                     bias=outputs.get("bias"), labels=batch.get("groups"))
+    if image_rows is not None:
+      loss = image_rows(scale_gradient(outputs["text_emb"], text_weight),  # [T, d]
+                        scale_gradient(outputs["image_emb"], image_weight),  # [B, d]
+                        outputs["scale"], batch["image_to_text"])
+    else:
+      loss = alignment(scale_gradient(outputs["text_emb"], text_weight),
+                       scale_gradient(outputs["image_emb"], image_weight), outputs["scale"],
+                       bias=outputs.get("bias"), labels=batch.get("groups"))
     metrics = {}
     if model_fuses:  # Log the parts only when there is more than one.
       metrics["alignment_loss"] = loss

@@ -14,6 +14,7 @@ or, with "skip", the step leaves the state unchanged and a warning names it.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -22,6 +23,8 @@ import numpy as np
 
 from mmalign import experiment as experiment_lib
 from mmalign.data import pipeline, sources
+from mmalign.data import sampling as sampling_lib
+from mmalign.errors import UsageError
 from mmalign.losses.objective import build_objective
 from mmalign.plots import plot_training_curves
 from mmalign.train import mesh as mesh_lib
@@ -45,6 +48,51 @@ def _check_finite(step: int, metrics: dict) -> None:
         "train.learning_rate or check the inputs, then rerun to resume from it.")
 
 
+STEP_MEMORY = "step_memory.json"
+
+
+def _check_image_batches(train_config, text_rows: int, mesh) -> None:
+  """Refuses micro-batching that would break `data.sampling="images"` batches.
+
+  Plain micro-batches cut the images and the texts into separate slices while
+  `image_to_text` indexes the whole batch's text rows; the gradient cache scores
+  the whole batch at once, so it is exact here too, given that the T text rows
+  split like the images do.
+  """
+  micro_batches = int(train_config.get("micro_batches", 1))
+  if micro_batches > 1 and not train_config.get("gradient_cache", False):
+    raise UsageError(f"data.sampling='images' with train.micro_batches={micro_batches} "
+                     "needs train.gradient_cache=True (plain micro-batches would score "
+                     "images against another slice's texts)")
+  shards = mesh_lib.batch_devices(mesh) * micro_batches
+  if text_rows % shards:
+    raise UsageError(f"data.sampling='images': the {text_rows} text rows of a batch "
+                     f"(min(train.batch_size, training captions)) do not divide into "
+                     f"train.micro_batches={micro_batches} × {mesh_lib.batch_devices(mesh)} "
+                     "batch shards")
+
+
+def _record_step_memory(train_step, state, batch, workdir: str) -> None:
+  """Writes XLA's memory account of the compiled step (per device) to STEP_MEMORY.
+
+  Why: CPU reports no device memory, and the batch-size table shows memory per
+  step beside recall; `temp_bytes` is the step's scratch (activations, loss
+  tiles), the same figure benchmarks/kernels.py reports. Lowered with the loop's
+  own arguments, so jit reuses this compilation for the first step.
+  """
+  analysis = train_step.lower(state, batch).compile().memory_analysis()
+  if analysis is None or jax.process_index() != 0:
+    return
+  record = {"temp_bytes": int(analysis.temp_size_in_bytes),
+            "argument_bytes": int(analysis.argument_size_in_bytes),
+            "output_bytes": int(analysis.output_size_in_bytes),
+            "images": int(batch["images"].shape[0]), "text_rows": int(batch["tokens"].shape[0])}
+  path = os.path.join(workdir, STEP_MEMORY)
+  with open(f"{path}.tmp", "w") as f:
+    json.dump(record, f)
+  os.replace(f"{path}.tmp", path)
+
+
 def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   """Trains until `config.train.steps`; returns the final state (params etc.).
 
@@ -59,8 +107,9 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   label = experiment_lib.task_label(config)
   labels = pipeline.read_labels(sources.open_split(exp.builder, "train", decode_images=False),
                                 label) if label else None
-  batches = pipeline.TrainBatches(
-      sources.open_split(exp.builder, "train"), train_index, exp.tokenizer,
+  sampling = config.data.get("sampling", "captions")
+  batches = sampling_lib.train_batches(
+      sampling, sources.open_split(exp.builder, "train"), train_index, exp.tokenizer,
       global_batch=tc.batch_size, seed=tc.seed, normalization=exp.normalization,
       max_shift=config.data.max_shift, labels=labels,
       noisy_pair_fraction=float(config.data.get("noisy_pair_fraction", 0.0)))
@@ -68,7 +117,10 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   mesh = mesh_lib.make_mesh(tc.get("mesh"))
   objective = build_objective(config.loss, model_fuses=exp.model.fusion is not None,
                               has_task=bool(exp.model.num_classes),
-                              mesh=mesh_lib.loss_mesh(mesh), data_axis=mesh_lib.LOSS_AXIS)
+                              mesh=mesh_lib.loss_mesh(mesh), data_axis=mesh_lib.LOSS_AXIS,
+                              sampling=sampling)
+  if sampling == "images":
+    _check_image_batches(tc, batches.text_rows, mesh)
 
   state = exp.init_train_state()
   checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints,
@@ -94,7 +146,10 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   try:
     with SigtermWatch() as sigterm:
       for step in range(start + 1, last + 1):
-        state, metrics = train_step(state, mesh_lib.global_batch(next(iterator), mesh))
+        batch = mesh_lib.global_batch(next(iterator), mesh)
+        if step == start + 1:
+          _record_step_memory(train_step, state, batch, workdir)
+        state, metrics = train_step(state, batch)
         if tc.get("on_nonfinite", "stop") == "stop":
           _check_finite(step, metrics)
         elif float(jax.device_get(metrics["skipped"])):
