@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from mmalign.data import pipeline
-from mmalign.data.tokenizer import TextSettings, Tokenizer
 from mmalign.errors import UsageError
 
 NUM_GROUPS = 13
@@ -30,17 +29,6 @@ def _example_ids(images: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def source():
   return _fake_source()
-
-
-@pytest.fixture(scope="module")
-def index(source):
-  return pipeline.index_split(source)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(index):
-  return Tokenizer.train(index.group_captions,
-                         TextSettings(vocab_size=48, max_length=6, model_type="bpe"))
 
 
 def _batches(source, index, tokenizer, **kwargs) -> pipeline.TrainBatches:

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from mmalign.data import pipeline, sampling
-from mmalign.data.tokenizer import TextSettings, Tokenizer
 from mmalign.errors import UsageError
 
 NUM_GROUPS, NUM_EXAMPLES = 6, 30  # 5 images per caption: batches repeat captions.
@@ -18,23 +17,14 @@ def _group_of(i: int) -> int:
 def _caption(group: int) -> str:
   return f"glyph {group} of {['ab', 'cd', 'ef', 'gh'][group % 4]}"
 
+TOKENIZER_VOCAB = 40
+
 
 @pytest.fixture(scope="module")
 def source():
   """Example i: group _group_of(i), every pixel equal to i (images name examples)."""
   return [{"image": np.full((4, 4, 1), i, np.uint8), "caption": _caption(_group_of(i)).encode(),
            "group": np.int64(_group_of(i))} for i in range(NUM_EXAMPLES)]
-
-
-@pytest.fixture(scope="module")
-def index(source):
-  return pipeline.index_split(source)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(index):
-  return Tokenizer.train(index.group_captions,
-                         TextSettings(vocab_size=40, max_length=6, model_type="bpe"))
 
 
 def _ids(images: np.ndarray) -> np.ndarray:
