@@ -142,18 +142,6 @@ class Context:
     return max(3, self.single_queries // 30)
 
 
-def batched(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray,
-            repeats: int) -> tuple[float, np.ndarray]:
-  """(queries per second, ids [q, k]) of search(queries), best of `repeats` after a warm-up."""
-  search(queries[:8])
-  best, found = np.inf, None
-  for _ in range(max(1, repeats)):
-    started = time.perf_counter()
-    found = search(queries)
-    best = min(best, time.perf_counter() - started)
-  return len(queries) / best, np.asarray(found)
-
-
 def single_p50_ms(search_one: Callable[[np.ndarray], Any], queries: np.ndarray,
                   count: int) -> float:
   """Median wall time of one-query searches (after two warm-ups), in milliseconds."""
@@ -200,7 +188,7 @@ def _numpy_top_k(gallery: np.ndarray, queries: np.ndarray, k: int,
 def run_numpy(ctx: Context) -> dict[str, Any]:
   """Exact: float32 matmul + argpartition. Its answer is the ground truth for the rest."""
   search = lambda q: _numpy_top_k(ctx.gallery, q, ctx.k)
-  qps, found = batched(search, ctx.queries, ctx.repeats)
+  qps, found = tuning.batched_qps(search, ctx.queries, ctx.repeats)
   ctx.truth = found
   p50 = single_p50_ms(lambda q: search(q[None]), ctx.queries, ctx.exact_single_queries)
   return {"kind": "exact", "build_s": 0.0, "index_bytes": ctx.gallery.nbytes,
@@ -216,7 +204,7 @@ def run_jax_tiled(ctx: Context) -> dict[str, Any]:
   points, best = [], None
   for block in ((4096,) if ctx.quick else (2048, 4096)):
     index.params["config"]["block_size"] = block
-    qps, found = batched(lambda q: index.search(q, ctx.k)[1], ctx.queries, ctx.repeats)
+    qps, found = tuning.batched_qps(lambda q: index.search(q, ctx.k)[1], ctx.queries, ctx.repeats)
     points.append(point({"block_size": block}, recall_of(ctx, found), qps))
     best = max(best or points[-1], points[-1], key=lambda p: p["qps"])
   index.params["config"]["block_size"] = best["params"]["block_size"]
@@ -231,7 +219,7 @@ def run_scann_brute_force(ctx: Context) -> dict[str, Any]:
   started = time.perf_counter()
   index = ScannIndex.build(ctx.gallery, config)
   build_s = time.perf_counter() - started
-  qps, found = batched(lambda q: index.search(q, ctx.k)[1], ctx.queries, ctx.repeats)
+  qps, found = tuning.batched_qps(lambda q: index.search(q, ctx.k)[1], ctx.queries, ctx.repeats)
   p50 = single_p50_ms(lambda q: index.search(q, ctx.k), ctx.queries, ctx.exact_single_queries)
   size = directory_bytes(index.save(os.path.join(ctx.tmp, "scann_bf")))
   return {"kind": "exact", "build_s": build_s, "index_bytes": size,
@@ -254,7 +242,7 @@ def run_scann_tree(ctx: Context) -> dict[str, Any]:
   if index.is_brute_force:
     return {**run_scann_brute_force(ctx), "kind": "approx", "note": "gallery below "
             "brute_force_below: ScaNN searches it exactly"}
-  qps, found = batched(lambda q: index.search(q, ctx.k)[1], ctx.queries, ctx.repeats)
+  qps, found = tuning.batched_qps(lambda q: index.search(q, ctx.k)[1], ctx.queries, ctx.repeats)
   tree = index.params["tree"]
   default = point({"leaves": tree["num_leaves_to_search"], "reorder": index.params["reorder"],
                    "default": True}, recall_of(ctx, found), qps)
@@ -308,7 +296,7 @@ def run_faiss_flat(ctx: Context) -> dict[str, Any]:
   index = faiss.IndexFlatIP(ctx.gallery.shape[1])
   index.add(ctx.gallery)
   build_s = time.perf_counter() - started
-  qps, found = batched(lambda q: index.search(q, ctx.k)[1], ctx.queries, ctx.repeats)
+  qps, found = tuning.batched_qps(lambda q: index.search(q, ctx.k)[1], ctx.queries, ctx.repeats)
   p50 = single_p50_ms(lambda q: index.search(q[None], ctx.k), ctx.queries,
                       ctx.exact_single_queries)
   return {"kind": "exact", "build_s": build_s, "index_bytes": _faiss_size(faiss, index, ctx.tmp),
@@ -325,7 +313,7 @@ def _sweep_peer(ctx: Context, settings: list[dict[str, Any]], apply: Callable[[d
     if group in done:
       continue
     apply(setting)
-    qps, found = batched(search, ctx.queries, ctx.repeats)
+    qps, found = tuning.batched_qps(search, ctx.queries, ctx.repeats)
     points.append(point(setting, recall_of(ctx, found), qps))
     recall = points[-1]["recall"]
     if recall >= 0.995 or recall - last.get(group, -np.inf) < 0.002:

@@ -99,17 +99,6 @@ def _embeddings(config, workdir: str, gallery: str):
           test_index.group_ids, unit(held_out))
 
 
-def _timed(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
-  """(ids [q, K], queries/s of the best of REPEATS batched runs after a warm-up)."""
-  search(queries[:8])
-  best, ids = np.inf, None
-  for _ in range(REPEATS):
-    started = time.perf_counter()
-    ids = np.asarray(search(queries))
-    best = min(best, time.perf_counter() - started)
-  return ids, len(queries) / best
-
-
 @cells.register_kind(
     "retrieval_efficiency",
     command="python launch.py --config={config} --workdir={workdir} {overrides} && "
@@ -127,7 +116,8 @@ def retrieval_efficiency(cell: cells.Cell) -> dict[str, float]:
   # pylint: enable=import-outside-toplevel
   gallery, groups, queries, query_groups, held_out = _embeddings(
       cell.config, _trained_workdir(cell), cell.params["gallery"])
-  truth, numpy_qps = _timed(lambda q: tuning.exact_neighbours(gallery, q, K), queries)
+  numpy_qps, truth = tuning.batched_qps(
+      lambda q: tuning.exact_neighbours(gallery, q, K), queries, REPEATS)
 
   def build(make):
     started = time.perf_counter()
@@ -146,7 +136,8 @@ def retrieval_efficiency(cell: cells.Cell) -> dict[str, float]:
   }
   found = {"numpy": (truth, numpy_qps, 0.0)}
   for name, (index, build_s) in indexes.items():
-    ids, qps = _timed(lambda q, index=index: index.search(q, K)[1], queries)
+    qps, ids = tuning.batched_qps(lambda q, index=index: index.search(q, K)[1], queries,
+                                  REPEATS)
     found[name] = (ids, qps, build_s)
   metrics = {"gallery_size": float(len(gallery)), "queries": float(len(queries))}
   for name, (ids, qps, build_s) in found.items():

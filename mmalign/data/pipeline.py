@@ -94,6 +94,10 @@ class TrainBatches:
   are cut into whole batches; the last partial batch of an epoch is dropped.
   """
 
+  # Row i's caption pairs with row i's image (no "image_to_text"); the objective
+  # reads this flag (mmalign/data/sampling.py's ImageBatches sets it True).
+  image_rows = False
+
   def __init__(self, source, index: SplitIndex, tokenizer: Tokenizer, *, global_batch: int,
                seed: int, normalization: ImageNormalization,
                process_index: int | None = None, process_count: int | None = None,

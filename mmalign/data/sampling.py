@@ -63,6 +63,10 @@ class ImageBatches:
     tokens         [t, length] int32, this process's slice of the text rows
   """
 
+  # Images point at text rows through "image_to_text": the objective scores them
+  # with the multi-positive `image_rows_infonce` (build_objective(image_rows=...)).
+  image_rows = True
+
   def __init__(self, source, index: pipeline.SplitIndex, tokenizer: Tokenizer, *,
                global_batch: int, seed: int, normalization: pipeline.ImageNormalization,
                process_index: int | None = None, process_count: int | None = None,

@@ -100,9 +100,6 @@ def _head_weight(loss_config, weight_key: str, switch_key: str, switched_on: boo
   return weight
 
 
-SAMPLINGS = ("captions", "images")  # data.sampling (mmalign/data/sampling.py).
-
-
 def _image_rows_alignment(loss_config, *, model_fuses: bool, has_task: bool):
   """The alignment loss of `data.sampling="images"` batches; refuses what it cannot do."""
   distributed = loss_config.get("distributed")
@@ -125,20 +122,20 @@ def _image_rows_alignment(loss_config, *, model_fuses: bool, has_task: bool):
 
 
 def build_objective(loss_config, *, model_fuses: bool, has_task: bool = False, mesh=None,
-                    data_axis: str = "data", sampling: str = "captions") -> Objective:
+                    data_axis: str = "data", image_rows: bool = False) -> Objective:
   """`mesh` (batch on `data_axis`) is needed when `loss.distributed` shards the loss.
 
   has_task: the model has a task classifier (`task.label` set); then
   `loss.task_weight` must be > 0, and batches must carry "labels".
-  sampling: `data.sampling`. With "images" the batch holds B images and T texts
-  and carries "image_to_text" [B]; the alignment is then `image_rows_infonce`.
+  image_rows: the batch holds B images and T texts and carries "image_to_text"
+  [B] (the batcher's own `image_rows`, mmalign/data/sampling.py, says so); the
+  alignment is then `image_rows_infonce`. The batcher, not this layer, owns the
+  `data.sampling` names.
   """
-  if sampling not in SAMPLINGS:
-    raise UsageError(f"unknown data.sampling {sampling!r}; allowed: {', '.join(SAMPLINGS)}")
-  image_rows = None
-  if sampling == "images":
-    image_rows = _image_rows_alignment(loss_config, model_fuses=model_fuses,
-                                       has_task=has_task)
+  image_rows_alignment = None
+  if image_rows:
+    image_rows_alignment = _image_rows_alignment(loss_config, model_fuses=model_fuses,
+                                                 has_task=has_task)
   if loss_config.get("distributed"):
     alignment = _distributed_alignment(loss_config, mesh, data_axis)
   else:
@@ -155,10 +152,10 @@ def build_objective(loss_config, *, model_fuses: bool, has_task: bool = False, m
 
   def objective(outputs: dict, batch: dict) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """outputs: the model's dict; batch: the input batch ("groups", "labels" if any)."""
-    if image_rows is not None:
-      loss = image_rows(scale_gradient(outputs["text_emb"], text_weight),  # [T, d]
-                        scale_gradient(outputs["image_emb"], image_weight),  # [B, d]
-                        outputs["scale"], batch["image_to_text"])
+    if image_rows_alignment is not None:
+      loss = image_rows_alignment(scale_gradient(outputs["text_emb"], text_weight),  # [T, d]
+                                  scale_gradient(outputs["image_emb"], image_weight),  # [B, d]
+                                  outputs["scale"], batch["image_to_text"])
     else:
       loss = alignment(scale_gradient(outputs["text_emb"], text_weight),
                        scale_gradient(outputs["image_emb"], image_weight), outputs["scale"],

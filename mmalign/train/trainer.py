@@ -118,8 +118,8 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   objective = build_objective(config.loss, model_fuses=exp.model.fusion is not None,
                               has_task=bool(exp.model.num_classes),
                               mesh=mesh_lib.loss_mesh(mesh), data_axis=mesh_lib.LOSS_AXIS,
-                              sampling=sampling)
-  if sampling == "images":
+                              image_rows=batches.image_rows)
+  if batches.image_rows:
     _check_image_batches(tc, batches.text_rows, mesh)
 
   state = exp.init_train_state()

@@ -168,3 +168,9 @@ def test_captions_sampling_is_train_batches_unchanged(source, index, tokenizer):
     assert sorted(a) == ["groups", "images", "tokens"]  # No image_to_text.
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_every_batcher_says_whether_images_point_at_text_rows():
+  """The trainer hands `image_rows` to build_objective; a batcher without it cannot train."""
+  flags = {name: sampling.SAMPLINGS.get(name).image_rows for name in sampling.SAMPLINGS.names()}
+  assert flags == {"captions": False, "images": True}

@@ -1,4 +1,4 @@
-"""The objective of data.sampling="images" batches (images as rows, multi-positive texts)
+"""The objective of data.image_rows=True batches (images as rows, multi-positive texts)
 against the definition in float64 numpy, its gradient by finite differences."""
 
 import jax
@@ -43,7 +43,7 @@ def reference_loss(text, image, scale, image_to_text) -> float:
 
 
 def _objective_value_and_grads(config, text, image, scale):
-  objective = build_objective(config, model_fuses=False, sampling="images")
+  objective = build_objective(config, model_fuses=False, image_rows=True)
   batch = {"image_to_text": jnp.asarray(IMAGE_TO_TEXT)}
 
   def loss_of(t, i, s):
@@ -86,7 +86,7 @@ def test_one_image_per_text_is_the_symmetric_infonce():
   text = jnp.asarray(rng.normal(size=(5, D)), jnp.float32)
   image = jnp.asarray(rng.normal(size=(5, D)), jnp.float32)
   image_to_text = np.array([3, 0, 4, 1, 2], np.int32)  # A permutation.
-  objective = build_objective(_config("xla_chunked"), model_fuses=False, sampling="images")
+  objective = build_objective(_config("xla_chunked"), model_fuses=False, image_rows=True)
   loss, _ = objective({"text_emb": text, "image_emb": image, "scale": jnp.float32(2.0)},
                       {"image_to_text": jnp.asarray(image_to_text)})
   expected = symmetric_infonce(text[image_to_text], image, jnp.float32(2.0))
@@ -110,7 +110,7 @@ def test_captions_sampling_is_the_default_objective_bit_for_bit():
              "scale": jnp.float32(2.0)}
   default, _ = build_objective(_config("xla_chunked"), model_fuses=False)(outputs, {})
   captions, _ = build_objective(_config("xla_chunked"), model_fuses=False,
-                                sampling="captions")(outputs, {})
+                                image_rows=False)(outputs, {})
   direct = symmetric_infonce(outputs["text_emb"], outputs["image_emb"], outputs["scale"],
                              impl="xla_chunked", block_kwargs={"block_size": 3})
   assert float(default) == float(captions) == float(direct)
@@ -126,10 +126,6 @@ def test_unsupported_combinations_name_their_config_keys(change, kwargs, match):
   config = _config()
   config.update(change)
   with pytest.raises(UsageError, match=match) as error:
-    build_objective(config, **{"model_fuses": False, **kwargs}, sampling="images")
+    build_objective(config, **{"model_fuses": False, **kwargs}, image_rows=True)
   assert "data.sampling='images'" in str(error.value)
 
-
-def test_unknown_sampling_is_named():
-  with pytest.raises(UsageError, match="data.sampling"):
-    build_objective(_config(), model_fuses=False, sampling="pixels")

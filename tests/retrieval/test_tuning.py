@@ -90,3 +90,19 @@ def test_leaf_ladder():
   ladder = tuning.leaf_ladder(1000)
   assert ladder[0] == 1 and ladder[-1] == 1000 and ladder == sorted(set(ladder))
   assert len(ladder) >= 10
+
+
+def test_batched_qps_warms_up_then_keeps_the_fastest_run(monkeypatch):
+  """Timing is faked: runs take 4, 2 and 3 s, so QPS must be 100 queries / 2 s."""
+  ticks = iter([0.0, 4.0, 10.0, 12.0, 20.0, 23.0])
+  monkeypatch.setattr(tuning.time, "perf_counter", lambda: next(ticks))
+  calls = []
+
+  def search(queries):
+    calls.append(len(queries))
+    return [[row] for row in range(len(queries))]
+
+  qps, found = tuning.batched_qps(search, np.zeros((100, 4), np.float32), repeats=3)
+  assert calls == [8, 100, 100, 100]
+  assert qps == pytest.approx(50.0)
+  assert isinstance(found, np.ndarray) and found.shape == (100, 1)

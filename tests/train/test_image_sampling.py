@@ -39,7 +39,7 @@ def _image_batch() -> dict:
 def _gradients(how: str):
   model, _, params, model_state = tiny_model.setup("infonce")
   objective = build_objective(tiny_model.config("infonce").loss, model_fuses=False,
-                              sampling="images")
+                              image_rows=True)
   fn = {"full": accumulation.full_batch,
         "cache": functools.partial(accumulation.gradient_cache, micro_batches=MICRO)}[how]
   forward = step_lib.train_forward(model)
