@@ -5,6 +5,8 @@ Panels are chosen by name (spec.Panel.kind) from PANELS:
   curves  a line per column against the rows' `x` (e.g. noisy-pair fraction), or,
           when the columns carry `x` (e.g. missing-modality rate), a line per row
           against the columns' x. The band is mean ± std over seeds.
+  scatter one labelled point per table row at (first column, second column), with
+          ± std error bars both ways: a trade-off such as recall against queries/s.
 matplotlib's object API with Agg, as in mmalign/plots.py: no pyplot state.
 """
 
@@ -68,7 +70,23 @@ def curves(axes, section: dict, panel: dict) -> None:
   axes.legend(fontsize=7)
 
 
-PANELS: dict[str, Callable[[object, dict, dict], None]] = {"bars": bars, "curves": curves}
+def scatter(axes, section: dict, panel: dict) -> None:
+  columns = _labels(section)
+  x_key, y_key = panel["columns"]
+  for row in section["rows"]:
+    (x, x_std), (y, y_std) = _stat(row, x_key), _stat(row, y_key)
+    axes.errorbar([x], [y], xerr=[x_std], yerr=[y_std], marker="o", capsize=2,
+                  linestyle="none", label=row["name"])
+  if not panel["xlabel"]:
+    axes.set_xlabel(columns[x_key]["label"])
+  if not panel["ylabel"]:
+    axes.set_ylabel(columns[y_key]["label"])
+  axes.grid(alpha=0.3, which="both")
+  axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=2)
+
+
+PANELS: dict[str, Callable[[object, dict, dict], None]] = {
+    "bars": bars, "curves": curves, "scatter": scatter}
 
 
 def plot_report(report: dict, path: str) -> None:
@@ -88,8 +106,10 @@ def plot_report(report: dict, path: str) -> None:
       PANELS[panel["kind"]](axes, section, panel)
       if panel["ylim"] is not None:
         axes.set_ylim(*panel["ylim"])
-      axes.set_xlabel(panel["xlabel"])
-      axes.set_ylabel(panel["ylabel"])
+      if panel["xlabel"]:
+        axes.set_xlabel(panel["xlabel"])
+      if panel["ylabel"]:
+        axes.set_ylabel(panel["ylabel"])
       axes.set_title(panel["title"] or section["title"], fontsize=9)
   seeds = len(report["seeds"])
   figure.suptitle(f"{report['title']} ({seeds} seed{'s' * (seeds > 1)}; band/bar: ± std)",

@@ -172,8 +172,9 @@ def sections(quick: bool) -> list[Section]:
           notes=("One trained model per seed; every row searches the same embeddings. "
                  "Recall is against the numpy exact search, counting ties with the "
                  f"{K}th neighbour; t→i R@{K} is the task metric through each search."),
-          panels=(Panel("bars", ("queries_per_s",), f"{model}, {what}: queries/s",
-                        ylabel="queries / s", ylim=None),)))
+          panels=(Panel("scatter", ("queries_per_s", "recall_vs_exact"),
+                        f"{model}, {what}: recall against speed", xscale="log",
+                        ylim=None),)))
   return out
 
 

@@ -63,7 +63,7 @@ class Column:
 @dataclasses.dataclass(frozen=True)
 class Panel:
   """One plot of a section: `kind` is a key of plots.PANELS."""
-  kind: str  # "bars" | "curves"
+  kind: str  # "bars" | "curves" | "scatter" (columns: (x, y))
   columns: tuple[str, ...]
   title: str = ""
   xlabel: str = ""
