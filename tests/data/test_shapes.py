@@ -1,5 +1,6 @@
 """The shapes builder: scenes, captions, labels, groups and the built splits."""
 
+import dataclasses
 import socket
 
 import numpy as np
@@ -62,11 +63,17 @@ def test_scenes_are_a_function_of_seed_and_index():
                                 shapes.render_scene(shapes.sample_scene(0, 7)))
 
 
-def test_mirrored_captions_share_group_and_split():
+def _red_circle_and_blue_square():
+  """Two things and a geometry for hand-built scenes: (a, b, Scene keyword arguments)."""
   a = shapes.Thing("circle", "red", "small")
   b = shapes.Thing("square", "blue", "large")
   geometry = dict(centres=((10.0, 10.0), (40.0, 40.0)), extents=(12.0, 24.0),
                   rgbs=((215, 35, 35), (35, 85, 215)))
+  return a, b, geometry
+
+
+def test_mirrored_captions_share_group_and_split():
+  a, b, geometry = _red_circle_and_blue_square()
   above = shapes.Scene((a, b), "above", **geometry)
   below = shapes.Scene((b, a), "below", **geometry)
   left = shapes.Scene((a, b), "left of", **geometry)
@@ -142,3 +149,60 @@ def test_build_is_deterministic(built, tmp_path):
       assert a["caption"] == b["caption"] and a["group"] == b["group"]
       assert all(a[key] == b[key] for key in LABELS)
       np.testing.assert_array_equal(a["image"], b["image"])
+
+
+# -------------------------------------------------------- colourless captions
+
+
+@pytest.fixture(scope="module")
+def colourless(tmp_path_factory):
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(socket.socket, "connect", _no_network)
+    patch.setattr(socket, "getaddrinfo", _no_network)
+    builder = sources.get_builder("shapes", "tiny_colourless",
+                                  str(tmp_path_factory.mktemp("tfds_colourless")))
+    sources.ensure_built(builder)
+  return builder
+
+
+def test_colourless_wording_drops_only_the_colour_words():
+  a, b, geometry = _red_circle_and_blue_square()
+  below = shapes.Scene((b, a), "below", **geometry)
+  assert below.wording(colours=False) == "a large square below a small circle"
+  assert below.canonical_wording(colours=False) == "a small circle above a large square"
+  recoloured = shapes.Scene((dataclasses.replace(b, color="green"), a), "below", **geometry)
+  assert recoloured.group_of(colours=False) == below.group_of(colours=False)
+  assert recoloured.group != below.group
+
+
+def test_colourless_scenes_single_out_the_first_shape():
+  """Two things never share both shape and size, so the caption picks one of them."""
+  two = [s for s in (shapes.sample_scene(0, i, colours=False) for i in range(2000))
+         if len(s.things) == 2]
+  assert len(two) > 1000
+  assert all((s.things[0].shape, s.things[0].size) != (s.things[1].shape, s.things[1].size)
+             for s in two)
+  # The default (coloured) scenes are untouched by the option.
+  assert shapes.sample_scene(0, 5) == shapes.sample_scene(0, 5, colours=True)
+
+
+def test_colourless_build_keeps_colour_labels_but_no_colour_words(colourless):
+  counts = {split: colourless.info.splits[split].num_examples for split in SPLITS}
+  assert sum(counts.values()) == TINY_SCENES and all(counts.values()), counts
+  colour_words = set(shapes.COLORS)
+  seen = {}
+  for split in SPLITS:
+    examples = _read(colourless, split, decode_images=False)
+    captions = {ex["caption"].decode() for ex in examples}
+    assert not any(colour_words & set(c.split()) for c in captions), split
+    for ex in examples:
+      scene_caption = _caption_from_labels(colourless, ex)
+      assert ex["caption"].decode() == " ".join(
+          w for w in scene_caption.split() if w not in colour_words)
+    groups = {ex["group"] for ex in examples}
+    for other, (other_captions, other_groups) in seen.items():
+      assert not captions & other_captions and not groups & other_groups, (split, other)
+    seen[split] = (captions, groups)
+  train = _read(colourless, "train", decode_images=False)
+  color1 = colourless.info.features["color1"]
+  assert {color1.int2str(ex["color1"]) for ex in train} == colour_words

@@ -9,6 +9,14 @@ and its index, so a build is the same on every machine.
 Splits are by the scene's caption, so attribute combinations of the held-out
 splits never appear in training. "A above B" and "B below A" describe the same
 scenes, so they count as one caption: they share a group and a split.
+
+The `*_colourless` configs draw the same kind of scenes but leave the colours out
+of the captions ("a small circle above a large square") while still storing
+them as labels. There the colour of the first-named shape needs both modalities:
+only the caption says which shape is first, only the pixels show its colour
+(the fusion table's second section, experiments/tables/fusion.py). Groups and
+splits follow the colourless wording, and the two shapes of a scene always
+differ in shape or size, so the caption always singles one out.
 """
 
 from __future__ import annotations
@@ -57,8 +65,12 @@ class Thing:
   color: str
   size: str
 
-  def words(self) -> str:
-    return f"{self.size} {self.color} {self.shape}"
+  def words(self, colour: bool = True) -> str:
+    return f"{self.size} {self.color} {self.shape}" if colour else f"{self.size} {self.shape}"
+
+  def described(self, colour: bool) -> Thing:
+    """What a caption tells of this thing: without colour words, its colour is NONE."""
+    return self if colour else dataclasses.replace(self, color=NONE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +83,14 @@ class Scene:
 
   @property
   def caption(self) -> str:
+    return self.wording(colours=True)
+
+  def wording(self, colours: bool) -> str:
+    """The caption, with or without the colour words."""
     if len(self.things) == 1:
-      return f"a {self.things[0].words()}"
-    return f"a {self.things[0].words()} {self.relation} a {self.things[1].words()}"
+      return f"a {self.things[0].words(colours)}"
+    return (f"a {self.things[0].words(colours)} {self.relation} "
+            f"a {self.things[1].words(colours)}")
 
   def canonical(self) -> tuple[tuple[Thing, ...], str]:
     """The things and relation in the one wording kept of "A below B" /
@@ -84,16 +101,23 @@ class Scene:
 
   @property
   def canonical_caption(self) -> str:
+    return self.canonical_wording(colours=True)
+
+  def canonical_wording(self, colours: bool) -> str:
     things, relation = self.canonical()
-    return dataclasses.replace(self, things=things, relation=relation).caption
+    return dataclasses.replace(self, things=things, relation=relation).wording(colours)
 
   @property
   def group(self) -> int:
-    """Mixed-radix code of the canonical labels; one per canonical caption."""
+    return self.group_of(colours=True)
+
+  def group_of(self, colours: bool) -> int:
+    """Mixed-radix code of the canonical labels the wording names; one per canonical
+    caption (colours count as NONE when the wording leaves them out)."""
     things, relation = self.canonical()
     code = 0
     for i in range(2):
-      thing = things[i] if i < len(things) else Thing(NONE, NONE, NONE)
+      thing = things[i].described(colours) if i < len(things) else Thing(NONE, NONE, NONE)
       for names, value in ((SHAPE_NAMES, thing.shape), (COLOR_NAMES, thing.color),
                            (SIZE_NAMES, thing.size)):
         code = code * len(names) + names.index(value)
@@ -139,16 +163,20 @@ def _place_two(rng: np.random.Generator, relation: str,
   return pair
 
 
-def sample_scene(seed: int, index: int) -> Scene:
+def sample_scene(seed: int, index: int, colours: bool = True) -> Scene:
   """The scene numbered `index`: a function of (seed, index) only, so any
-  example can be regenerated on its own and splits can be drawn in any order."""
+  example can be regenerated on its own and splits can be drawn in any order.
+
+  colours: whether captions will name colours; without them, the two things must
+  differ in shape or size (else "left of" and "right of" would both be true).
+  """
   rng = np.random.default_rng([seed, index])
   if rng.random() < P_ONE_SHAPE:
     things, relation = (_random_thing(rng),), NONE
   else:
     first = _random_thing(rng)
     second = _random_thing(rng)
-    while second == first:  # Two identical things make "left of" and "right of" both true.
+    while second.described(colours) == first.described(colours):  # See the docstring.
       second = _random_thing(rng)
     things, relation = (first, second), RELATIONS[rng.integers(len(RELATIONS))]
   extents = tuple(_extent(rng, thing) for thing in things)
@@ -210,6 +238,7 @@ def labels_of(scene: Scene) -> dict[str, str | int]:
 class ShapesConfig(tfds.core.BuilderConfig):
   num_scenes: int = 20_000  # Over all splits together.
   seed: int = 0
+  caption_colours: bool = True  # False: the *_colourless wording (module docstring).
 
 
 @register_dataset("shapes")
@@ -221,6 +250,10 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       ShapesConfig(name="tiny", description="300 scenes.", num_scenes=300),
       ShapesConfig(name="full", description="20,000 scenes.", num_scenes=20_000),
+      ShapesConfig(name="tiny_colourless", description="300 scenes, no colour words.",
+                   num_scenes=300, caption_colours=False),
+      ShapesConfig(name="full_colourless", description="20,000 scenes, no colour words.",
+                   num_scenes=20_000, caption_colours=False),
   ]
   DEFAULT_CONFIG_NAME = "tiny"
 
@@ -250,11 +283,12 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str) -> Iterator[tuple[str, dict]]:
     config: ShapesConfig = self.builder_config
+    colours = config.caption_colours
     for index in range(config.num_scenes):
-      scene = sample_scene(config.seed, index)
-      if split_of(scene.canonical_caption) != split:
+      scene = sample_scene(config.seed, index, colours)
+      if split_of(scene.canonical_wording(colours)) != split:
         continue
       yield f"{index:06d}", {
-          "image": png_bytes(render_scene(scene)), "caption": scene.caption,
-          "group": scene.group, **labels_of(scene),
+          "image": png_bytes(render_scene(scene)), "caption": scene.wording(colours),
+          "group": scene.group_of(colours), **labels_of(scene),
       }
