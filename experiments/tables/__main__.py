@@ -6,8 +6,9 @@
 
 Writes <out_dir>/results.md, results.json and <table>.png; the default out_dir is
 experiments/results/<table>/ (experiments/results/quick/<table>/ with --quick).
-Finished cells are cached under --workdir_root (see runner.py), so a rerun only
-computes what changed; a failed cell is reported, the others are kept, and the
+Finished cells are cached under --workdir_root (see runner.py), and cells the cache
+lacks are read from the out_dir's committed results.json when their key is unchanged,
+so a rerun (in a fresh clone too) only computes what changed; a failed cell is reported, the others are kept, and the
 exit status is 1.
 """
 
@@ -28,11 +29,11 @@ def out_dir_for(table: str, quick: bool) -> str:
 def run_table(table: spec.Table, settings: runner.Settings, *, command: str,
               out_dir: str | None = None) -> tuple[dict | None, dict[str, str]]:
   """(report or None for a dry run, errors by cell key): runs what is missing, writes it."""
+  out_dir = out_dir or out_dir_for(table.name, settings.quick)
   plan = runner.plan(table, settings)
   records, errors = runner.run_missing(plan, settings)
   if settings.dry_run:
     return None, errors
-  out_dir = out_dir or out_dir_for(table.name, settings.quick)
   summary = runner.summarize(plan, records, command=command, failed=errors)
   png = f"{table.name}.png"
   markdown = report.format_markdown(summary, png)
@@ -55,6 +56,9 @@ def _define_flags():
   flags.DEFINE_list("sections", [], "Run only these sections; the others are read from the "
                     "cache (to split a table across sessions).")
   flags.DEFINE_boolean("dry_run", False, "List the cells to run; run and write nothing.")
+  flags.DEFINE_boolean("reuse_results", True, "Read cells the cache lacks from the "
+                       "out_dir's results.json when their key is unchanged (a fresh clone "
+                       "has no cache); --noreuse_results recomputes them.")
 
 
 def main(argv):
@@ -68,13 +72,16 @@ def main(argv):
       raise UsageError("name a table: python -m experiments.tables <table>; tables: "
                        f"{', '.join(TABLES.names())}")
     table = TABLES.get(argv[1])
+    out_dir = f.out_dir or out_dir_for(table.name, f.quick)
+    previous = os.path.join(out_dir, "results.json") if f.reuse_results else None
     settings = runner.Settings(workdir_root=f.workdir_root, quick=f.quick, seeds=f.seeds,
                                parallel=f.parallel, data_dir=f.data_dir,
-                               sections=tuple(f.sections), dry_run=f.dry_run)
+                               sections=tuple(f.sections), dry_run=f.dry_run,
+                               previous_results=previous)
     if table.full_run_estimate and not settings.quick:
       print(f"{table.name}: a full run from scratch takes {table.full_run_estimate} on 2 "
             "CPU cores")
-    summary, errors = run_table(table, settings, command=command, out_dir=f.out_dir)
+    summary, errors = run_table(table, settings, command=command, out_dir=out_dir)
     if errors:
       print(f"error: {len(errors)} cell(s) failed: {'; '.join(summary['failed'])}",
             file=sys.stderr)

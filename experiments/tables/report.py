@@ -83,6 +83,17 @@ def _duration(seconds: float) -> str:
   return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
+def _reused_note(reused: dict | None) -> str:
+  """Says which cells came from an earlier run's results.json rather than this run."""
+  if not reused or not reused["cells"]:
+    return ""
+  note = (f" {reused['cells']} cells were read from the results.json of an earlier run "
+          f"(same cell keys; run on {', '.join(reused['dates'])})")
+  if reused["unrecorded_seconds"]:
+    note += f"; the compute of {reused['unrecorded_seconds']} of them was not recorded"
+  return note + "."
+
+
 def format_markdown(report: dict, png_name: str) -> str:
   seeds = report["seeds"]
   lines = [f"# {report['title']}" + (" (quick: tiny data, a few steps)" if report["quick"]
@@ -91,7 +102,8 @@ def format_markdown(report: dict, png_name: str) -> str:
            f"{report['date']}, JAX {report['jax_version']}; seeds "
            f"{', '.join(map(str, seeds))} (`config.train.seed`); mean ± sample std over "
            f"seeds, best mean of a column in bold; {MISSING}: not computed. "
-           f"Compute: {_duration(report['cell_seconds'])} over the cells.", ""]
+           f"Compute: {_duration(report['cell_seconds'])} over the cells."
+           + _reused_note(report.get("reused")), ""]
   if report["failed"]:
     lines += ["**Failed cells:** " + "; ".join(report["failed"]), ""]
   for section in report["sections"]:

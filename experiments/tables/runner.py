@@ -14,9 +14,13 @@ run. A finished cell leaves
 
 so a rerun only computes cells whose recipe changed, an interrupted cell resumes
 from its checkpoint, and a cell another table already computed (same key in a
-sibling folder) is reused as is. That is also what makes splitting a long table
-across sessions safe (`--sections`); two processes must not run the same cell at
-once, though (they would share its workdir).
+sibling folder) is reused as is. The cache is git-ignored, so a fresh clone starts
+without it; the table's committed results.json stands in for it: it names each
+(row, seed)'s cell key and keeps its shown metrics, seconds and date, so a cell
+whose key is still the same is read from there instead of being trained again
+(`previous_records`). Together they make splitting a long table across sessions
+and clones safe (`--sections`); two processes must not run the same cell at once,
+though (they would share its workdir).
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ class Settings:
   parallel: int = 1
   data_dir: str | None = None  # Overrides config.data.data_dir; not part of the cell key.
   sections: tuple[str, ...] = ()  # Only these run; the others come from the cache or stay "—".
+  # A results.json written earlier: cells the cache lacks are read from it when their key
+  # still matches (see previous_records). None: the cache only.
+  previous_results: str | None = None
   dry_run: bool = False  # List the cells and whether they are cached; run nothing.
 
 
@@ -176,6 +183,38 @@ def cached_result(workdir_root: str, table: str, key: str) -> dict | None:
   return None
 
 
+def previous_records(path: str | None) -> dict[str, dict]:
+  """Records by key rebuilt from an earlier report's results.json; {} if there is none.
+
+  The report keeps, per row and seed, the cell key and the metrics the row shows
+  (after its view), so a rebuilt record is marked `shown` (summarize does not apply
+  the view twice). Rows sharing a key contribute the union of their metrics. Reports
+  written before seconds and dates were kept per cell give seconds None and the
+  report's date.
+  """
+  if not path or not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      report = json.load(f)
+  except (OSError, json.JSONDecodeError) as error:
+    raise UsageError(f"previous results {path}: not readable as JSON ({error}); move it "
+                     "away to run without it") from error
+  records: dict[str, dict] = {}
+  for section in report.get("sections", []):
+    for row in section.get("rows", []):
+      for seed, key in row.get("cells", {}).items():
+        shown = row.get("per_seed", {}).get(seed)
+        if shown is None:
+          continue  # That cell was not computed for the earlier report either.
+        record = records.setdefault(key, {
+            "key": key, "seed": int(seed), "metrics": {}, "shown": True,
+            "seconds": row.get("seconds", {}).get(seed),
+            "date": row.get("dates", {}).get(seed, report.get("date")), "previous": path})
+        record["metrics"].update(shown)
+  return records
+
+
 def _write_json(path: str, data: dict) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}"
@@ -215,17 +254,23 @@ def _describe(plan_: Plan, key: str) -> str:
 def run_missing(plan_: Plan, settings: Settings) -> tuple[dict[str, dict], dict[str, str]]:
   """(records by key, errors by key): cached cells read, missing runnable ones computed.
 
-  A failing cell is reported and skipped, so one bad config does not cost the
-  others; the caller decides the exit status.
+  A cell missing from the cache is read from settings.previous_results when its key
+  is there, and computed otherwise (if its section is selected). A failing cell is
+  reported and skipped, so one bad config does not cost the others; the caller
+  decides the exit status.
   """
-  records, errors, todo = {}, {}, []
+  previous = previous_records(settings.previous_results)
+  records, errors, todo, reused = {}, {}, [], 0
   for key, cell in plan_.cells.items():
     record = cached_result(settings.workdir_root, plan_.table.name, key)
+    if record is None and key in previous:
+      record, reused = previous[key], reused + 1
     if record is not None:
       records[key] = record
     elif key in plan_.runnable:
       todo.append(cell)
-  say(f"{plan_.table.name}: {len(plan_.cells)} cells, {len(records)} cached, "
+  say(f"{plan_.table.name}: {len(plan_.cells)} cells, {len(records) - reused} cached, "
+      f"{reused} from {settings.previous_results}, " * bool(reused) +
       f"{len(todo)} to run" + (f" in {settings.parallel} processes" if todo and
                               settings.parallel > 1 else ""))
   for cell in todo:
@@ -286,18 +331,20 @@ def summarize(plan_: Plan, records: dict[str, dict], *, command: str,
     column_keys = [c.key for c in section.columns]
     rows = []
     for index, row in enumerate(section.rows):
-      per_seed, keys = {}, {}
+      per_seed, keys, seconds, dates = {}, {}, {}, {}
       for seed in plan_.seeds:
         key = plan_.keys[(section.name, index, seed)]
         keys[str(seed)] = key
         if key in records:
-          metrics = records[key]["metrics"]
-          shown = row.view(metrics) if row.view else metrics
+          record = records[key]
+          metrics = record["metrics"]
+          shown = row.view(metrics) if row.view and not record.get("shown") else metrics
           per_seed[str(seed)] = {k: shown.get(k) for k in column_keys}
+          seconds[str(seed)], dates[str(seed)] = record.get("seconds"), record.get("date")
       rows.append({
           "name": row.name, "kind": row.kind, "x": row.x,
           "overrides": spec.format_overrides(row.overrides), "cells": keys,
-          "per_seed": per_seed,
+          "per_seed": per_seed, "seconds": seconds, "dates": dates,
           "stats": {k: mean_std(m[k] for m in per_seed.values()) for k in column_keys}})
     kinds = sorted({row.kind for row in section.rows})
     sections.append({
@@ -314,5 +361,12 @@ def summarize(plan_: Plan, records: dict[str, dict], *, command: str,
           "seeds": plan_.seeds,
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
           "jax_version": importlib.metadata.version("jax"),
-          "cell_seconds": sum(r.get("seconds", 0.0) for r in records.values()),
+          "cell_seconds": sum(r.get("seconds") or 0.0 for r in records.values()),
+          # Cells read from an earlier results.json: how many, whose compute went
+          # unrecorded (reports before per-cell seconds), and the dates they ran.
+          "reused": {"cells": sum(1 for r in records.values() if r.get("previous")),
+                     "unrecorded_seconds": sum(1 for r in records.values()
+                                               if r.get("seconds") is None),
+                     "dates": sorted({str(r.get("date"))[:10] for r in records.values()
+                                      if r.get("previous")})},
           "failed": sorted(_describe(plan_, k) for k in failed), "sections": sections}

@@ -258,3 +258,67 @@ def test_cli_rejects_an_unknown_table():
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert "unknown table 'nope'" in result.stderr and "objectives" in result.stderr
+
+
+def _doubled(metrics):
+  """A view that breaks if applied twice: it derives a column from a raw metric."""
+  return {**metrics, "score": None if "rank" not in metrics else metrics["score"] * 2}
+
+
+def test_a_fresh_clone_reads_unchanged_cells_from_the_committed_results(tmp_path):
+  """The cache is git-ignored; the committed results.json stands in for it, per cell key."""
+  def table(lr, view=_doubled):
+    columns = (spec.Column("score", "score", fmt="float3"),)
+
+    def sections(quick):
+      rows = (spec.Row("a", {"loss.name": "infonce"}, kind="fake", view=view),
+              spec.Row("b", {"loss.name": "sigmoid", "train.learning_rate": lr}, kind="fake"))
+      return [spec.Section("main", "Main", spec.Base(TINY, {}), rows, columns)]
+    return spec.Table("fake_reuse", "A fake table", sections, seeds=2)
+
+  out = tmp_path / "out"
+  first, _ = tables_main.run_table(table(1e-3), runner.Settings(
+      workdir_root=str(tmp_path / "session1")), command="c", out_dir=str(out))
+  previous = str(out / "results.json")
+  # A new session without the cache: row a is read back, row b changed and is rerun.
+  settings = runner.Settings(workdir_root=str(tmp_path / "session2"), previous_results=previous)
+  plan = runner.plan(table(2e-3), settings)
+  CALLS.clear()
+  records, errors = runner.run_missing(plan, settings)
+  assert not errors and len(records) == 4
+  assert sorted(CALLS) == sorted(plan.keys[("main", 1, s)] for s in (0, 1))
+  second = runner.summarize(plan, records, command="c")
+  row_a_before, row_a_after = first["sections"][0]["rows"][0], second["sections"][0]["rows"][0]
+  # The view ran once (score doubled, not quadrupled), and seconds and dates came along.
+  assert row_a_after["per_seed"] == row_a_before["per_seed"]
+  tiny_lr = spec.load_config(TINY).train.learning_rate
+  assert row_a_after["per_seed"]["1"]["score"] == pytest.approx((tiny_lr * 100 + 1) * 2)
+  assert row_a_after["seconds"] == row_a_before["seconds"]
+  assert row_a_after["dates"] == row_a_before["dates"]
+  assert second["reused"]["cells"] == 2 and second["reused"]["unrecorded_seconds"] == 0
+  assert second["cell_seconds"] == pytest.approx(sum(
+      s for r in second["sections"][0]["rows"] for s in r["seconds"].values()))
+  assert "2 cells were read from the results.json of an earlier run" in (
+      report.format_markdown(second, "x.png"))
+  # Without previous results, the same session would train row a again.
+  plan = runner.plan(table(2e-3), runner.Settings(workdir_root=str(tmp_path / "session3")))
+  CALLS.clear()
+  runner.run_missing(plan, runner.Settings(workdir_root=str(tmp_path / "session3")))
+  assert len(CALLS) == 4
+
+
+def test_previous_results_of_older_reports_and_broken_files(tmp_path):
+  legacy = {"date": "2026-11-29 15:57 UTC", "sections": [{"rows": [
+      {"cells": {"0": "k0", "1": "k1"}, "per_seed": {"0": {"score": 0.5}}},
+      {"cells": {"0": "k0"}, "per_seed": {"0": {"rank": 3.0}}}]}]}
+  path = tmp_path / "results.json"
+  path.write_text(json.dumps(legacy))
+  records = runner.previous_records(str(path))
+  # k1 was never computed; k0's two rows merge; no per-cell seconds in older reports.
+  assert list(records) == ["k0"]
+  assert records["k0"]["metrics"] == {"score": 0.5, "rank": 3.0} and records["k0"]["shown"]
+  assert records["k0"]["seconds"] is None and records["k0"]["date"].startswith("2026-11-29")
+  assert runner.previous_records(str(tmp_path / "absent.json")) == {}
+  path.write_text("{not json")
+  with pytest.raises(UsageError, match="results.json"):
+    runner.previous_records(str(path))
