@@ -187,8 +187,9 @@ def previous_records(path: str | None) -> dict[str, dict]:
   """Records by key rebuilt from an earlier report's results.json; {} if there is none.
 
   The report keeps, per row and seed, the cell key and the metrics the row shows
-  (after its view), so a rebuilt record is marked `shown` (summarize does not apply
-  the view twice). Rows sharing a key contribute the union of their metrics. Reports
+  (after its view), so a rebuilt record is marked `shown` and keeps them per row
+  name (`shown_by_row`): rows sharing a key may show different views of one run
+  (text only / image only), and summarize must not apply a view twice. Reports
   written before seconds and dates were kept per cell give seconds None and the
   report's date.
   """
@@ -208,10 +209,11 @@ def previous_records(path: str | None) -> dict[str, dict]:
         if shown is None:
           continue  # That cell was not computed for the earlier report either.
         record = records.setdefault(key, {
-            "key": key, "seed": int(seed), "metrics": {}, "shown": True,
+            "key": key, "seed": int(seed), "metrics": {}, "shown": True, "shown_by_row": {},
             "seconds": row.get("seconds", {}).get(seed),
             "date": row.get("dates", {}).get(seed, report.get("date")), "previous": path})
         record["metrics"].update(shown)
+        record["shown_by_row"][f"{section.get('name')}/{row.get('name')}"] = shown
   return records
 
 
@@ -323,6 +325,22 @@ def mean_std(values: Iterable[float]) -> dict:
   return {"mean": float(values.mean()), "std": std, "n": int(values.size)}
 
 
+def _shown(record: dict, section: str, row: spec.Row) -> dict | None:
+  """The metrics a row shows for one cell record; None if a reused record cannot say.
+
+  A fresh record holds the run's metrics and gets the row's view. A record read back
+  from an earlier report already holds shown metrics, per row: a row it does not
+  name is served only when a single row showed that cell (no other view to mix up).
+  """
+  if not record.get("shown"):
+    return row.view(record["metrics"]) if row.view else record["metrics"]
+  by_row = record.get("shown_by_row", {})
+  name = f"{section}/{row.name}"
+  if name in by_row:
+    return by_row[name]
+  return next(iter(by_row.values())) if len(by_row) == 1 else None
+
+
 def summarize(plan_: Plan, records: dict[str, dict], *, command: str,
               failed: Iterable[str] = ()) -> dict:
   """The report: per section and row, each seed's shown metrics and their mean ± std."""
@@ -337,8 +355,9 @@ def summarize(plan_: Plan, records: dict[str, dict], *, command: str,
         keys[str(seed)] = key
         if key in records:
           record = records[key]
-          metrics = record["metrics"]
-          shown = row.view(metrics) if row.view and not record.get("shown") else metrics
+          shown = _shown(record, section.name, row)
+          if shown is None:
+            continue
           per_seed[str(seed)] = {k: shown.get(k) for k in column_keys}
           seconds[str(seed)], dates[str(seed)] = record.get("seconds"), record.get("date")
       rows.append({

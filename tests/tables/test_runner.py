@@ -308,15 +308,18 @@ def test_a_fresh_clone_reads_unchanged_cells_from_the_committed_results(tmp_path
 
 
 def test_previous_results_of_older_reports_and_broken_files(tmp_path):
-  legacy = {"date": "2026-11-29 15:57 UTC", "sections": [{"rows": [
-      {"cells": {"0": "k0", "1": "k1"}, "per_seed": {"0": {"score": 0.5}}},
-      {"cells": {"0": "k0"}, "per_seed": {"0": {"rank": 3.0}}}]}]}
+  legacy = {"date": "2026-11-29 15:57 UTC", "sections": [{"name": "s", "rows": [
+      {"name": "text", "cells": {"0": "k0", "1": "k1"}, "per_seed": {"0": {"score": 0.5}}},
+      {"name": "image", "cells": {"0": "k0"}, "per_seed": {"0": {"score": 0.9}}}]}]}
   path = tmp_path / "results.json"
   path.write_text(json.dumps(legacy))
   records = runner.previous_records(str(path))
-  # k1 was never computed; k0's two rows merge; no per-cell seconds in older reports.
-  assert list(records) == ["k0"]
-  assert records["k0"]["metrics"] == {"score": 0.5, "rank": 3.0} and records["k0"]["shown"]
+  # k1 was never computed; k0 is one run shown two ways (text only / image only), and
+  # each row gets its own view back; no per-cell seconds in older reports.
+  assert list(records) == ["k0"] and records["k0"]["shown"]
+  for name, score in (("text", 0.5), ("image", 0.9)):
+    assert runner._shown(records["k0"], "s", spec.Row(name, {})) == {"score": score}
+  assert runner._shown(records["k0"], "s", spec.Row("renamed", {})) is None
   assert records["k0"]["seconds"] is None and records["k0"]["date"].startswith("2026-11-29")
   assert runner.previous_records(str(tmp_path / "absent.json")) == {}
   path.write_text("{not json")
