@@ -209,10 +209,9 @@ def previous_records(path: str | None) -> dict[str, dict]:
         if shown is None:
           continue  # That cell was not computed for the earlier report either.
         record = records.setdefault(key, {
-            "key": key, "seed": int(seed), "metrics": {}, "shown": True, "shown_by_row": {},
+            "key": key, "seed": int(seed), "shown": True, "shown_by_row": {},
             "seconds": row.get("seconds", {}).get(seed),
             "date": row.get("dates", {}).get(seed, report.get("date")), "previous": path})
-        record["metrics"].update(shown)
         record["shown_by_row"][f"{section.get('name')}/{row.get('name')}"] = shown
   return records
 
