@@ -3,10 +3,12 @@
 One factor at a time around the quickstart model (bag of words + CNN, InfoNCE on
 unicode_glyphs/full): the text tower varies with the CNN fixed (GLYPH_STEPS, so
 its bag-of-words row is objectives' InfoNCE cell), then the image tower with the
-bag of words fixed, at IMAGE_STEPS: a ResNet-18 or ViT-Ti step costs 7–8 CNN steps
-on 2 CPU cores, so the image section trains shorter and has its own CNN row. Each
-section fits the 2-hour budget on its own (`--sections=text`, `--sections=image`);
-the full 3 × 3 cross would not.
+bag of words fixed, at IMAGE_STEPS: on 2 CPU cores a ResNet-18 step costs ~7 CNN
+steps and a ViT-Ti step ~14 (measured: 481, 65 and 34 training examples/s), so the
+image section trains shorter and has its own CNN row. Even so its 9 cells take
+~3.2 h, so it is split by seeds (`--seeds=1`, `--seeds=2`, then the default 3 train
+one seed each, ~1.1 h; the cache and the committed results.json keep the earlier
+seeds); the text section fits 2 hours in one go. The full 3 × 3 cross would not fit.
 
 Throughput is the median training examples/s of the logged intervals after the
 first (compilation), from the trainer's metrics.jsonl; it is only comparable
@@ -54,7 +56,8 @@ def sections(quick: bool) -> list[Section]:
 TABLE = Table(
     name="encoders", title="Encoders: retrieval and training speed",
     sections=sections, seeds=3,
-    full_run_estimate=("~2.8 h in two sessions: `--sections=text` ~1.3 h (9 trainings × "
-                       f"{bases.GLYPH_STEPS} steps, 3 shared with objectives), "
-                       f"`--sections=image` ~1.5 h (9 × {IMAGE_STEPS} steps, ResNet/ViT "
-                       "~2.5 s a step)"))
+    full_run_estimate=("~4.5 h in four sessions: `--sections=text` ~1.3 h (9 trainings × "
+                       f"{bases.GLYPH_STEPS} steps, 3 shared with objectives); "
+                       f"`--sections=image` ~3.2 h (9 × {IMAGE_STEPS} steps; a cell takes "
+                       "~3 min with the CNN, ~21 with ResNet-18, ~39 with ViT-Ti), run as "
+                       "`--seeds=1`, `--seeds=2`, then the default 3, ~1.1 h each"))
