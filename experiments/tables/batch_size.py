@@ -129,5 +129,8 @@ def sections(quick: bool) -> list[Section]:
 TABLE = Table(
     name="batch_size", title="Contrastive batch size: retrieval and memory per step",
     sections=sections, seeds=3,
-    full_run_estimate=("~1.8 h: 15 trainings of 262,144 images each (~6-7 min; the "
-                       "16,384 row adds a forward pass for the gradient cache)"))
+    full_run_estimate=("~50 min a seed for B = 64 to 4,096 (measured: 9, 11, 14 and 16 min a "
+                       "cell), so split by seeds (`--seeds=1`, 2, 3); the 16,384 row does not "
+                       "finish on CPU yet: the gradient cache's `lax.scan` makes XLA:CPU run "
+                       "its convolutions ~20x slower (72 s against 3.2 s a step at B = 1,024), "
+                       "over 15 min for each of its 16 steps"))
