@@ -47,7 +47,9 @@ def _define_flags():
   """Defined on demand, so importing this module (tests) adds no global absl flags."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_boolean("quick", False, "The same grid on tiny data: a few steps, 1 seed.")
-  flags.DEFINE_integer("seeds", None, "Seeds per row (default: the table's, 3; 1 with --quick).")
+  flags.DEFINE_integer("seeds", None, "Seeds to run per row (default: the table's, 3; 1 "
+                       "with --quick); seeds up to the default that the cache or the "
+                       "committed results hold are reported too.")
   flags.DEFINE_integer("parallel", 1, "Cells run at once, each in its own process.")
   flags.DEFINE_string("workdir_root", "workdirs/tables", "Cell cache and workdirs.")
   flags.DEFINE_string("out_dir", None, "Results folder (default "

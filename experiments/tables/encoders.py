@@ -6,11 +6,9 @@ its bag-of-words row is objectives' InfoNCE cell), then the image tower with the
 bag of words fixed, at IMAGE_STEPS: on 2 CPU cores a ResNet-18 step costs ~7 CNN
 steps and a ViT-Ti step ~14 (measured: 481, 65 and 34 training examples/s), so the
 image section trains shorter and has its own CNN row. Even so its 9 cells take
-~3.2 h, over the 2-hour guideline; the text section fits it. The full 3 × 3 cross
-would not fit at all. Splitting the image section by seeds (`--seeds=1`, then 2,
-then 3) is safe only while the cell cache (workdirs/tables) persists between the
-runs: a report holds only the seeds it was run with, so in a fresh clone the
-committed results.json of a `--seeds=1` run has lost the text section's seeds 1 and 2.
+~3.2 h, over the 2-hour guideline, so it runs split by seeds (`--seeds=1`, then 2,
+then 3, ~1.1 h each: a report keeps every seed the cache or the committed results
+hold); the text section fits in one go. The full 3 × 3 cross would not fit at all.
 
 Throughput is the median training examples/s of the logged intervals after the
 first (compilation), from the trainer's metrics.jsonl; it is only comparable
@@ -58,8 +56,8 @@ def sections(quick: bool) -> list[Section]:
 TABLE = Table(
     name="encoders", title="Encoders: retrieval and training speed",
     sections=sections, seeds=3,
-    full_run_estimate=("~4.5 h in two sessions: `--sections=text` ~1.3 h (9 trainings × "
+    full_run_estimate=("~4.5 h in four parts: `--sections=text` ~1.3 h (9 trainings × "
                        f"{bases.GLYPH_STEPS} steps, 3 shared with objectives); "
                        f"`--sections=image` ~3.2 h (9 × {IMAGE_STEPS} steps; a cell takes "
-                       "~3 min with the CNN, ~21 with ResNet-18, ~39 with ViT-Ti); split by "
-                       "seeds only with a persistent cache (module docstring)"))
+                       "~3 min with the CNN, ~21 with ResNet-18, ~39 with ViT-Ti), run as "
+                       "`--seeds=1`, `--seeds=2`, then the default 3, ~1.1 h each"))

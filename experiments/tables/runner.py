@@ -80,7 +80,7 @@ class Plan:
   seeds: list[int]
   cells: dict[str, cells_lib.Cell]  # key → cell, each once
   keys: dict[tuple[str, int, int], str]  # (section name, row index, seed) → key
-  runnable: set[str]  # Keys in the selected sections.
+  runnable: set[str]  # Keys in the selected sections, of the seeds `--seeds` runs.
   quick: bool = False
 
 
@@ -150,7 +150,11 @@ def plan(table: spec.Table, settings: Settings) -> Plan:
     count = table.quick_seeds if settings.quick else table.seeds
   if count < 1:
     raise UsageError(f"--seeds must be at least 1, got {count}")
-  seeds = list(range(count))
+  # `--seeds` limits what runs, not what is reported: seeds up to the table's default
+  # are still read from the cache or the earlier report, so that a run split by seeds
+  # (`--seeds=1` now, the default later) never drops the seeds another run computed.
+  default = table.quick_seeds if settings.quick else table.seeds
+  seeds = list(range(max(count, default)))
   cells, keys, runnable = {}, {}, set()
   for section in sections:
     for index, row in enumerate(section.rows):
@@ -159,7 +163,7 @@ def plan(table: spec.Table, settings: Settings) -> Plan:
         key = cell_key(row.kind, config, seed, row.params,
                        overridden=[*section.base.overrides, *row.overrides])
         keys[(section.name, index, seed)] = key
-        if not settings.sections or section.name in settings.sections:
+        if seed < count and (not settings.sections or section.name in settings.sections):
           runnable.add(key)
         cells.setdefault(key, cells_lib.Cell(
             table=table.name, kind=row.kind, config=config, seed=seed,
@@ -340,6 +344,13 @@ def _shown(record: dict, section: str, row: spec.Row) -> dict | None:
   return next(iter(by_row.values())) if len(by_row) == 1 else None
 
 
+def _reported_seeds(plan_: Plan, sections: list[dict]) -> list[int]:
+  """The plan's seeds that at least one row has a result for (all of them if none has)."""
+  shown = {int(seed) for section in sections for row in section["rows"]
+           for seed in row["per_seed"]}
+  return [seed for seed in plan_.seeds if seed in shown] or list(plan_.seeds)
+
+
 def summarize(plan_: Plan, records: dict[str, dict], *, command: str,
               failed: Iterable[str] = ()) -> dict:
   """The report: per section and row, each seed's shown metrics and their mean ± std."""
@@ -376,7 +387,7 @@ def summarize(plan_: Plan, records: dict[str, dict], *, command: str,
         "rows": rows})
   return {"table": plan_.table.name, "title": plan_.table.title, "command": command,
           "quick": plan_.quick,
-          "seeds": plan_.seeds,
+          "seeds": _reported_seeds(plan_, sections),
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
           "jax_version": importlib.metadata.version("jax"),
           "cell_seconds": sum(r.get("seconds") or 0.0 for r in records.values()),

@@ -325,3 +325,29 @@ def test_previous_results_of_older_reports_and_broken_files(tmp_path):
   path.write_text("{not json")
   with pytest.raises(UsageError, match="results.json"):
     runner.previous_records(str(path))
+
+
+def test_fewer_seeds_run_fewer_but_report_every_seed_already_computed(tmp_path):
+  """`--seeds=1` in a fresh clone keeps the committed seeds of every section."""
+  out = tmp_path / "out"
+  first, _ = tables_main.run_table(_table(), runner.Settings(
+      workdir_root=str(tmp_path / "session1")), command="c", out_dir=str(out))
+  assert first["seeds"] == [0, 1]
+  settings = runner.Settings(workdir_root=str(tmp_path / "session2"), seeds=1,
+                             previous_results=str(out / "results.json"))
+  plan = runner.plan(_table(losses=("infonce", "regression")), settings)
+  CALLS.clear()
+  records, errors = runner.run_missing(plan, settings)
+  # Only the changed row's seed 0 trains; the kept row keeps both seeds.
+  assert not errors and CALLS == [plan.keys[("main", 1, 0)]]
+  second = runner.summarize(plan, records, command="c")
+  kept, changed = second["sections"][0]["rows"]
+  assert kept["per_seed"] == first["sections"][0]["rows"][0]["per_seed"]
+  assert sorted(changed["per_seed"]) == ["0"] and changed["stats"]["score"]["n"] == 1
+  assert second["seeds"] == [0, 1]
+  # From nothing, `--seeds=1` trains and reports seed 0 only.
+  settings = runner.Settings(workdir_root=str(tmp_path / "session3"), seeds=1)
+  plan = runner.plan(_table(), settings)
+  CALLS.clear()
+  records, _ = runner.run_missing(plan, settings)
+  assert len(CALLS) == 2 and runner.summarize(plan, records, command="c")["seeds"] == [0]
