@@ -43,7 +43,7 @@ QUICK_ROWS = ("correspondence-matrix regression", "InfoNCE", "Procrustes on TF-I
 
 
 # openmoji: the objectives that lead or carry the design document's claim, and both
-# baselines; regression (text onto image) is left out to keep the section near an hour.
+# baselines; regression (text onto image) is left out to keep the section near 1.5 h.
 OPENMOJI_ROWS = ("correspondence-matrix regression", "InfoNCE", "sigmoid",
                  "Procrustes on TF-IDF / pixel PCA", "Procrustes on frozen random towers")
 QUICK_OPENMOJI_ROWS = ("InfoNCE", "Procrustes on TF-IDF / pixel PCA")

@@ -145,15 +145,13 @@ def plan(table: spec.Table, settings: Settings) -> Plan:
   if unknown:
     raise UsageError(f"--sections: table {table.name!r} has no section "
                      f"{', '.join(unknown)}; its sections: {', '.join(names)}")
-  count = settings.seeds
-  if count is None:
-    count = table.quick_seeds if settings.quick else table.seeds
+  default = table.quick_seeds if settings.quick else table.seeds
+  count = default if settings.seeds is None else settings.seeds
   if count < 1:
     raise UsageError(f"--seeds must be at least 1, got {count}")
   # `--seeds` limits what runs, not what is reported: seeds up to the table's default
   # are still read from the cache or the earlier report, so that a run split by seeds
   # (`--seeds=1` now, the default later) never drops the seeds another run computed.
-  default = table.quick_seeds if settings.quick else table.seeds
   seeds = list(range(max(count, default)))
   cells, keys, runnable = {}, {}, set()
   for section in sections:
