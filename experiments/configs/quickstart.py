@@ -114,6 +114,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # gradients, recomputing the towers; not with model.fusion / task.label).
   c.train.micro_batches = 1
   c.train.gradient_cache = False
+  # How the cache's micro-batches run: "scan" (inside the one compiled step) or "host"
+  # (separate programs; for CPU, where XLA runs convolutions in a scan ~20x slower).
+  c.train.gradient_cache_loop = "scan"
   c.train.compute_dtype = "float32"  # "bfloat16": bf16 towers, float32 master weights.
   c.train.optimizer_moments_dtype = "float32"  # "bfloat16": Adam moments stored in bf16.
   # What a NaN/inf loss or gradient does: "stop" (raise, naming the step) or "skip" (leave

@@ -27,8 +27,10 @@ per device; the trainer writes it to <workdir>/step_memory.json). It is dominate
 by the CNN's activations, not by the loss: 0.34 GiB at B = 256, 6.9 GiB at 4,096
 and 27.4 GiB at 16,384 in one pass (compile-only, 2-core CPU, jax 0.10.2), so the
 16,384 row uses the gradient cache over 2 micro-batches (`train.gradient_cache`;
-same loss and gradients, one more forward pass), which halves it to 13.7 GiB and
-fits a 24 GB machine. More micro-batches would need T to divide further, and T =
+same loss and gradients, one more forward pass), which halves it to 13.6 GiB (the
+largest of its programs, compile-only) and fits a 24 GB machine. It runs as a host
+loop (`train.gradient_cache_loop="host"`): inside one program's `lax.scan`, XLA:CPU
+runs the convolutions ~20x slower (mmalign/train/accumulation.py, "Known problem"). More micro-batches would need T to divide further, and T =
 5,838 = 2·3·7·139. The loss alone (value and gradient, B = 16,384 against T = 5,838)
 needs 140 MiB tiled against 1.8 GiB with `loss.kernel.impl=reference`, but with this
 CNN the step's peak lies in the image tower's backward pass, where the loss's
@@ -84,7 +86,8 @@ def overrides(batch: int, examples: int, micro_batches: int = 1) -> dict:
          "train.warmup_steps": max(1, round(steps / 10)),
          "train.log_every": max(1, steps // LOGS_PER_RUN)}
   if micro_batches > 1:
-    row.update({"train.micro_batches": micro_batches, "train.gradient_cache": True})
+    row.update({"train.micro_batches": micro_batches, "train.gradient_cache": True,
+                "train.gradient_cache_loop": "host"})  # XLA:CPU: no convolutions in a scan.
   return row
 
 
@@ -130,7 +133,6 @@ TABLE = Table(
     name="batch_size", title="Contrastive batch size: retrieval and memory per step",
     sections=sections, seeds=3,
     full_run_estimate=("~50 min a seed for B = 64 to 4,096 (measured: 9, 11, 14 and 16 min a "
-                       "cell), so split by seeds (`--seeds=1`, 2, 3); the 16,384 row does not "
-                       "finish on CPU yet: the gradient cache's `lax.scan` makes XLA:CPU run "
-                       "its convolutions ~20x slower (72 s against 3.2 s a step at B = 1,024), "
-                       "over 15 min for each of its 16 steps"))
+                       "cell) and ~25 min for B = 16,384 (estimated: the 4,096 cell plus the "
+                       "gradient cache's extra forward pass), so split by seeds (`--seeds=1`, "
+                       "2, 3)"))

@@ -50,7 +50,8 @@ NOT_HASHED = ("data.data_dir", "retrieval", "train.log_every", "train.checkpoint
 # Config keys added after cells were cached, with the value that keeps the old
 # behaviour: at that value (and not overridden) they leave the hash alone, so a
 # new option does not throw away finished cells; any other value is hashed.
-NEUTRAL_DEFAULTS: dict[str, object] = {"data.sampling": "captions"}
+NEUTRAL_DEFAULTS: dict[str, object] = {"data.sampling": "captions",
+                                       "train.gradient_cache_loop": "scan"}
 
 
 def say(message: str) -> None:

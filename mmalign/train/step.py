@@ -11,6 +11,10 @@ with the default that reproduces the plain data-parallel float32 step):
   micro_batches            1; m > 1 accumulates gradients over m micro-batches
   gradient_cache           False; True keeps the contrastive batch whole across
                            micro-batches (accumulation.py)
+  gradient_cache_loop      "scan": the micro-batch loops are `lax.scan`s inside the
+                           one compiled step | "host": a Python loop over separately
+                           compiled micro-batch programs (HostLoopGradientCache; for
+                           XLA:CPU, where convolutions in a scan run ~20x slower)
   compute_dtype            "float32" | "bfloat16" (precision.py)
   optimizer_moments_dtype  "float32" | "bfloat16", read by `optimizer.adamw`
   on_nonfinite             "stop" (the loop raises) | "skip" (the step keeps the
@@ -42,10 +46,38 @@ def train_forward(model) -> accumulation.Forward:
 NONFINITE_POLICIES = ("stop", "skip")
 
 
+GRADIENT_CACHE_LOOPS = ("scan", "host")
+
+
+def _update(optimizer, state_shardings, skip_nonfinite: bool):
+  """apply(state, loss, metrics, grads, new_model_state) -> (state, metrics): the step's end.
+
+  Shared by the one-program step and the host loop, so both update, count and skip
+  alike.
+  """
+  def apply(state, loss, metrics, grads, new_model_state):
+    if state_shardings is not None:  # Reduce-scatter into the parameters' shards.
+      grads = jax.lax.with_sharding_constraint(grads, state_shardings["params"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    grad_norm = optax.global_norm(grads)
+    metrics = {"loss": loss, **metrics, "grad_norm": grad_norm}
+    new_state = {"params": params, "opt_state": opt_state}
+    if state.get("model_state"):
+      new_state["model_state"] = dict(new_model_state)
+    if skip_nonfinite:  # The data and the step counter move on; nothing else does.
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      old = {key: state[key] for key in new_state}
+      new_state = jax.tree.map(lambda new, kept: jnp.where(finite, new, kept), new_state, old)
+      metrics["skipped"] = (~finite).astype(jnp.float32)
+    return {**new_state, "step": state["step"] + 1}, metrics
+  return apply
+
+
 def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shardings=None,
                     micro_batches: int = 1, gradient_cache: bool = False,
-                    skip_nonfinite: bool = False):
-  """jit-compiled `step(state, batch) -> (state, metrics)`.
+                    gradient_cache_loop: str = "scan", skip_nonfinite: bool = False):
+  """`step(state, batch) -> (state, metrics)`, jit-compiled (or a host loop, see below).
 
   The batch is sharded over the mesh's batch axes; the state is placed by
   `state_shardings` (a tree matching the state, e.g. `sharding.state_shardings`)
@@ -54,14 +86,25 @@ def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shard
   Dropout keys are `fold_in(key(seed), step)` (micro-batch j: folded again
   with j): a resumed run draws the same ones. State collections (BatchNorm
   statistics) are updated in train mode.
+
+  With `gradient_cache` and `gradient_cache_loop="host"` the step is a
+  HostLoopGradientCache: the same keys and the same result, in 2m + 2 programs.
   """
   if micro_batches < 1:
     raise UsageError(f"train.micro_batches={micro_batches} must be >= 1")
+  if gradient_cache_loop not in GRADIENT_CACHE_LOOPS:
+    raise UsageError(f"train.gradient_cache_loop={gradient_cache_loop!r}; allowed: "
+                     f"{', '.join(GRADIENT_CACHE_LOOPS)}")
   if gradient_cache:
     accumulation.check_gradient_cache(model)
   state_sharding = mesh_lib.replicated(mesh) if state_shardings is None else state_shardings
   batch_sharding = mesh_lib.batch_sharded(mesh)
   base_key = jax.random.key(seed)
+  forward = train_forward(model)
+  apply = _update(optimizer, state_shardings, skip_nonfinite)
+  if gradient_cache and micro_batches > 1 and gradient_cache_loop == "host":
+    return HostLoopGradientCache(forward, objective, apply, base_key, micro_batches=micro_batches,
+                                 mesh=mesh, state_sharding=state_sharding)
   if micro_batches == 1:
     gradients = accumulation.full_batch
   else:
@@ -69,31 +112,105 @@ def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shard
         accumulation.gradient_cache if gradient_cache else accumulation.micro_batched,
         micro_batches=micro_batches, mesh=mesh)
 
-  forward = train_forward(model)
-
   def step_fn(state, batch):
-    model_state = state.get("model_state", {})
     rng = jax.random.fold_in(base_key, state["step"])
     loss, metrics, grads, new_model_state = gradients(
-        forward, objective, state["params"], model_state, batch, rng)
-    if state_shardings is not None:  # Reduce-scatter into the parameters' shards.
-      grads = jax.lax.with_sharding_constraint(grads, state_shardings["params"])
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.global_norm(grads)
-    metrics = {"loss": loss, **metrics, "grad_norm": grad_norm}
-    new_state = {"params": params, "opt_state": opt_state}
-    if model_state:
-      new_state["model_state"] = dict(new_model_state)
-    if skip_nonfinite:  # The data and the step counter move on; nothing else does.
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-      old = {key: state[key] for key in new_state}
-      new_state = jax.tree.map(lambda new, kept: jnp.where(finite, new, kept), new_state, old)
-      metrics["skipped"] = (~finite).astype(jnp.float32)
-    return {**new_state, "step": state["step"] + 1}, metrics
+        forward, objective, state["params"], state.get("model_state", {}), batch, rng)
+    return apply(state, loss, metrics, grads, new_model_state)
 
   return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
                  out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+
+
+class HostLoopGradientCache:
+  """The gradient-cache step as a Python loop over separately compiled programs.
+
+  m embedding passes, the loss with its gradient w.r.t. the B embeddings, m
+  backward passes accumulating into one gradient buffer (donated, so updated in
+  place), then the update: 2m + 2 programs, each compiled once. Why: in one program
+  XLA either runs the micro-batch loops as while loops (XLA:CPU then runs
+  convolutions ~20x slower) or, unrolled, keeps every micro-batch's activations
+  live together. Separate programs hold one micro-batch's activations at a time by
+  construction, at the cost of 2m + 2 dispatches per step (accumulation.py, "Known
+  problem", has the measurements). Dropout keys, BatchNorm handling and the result
+  are those of the scanned `accumulation.gradient_cache`.
+  """
+
+  def __init__(self, forward, objective, apply, base_key, *, micro_batches: int, mesh,
+               state_sharding):
+    m = micro_batches
+
+    def micro_batch(batch, j):  # Rows j, j + m, ... of the batch, [B/m, ...].
+      return jax.tree.map(lambda x: x[j], accumulation.split_rows(batch, m, mesh))
+
+    def embed(params, model_state, batch, step, j):
+      return accumulation.embed_micro_batch(forward, params, model_state, micro_batch(batch, j),
+                                            jax.random.fold_in(base_key, step), j)
+
+    def loss(embedded, batch):  # embedded: m (outputs, model_state) pairs.
+      outputs = jax.tree.map(lambda *xs: jnp.stack(xs), *[o for o, _ in embedded])
+      loss, metrics, cotangents = accumulation.loss_and_cotangents(
+          objective, outputs, batch, micro_batches=m, mesh=mesh)
+      model_states = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for _, s in embedded])
+      return loss, metrics, cotangents, accumulation.mean_over_micro_batches(model_states)
+
+    def backprop(grad_sum, params, model_state, batch, step, j, cotangents):
+      grads = accumulation.backprop_micro_batch(
+          forward, params, model_state, micro_batch(batch, j),
+          jax.random.fold_in(base_key, step), j, jax.tree.map(lambda c: c[j], cotangents))
+      return jax.tree.map(jnp.add, grad_sum, grads)
+
+    self.micro_batches = m
+    self._embed = jax.jit(embed)
+    self._loss = jax.jit(loss)
+    self._zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like, params))
+    self._backprop = jax.jit(backprop, donate_argnums=(0,))
+    self._apply = jax.jit(apply, out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
+                          donate_argnums=(0,))
+
+  def __call__(self, state, batch):
+    params, model_state, step = state["params"], state.get("model_state", {}), state["step"]
+    embedded = [self._embed(params, model_state, batch, step, j)
+                for j in range(self.micro_batches)]
+    loss, metrics, cotangents, new_model_state = self._loss(embedded, batch)
+    grads = self._zeros(params)
+    for j in range(self.micro_batches):
+      grads = self._backprop(grads, params, model_state, batch, step, j, cotangents)
+    return self._apply(state, loss, metrics, grads, new_model_state)
+
+  def memory_analysis(self, state, batch) -> dict:
+    """XLA's memory account per program: the step needs the largest of each figure.
+
+    Compiles every program on the step's own argument shapes; nothing runs (the
+    intermediate arguments are shapes from `jax.eval_shape`, placed by default).
+    """
+    params, model_state, step = state["params"], state.get("model_state", {}), state["step"]
+    embedded = [jax.eval_shape(self._embed, params, model_state, batch, step, j)
+                for j in range(self.micro_batches)]
+    loss, metrics, cotangents, new_model_state = jax.eval_shape(self._loss, embedded, batch)
+    grads = jax.eval_shape(lambda p: p, params)
+    programs = [(self._embed, (params, model_state, batch, step, 0)),
+                (self._loss, (embedded, batch)),
+                (self._backprop, (grads, params, model_state, batch, step, 0, cotangents)),
+                (self._apply, (state, loss, metrics, grads, new_model_state))]
+    analyses = [fn.lower(*args).compile().memory_analysis() for fn, args in programs]
+    return {name: max(int(getattr(a, f"{name}_size_in_bytes")) for a in analyses)
+            for name in ("temp", "argument", "output")}
+
+
+def compiled_memory(train_step, state, batch) -> dict | None:
+  """{"temp", "argument", "output"}: bytes per device of the compiled step, None if unknown.
+
+  For a HostLoopGradientCache, the largest of its programs' figures: they run one
+  after the other.
+  """
+  if isinstance(train_step, HostLoopGradientCache):
+    return train_step.memory_analysis(state, batch)
+  analysis = train_step.lower(state, batch).compile().memory_analysis()
+  if analysis is None:
+    return None
+  return {name: int(getattr(analysis, f"{name}_size_in_bytes"))
+          for name in ("temp", "argument", "output")}
 
 
 def build_train_step(train_config, model, objective, optimizer, mesh, state):
@@ -104,6 +221,7 @@ def build_train_step(train_config, model, objective, optimizer, mesh, state):
   """
   micro_batches = int(train_config.get("micro_batches", 1))
   gradient_cache = bool(train_config.get("gradient_cache", False))
+  gradient_cache_loop = str(train_config.get("gradient_cache_loop", "scan"))
   dtype = precision.dtype_of(train_config.get("compute_dtype", "float32"),
                              "train.compute_dtype")
   shards = mesh_lib.batch_devices(mesh) * max(micro_batches, 1)
@@ -122,5 +240,6 @@ def build_train_step(train_config, model, objective, optimizer, mesh, state):
   step = make_train_step(precision.with_compute_dtype(model, dtype), objective, optimizer, mesh,
                          train_config.seed, state_shardings=shardings,
                          micro_batches=micro_batches, gradient_cache=gradient_cache,
+                         gradient_cache_loop=gradient_cache_loop,
                          skip_nonfinite=on_nonfinite == "skip")
   return step, jax.device_put(state, shardings)

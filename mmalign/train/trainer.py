@@ -80,12 +80,10 @@ def _record_step_memory(train_step, state, batch, workdir: str) -> None:
   tiles), the same figure benchmarks/kernels.py reports. Lowered with the loop's
   own arguments, so jit reuses this compilation for the first step.
   """
-  analysis = train_step.lower(state, batch).compile().memory_analysis()
-  if analysis is None or jax.process_index() != 0:
+  memory = step_lib.compiled_memory(train_step, state, batch)
+  if memory is None or jax.process_index() != 0:
     return
-  record = {"temp_bytes": int(analysis.temp_size_in_bytes),
-            "argument_bytes": int(analysis.argument_size_in_bytes),
-            "output_bytes": int(analysis.output_size_in_bytes),
+  record = {**{f"{name}_bytes": size for name, size in memory.items()},
             "images": int(batch["images"].shape[0]), "text_rows": int(batch["tokens"].shape[0])}
   path = os.path.join(workdir, STEP_MEMORY)
   with open(f"{path}.tmp", "w") as f:

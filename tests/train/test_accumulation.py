@@ -125,3 +125,73 @@ def test_gradient_cache_refuses_models_with_fused_heads():
   with pytest.raises(UsageError, match="train.gradient_cache.*model.fusion"):
     step_lib.make_train_step(model, None, None, mesh_lib.make_mesh(), 0, micro_batches=2,
                              gradient_cache=True)
+
+
+def _one_step(loss: str, image_encoder: str, **train):
+  """(new state, metrics) of one SGD(1.0) step of build_train_step with `train` overrides."""
+  model, objective, params, model_state = tiny_model.setup(loss, image_encoder)
+  config = tiny_model.config(loss, image_encoder).train
+  for key, value in train.items():
+    config[key] = value
+  optimizer = optax.sgd(1.0)
+  mesh = mesh_lib.make_mesh()
+  state = {"params": jax.tree.map(jnp.copy, params),  # The step donates its state.
+           "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+  if model_state:
+    state["model_state"] = jax.tree.map(jnp.copy, model_state)
+  step, state = step_lib.build_train_step(config, model, objective, optimizer, mesh, state)
+  batch = jax.device_put(tiny_model.random_batch(), mesh_lib.batch_sharded(mesh))
+  return step(state, batch)
+
+
+def _assert_states_close(got, expected):
+  scale = max(float(jnp.abs(p).max()) for p in jax.tree.leaves(expected["params"]))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected),
+                          strict=True):
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * scale, err_msg=str(path))
+
+
+@pytest.mark.parametrize("loss,image_encoder", [("infonce", "cnn"), ("sigmoid", "vgg")])
+def test_host_loop_gradient_cache_equals_the_scanned_one(loss, image_encoder):
+  # Same keys, same pieces, separate programs: the same step, BatchNorm statistics included
+  # (vgg). Both are the full-batch step too, up to ghost batch norm (module docstring).
+  cache = {"micro_batches": MICRO, "gradient_cache": True}
+  host, host_metrics = _one_step(loss, image_encoder, gradient_cache_loop="host", **cache)
+  scan, scan_metrics = _one_step(loss, image_encoder, gradient_cache_loop="scan", **cache)
+  for key in ("loss", "grad_norm", "scale"):
+    np.testing.assert_allclose(host_metrics[key], scan_metrics[key], rtol=RTOL, err_msg=key)
+  _assert_states_close(host, scan)
+  assert int(host["step"]) == 1
+  if image_encoder == "cnn":  # No BatchNorm: equal to one pass over the whole batch.
+    full, full_metrics = _one_step(loss, image_encoder)
+    np.testing.assert_allclose(host_metrics["loss"], full_metrics["loss"], rtol=RTOL)
+    _assert_states_close(host, full)
+
+
+def test_host_loop_memory_is_its_largest_program_and_below_one_pass():
+  model, objective, params, _ = tiny_model.setup("infonce")
+  mesh = mesh_lib.make_mesh()
+  optimizer = optax.sgd(1.0)
+  state = {"params": params, "opt_state": optimizer.init(params),
+           "step": jnp.zeros((), jnp.int32)}
+  batch = tiny_model.random_batch(64)
+  memory = {}
+  for loop in ("host", None):
+    step = step_lib.make_train_step(model, objective, optimizer, mesh, 0,
+                                    micro_batches=1 if loop is None else 4,
+                                    gradient_cache=loop is not None,
+                                    gradient_cache_loop=loop or "scan")
+    memory[loop] = step_lib.compiled_memory(step, state, batch)
+  assert isinstance(step_lib.make_train_step(
+      model, objective, optimizer, mesh, 0, micro_batches=4, gradient_cache=True,
+      gradient_cache_loop="host"), step_lib.HostLoopGradientCache)
+  assert set(memory["host"]) == {"temp", "argument", "output"}
+  # One micro-batch of 16 rows' activations against all 64 rows' at once.
+  assert 0 < memory["host"]["temp"] < memory[None]["temp"]
+
+
+def test_unknown_gradient_cache_loop_names_the_config_key():
+  model, objective, _, _ = tiny_model.setup("infonce")
+  with pytest.raises(UsageError, match="train.gradient_cache_loop='while'.*scan, host"):
+    step_lib.make_train_step(model, objective, optax.sgd(1.0), mesh_lib.make_mesh(), 0,
+                             micro_batches=2, gradient_cache=True, gradient_cache_loop="while")

@@ -44,6 +44,9 @@ RUNS = {
                        "gradient_cache": True}, {"distributed": "ring"}),
     "fsdp_gather": (8, {"mesh": {"data": 2, "fsdp": 4}, "fsdp_min_size": 1024},
                     {"distributed": "all_gather"}),
+    "host_cache_fsdp": (8, {"mesh": {"data": 2, "fsdp": 4}, "fsdp_min_size": 1024,
+                            "micro_batches": 2, "gradient_cache": True,
+                            "gradient_cache_loop": "host"}, {}),
 }
 
 
@@ -171,7 +174,7 @@ def test_loss_trajectory_matches_one_device(report, run):
   assert reference["losses"][-1] < reference["losses"][0]  # It did train.
 
 
-@pytest.mark.parametrize("run", ["data2_fsdp4", "fsdp_gather"])
+@pytest.mark.parametrize("run", ["data2_fsdp4", "fsdp_gather", "host_cache_fsdp"])
 def test_fsdp_splits_large_parameters_and_their_moments(report, run):
   got = report["runs"][run]
   largest = got["largest_param"]
