@@ -133,6 +133,5 @@ TABLE = Table(
     name="batch_size", title="Contrastive batch size: retrieval and memory per step",
     sections=sections, seeds=3,
     full_run_estimate=("~50 min a seed for B = 64 to 4,096 (measured: 9, 11, 14 and 16 min a "
-                       "cell) and ~25 min for B = 16,384 (estimated: the 4,096 cell plus the "
-                       "gradient cache's extra forward pass), so split by seeds (`--seeds=1`, "
-                       "2, 3)"))
+                       "cell) and 18 min for B = 16,384 (measured, as a host-loop gradient "
+                       "cache), so split by seeds (`--seeds=1`, 2, 3)"))
