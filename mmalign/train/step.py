@@ -44,8 +44,6 @@ def train_forward(model) -> accumulation.Forward:
 
 
 NONFINITE_POLICIES = ("stop", "skip")
-
-
 GRADIENT_CACHE_LOOPS = ("scan", "host")
 
 
@@ -88,7 +86,7 @@ def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shard
   statistics) are updated in train mode.
 
   With `gradient_cache` and `gradient_cache_loop="host"` the step is a
-  HostLoopGradientCache: the same keys and the same result, in 2m + 2 programs.
+  HostLoopGradientCache: the same keys and the same result, in 2m + 2 program calls.
   """
   if micro_batches < 1:
     raise UsageError(f"train.micro_batches={micro_batches} must be >= 1")
@@ -127,7 +125,7 @@ class HostLoopGradientCache:
 
   m embedding passes, the loss with its gradient w.r.t. the B embeddings, m
   backward passes accumulating into one gradient buffer (donated, so updated in
-  place), then the update: 2m + 2 programs, each compiled once. Why: in one program
+  place), then the update: 2m + 2 calls of four programs, each compiled once. Why: in one program
   XLA either runs the micro-batch loops as while loops (XLA:CPU then runs
   convolutions ~20x slower) or, unrolled, keeps every micro-batch's activations
   live together. Separate programs hold one micro-batch's activations at a time by
@@ -148,10 +146,9 @@ class HostLoopGradientCache:
                                             jax.random.fold_in(base_key, step), j)
 
     def loss(embedded, batch):  # embedded: m (outputs, model_state) pairs.
-      outputs = jax.tree.map(lambda *xs: jnp.stack(xs), *[o for o, _ in embedded])
+      outputs, model_states = jax.tree.map(lambda *xs: jnp.stack(xs), *embedded)
       loss, metrics, cotangents = accumulation.loss_and_cotangents(
           objective, outputs, batch, micro_batches=m, mesh=mesh)
-      model_states = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for _, s in embedded])
       return loss, metrics, cotangents, accumulation.mean_over_micro_batches(model_states)
 
     def backprop(grad_sum, params, model_state, batch, step, j, cotangents):
