@@ -5,7 +5,9 @@ import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP_LEVEL = ("mmalign/", "experiments/", "kernels/", "tests/", "docs/", "benchmarks/",
-             ".ci/", "launch.py", "setup.cfg", "pyproject.toml")
+             ".ci/", "launch.py", "setup.cfg", "pyproject.toml", "constraints.txt")
+# Both opening commands install the versions CI tests, not whatever the ranges admit today.
+PINNED_INSTALL = "pip install -c constraints.txt -e "
 
 
 def _readme() -> str:
@@ -18,14 +20,18 @@ def test_readme_opens_with_install_and_test_commands():
   commands = [line for line in first_block.splitlines()
               if line.strip() and not line.lstrip().startswith("#")]
   assert len(commands) == 2, commands
-  assert "pip install" in commands[0] and "launch.py" in commands[0]
-  assert "pip install" in commands[1] and "pytest" in commands[1]
+  assert commands[0].startswith("python3.11 -m venv .venv && . .venv/bin/activate && ")
+  assert commands[1].startswith("python3.11 -m venv .venv && . .venv/bin/activate && ")
+  assert f"{PINNED_INSTALL}. " in commands[0] and "python launch.py" in commands[0]
+  assert f"{PINNED_INSTALL}'.[test]' " in commands[1] and "python -m pytest" in commands[1]
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_installs_and_runs_like_the_readme_test_command():
   test_command = re.search(r"python -m pytest[^\n`]*", _readme()).group(0).strip()
   with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
-    assert test_command in f.read()
+    ci = f.read()
+  assert "-c constraints.txt -e '.[test]'" in ci
+  assert re.search(rf"^{re.escape(test_command)}$", ci, re.M), test_command
 
 
 def test_every_path_in_readme_exists():
