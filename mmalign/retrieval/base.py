@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mmalign.errors import UsageError
 from mmalign.registry import Registry
 from mmalign.retrieval import manifest as manifest_lib
 from mmalign.retrieval import vectors
@@ -72,28 +73,32 @@ class Index:
     """Top-k items by cosine, best first.
 
     queries: [q, d] (batched search) or [d] (one query, the low-latency path).
-    Returns (scores, ids): [q, k] (or [k] for one query), float32 and int64. Slots with
-    no result (k above the index size, an empty index, a probe that found fewer than k)
-    hold id `vectors.MISSING_ID` (-1) and score -inf, never a real item.
+    k: a positive int (UsageError otherwise), clamped to `count`: the result has
+    min(k, count) columns, so a huge k costs no memory and an empty index gives [q, 0].
+    Returns (scores, ids): [q, min(k, count)] (or [min(k, count)] for one query),
+    float32 and int64. Slots a tree probe could not fill hold id `vectors.MISSING_ID`
+    (-1) and score -inf, never a real item.
     Raises ValueError naming the rows of queries with NaN, inf or zero norm.
     """
-    k = vectors.check_k(self.default_k if k is None else k)
+    k = min(vectors.check_k(self.default_k if k is None else k), self.count)
     single = np.ndim(queries) == 1
     queries = vectors.unit_rows(np.reshape(queries, (1, -1)) if single else queries,
                                 "queries", self.dim)  # [q, d]
-    available = min(k, self.count)
-    if queries.shape[0] == 0 or available == 0:
+    if queries.shape[0] == 0 or k == 0:
       scores = np.zeros((queries.shape[0], 0), np.float32)
       positions = np.zeros((queries.shape[0], 0), np.int64)
     elif single:
-      scores, positions = self._backend_search_one(queries[0], available)
+      scores, positions = self._backend_search_one(queries[0], k)
     else:
-      scores, positions = self._backend_search(queries, available)
+      scores, positions = self._backend_search(queries, k)
     scores, ids = vectors.finish(scores, positions, k, self._ids)
     return (scores[0], ids[0]) if single else (scores, ids)
 
   def upsert(self, ids, embeddings) -> None:
-    """Replaces the vectors of known ids and adds the others: ids [m], embeddings [m, d]."""
+    """Replaces the vectors of known ids and adds the others: ids [m], embeddings [m, d].
+
+    ids must be distinct non-negative integers (UsageError otherwise).
+    """
     rows = vectors.unit_rows(embeddings, "embeddings", self.dim)  # [m, d]
     ids = vectors.item_ids(ids, rows.shape[0])
     position = self._positions()
@@ -105,8 +110,9 @@ class Index:
     self._ids = np.concatenate([self._ids, ids[~known]])
 
   def delete(self, ids) -> None:
-    """Removes items by id; raises KeyError naming ids the index does not hold."""
-    ids = np.unique(np.asarray(ids, np.int64).reshape(-1))
+    """Removes items by id (an int or a sequence of ints; UsageError for floats, bools,
+    strings); raises KeyError naming ids the index does not hold."""
+    ids = np.unique(vectors.integer_ids(ids).reshape(-1))
     position = self._positions()
     unknown = [i for i in ids.tolist() if i not in position]
     if unknown:
@@ -168,6 +174,17 @@ class Index:
     if ids.dtype != np.int64 or ids.shape != (manifest["count"],):
       raise IndexFileError(f"{directory!r}: {IDS_FILE} has dtype {ids.dtype} and shape "
                            f"{ids.shape}, expected int64 ({manifest['count']},)")
+    try:  # A negative id would come back from search looking like a missing slot.
+      vectors.item_ids(ids, len(ids), name=IDS_FILE)
+    except UsageError as e:
+      raise IndexFileError(f"{directory!r}: {e}; rebuild the index") from None
+    try:
+      vectors.check_k(manifest["params"].get("num_neighbors", 10))
+      cls._backend_check_params(manifest["params"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise IndexFileError(
+          f"{os.path.join(directory, manifest_lib.MANIFEST)} is malformed: its params do not "
+          f"fit a {cls.name!r} index ({type(e).__name__}: {e}); rebuild the index") from None
     provenance = Provenance(**manifest["provenance"])
     index = cls._backend_load(directory, manifest, ids, provenance)
     if index.count != manifest["count"]:
@@ -207,6 +224,10 @@ class Index:
 
   def _backend_save(self, directory: str) -> None:
     raise NotImplementedError
+
+  @classmethod
+  def _backend_check_params(cls, params: dict[str, Any]) -> None:
+    """Raises KeyError, TypeError or ValueError where saved params do not fit the backend."""
 
   @classmethod
   def _backend_load(cls, directory: str, manifest: dict, ids: np.ndarray,

@@ -90,6 +90,10 @@ class ExactIndex(Index):
     np.save(os.path.join(directory, _GALLERY), self._gallery, allow_pickle=False)
 
   @classmethod
+  def _backend_check_params(cls, params):
+    ExactConfig(**params["config"])
+
+  @classmethod
   def _backend_load(cls, directory, manifest, ids, provenance):
     gallery = np.load(os.path.join(directory, _GALLERY), allow_pickle=False)
     if gallery.dtype != np.float32 or gallery.shape != (len(ids), manifest["dim"]):

@@ -129,6 +129,9 @@ def read(directory: str, *, verify: bool = True) -> dict[str, Any]:
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
     found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
     raise IndexFileError(f"{path} has format {found!r}, expected {FORMAT!r}; rebuild the index")
+  problem = _shape_problem(manifest)
+  if problem:
+    raise IndexFileError(f"{path} is malformed: {problem}; rebuild the index")
   for rel, entry in manifest["files"].items():
     if os.path.isabs(rel) or ".." in rel.split("/"):
       raise IndexFileError(f"{path} lists {rel!r}, which is outside the index directory")
@@ -144,6 +147,42 @@ def read(directory: str, *, verify: bool = True) -> dict[str, Any]:
             f"(manifest: {entry['bytes']} bytes, sha256 {entry['sha256'][:12]}…; found "
             f"{size} bytes{f', sha256 {digest[:12]}…' if digest else ''}); rebuild the index")
   return manifest
+
+
+_FIELDS = {"searcher": str, "dim": int, "count": int, "provenance": dict, "params": dict,
+           "files": dict}  # The keys `read` and `Index.load` rely on, with their types.
+
+
+def _type_name(value) -> str:
+  return "null" if value is None else type(value).__name__
+
+
+def _shape_problem(manifest: dict[str, Any]) -> str | None:
+  """What is missing or mistyped in a parsed manifest (None: nothing), for one line.
+
+  Checked up front so a hand-edited or foreign manifest is named, rather than failing
+  as a KeyError or TypeError somewhere inside loading.
+  """
+  for key, kind in _FIELDS.items():
+    if key not in manifest:
+      return f"it lacks key {key!r}"
+    if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
+      return f"{key!r} must be a{'n' if kind is int else ''} {kind.__name__}, got " \
+             f"{_type_name(manifest[key])}"
+  if manifest["dim"] < 1 or manifest["count"] < 0:
+    return f"'dim' must be >= 1 and 'count' must be >= 0, got {manifest['dim']} and " \
+           f"{manifest['count']}"
+  if not isinstance(manifest.get("tuning"), (dict, type(None))):
+    return f"'tuning' must be a dict or null, got {_type_name(manifest['tuning'])}"
+  known = [field.name for field in dataclasses.fields(Provenance)]
+  unknown = sorted(set(manifest["provenance"]) - set(known))
+  if unknown:
+    return f"unknown provenance field(s) {unknown}; known: {', '.join(known)}"
+  for rel, entry in manifest["files"].items():
+    if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("bytes"), int)):
+      return f"files entry {rel!r} must be {{'sha256': str, 'bytes': int}}, got {entry!r:.80}"
+  return None
 
 
 def check_expected(manifest: dict[str, Any], directory: str, *, dim: int | None,

@@ -165,6 +165,17 @@ class ScannIndex(Index):
     self._searcher.serialize(directory, relative_path=True)
 
   @classmethod
+  def _backend_check_params(cls, params):
+    ScannConfig(**params["config"])
+    if params["mode"] == "tree":
+      for value in (params["reorder"], params["tree"]["num_leaves"],
+                    params["tree"]["num_leaves_to_search"]):
+        if not isinstance(value, int) or value < 1:
+          raise ValueError(f"tree settings must be positive ints, got {value!r}")
+    elif params["mode"] != "brute_force":
+      raise ValueError(f"mode must be 'tree' or 'brute_force', got {params['mode']!r}")
+
+  @classmethod
   def _backend_load(cls, directory, manifest, ids, provenance):
     with open(os.path.join(directory, _ASSETS), encoding="utf-8") as f:
       assets = f.read()

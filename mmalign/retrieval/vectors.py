@@ -6,16 +6,20 @@ error. So every gallery and query array goes through `unit_rows`: it becomes flo
 C-contiguous, each row scaled to unit L2 norm (cosine = dot product afterwards), and a
 row with NaN/inf or zero norm is refused with its row numbers in the message.
 
-Outputs: when fewer than k results exist (k above the gallery size, an empty gallery,
-a tree search that probed leaves holding fewer than k points), ScaNN pads the row with
-id 0 and score NaN, and id 0 is a real item. Searchers return such slots as
+Outputs: `Index.search` clamps k to the index size, but a tree search that probed
+leaves holding fewer than k points still finds fewer than k; ScaNN pads such a row
+with id 0 and score NaN, and id 0 is a real item. Searchers return such slots as
 `MISSING_ID` (-1) with score `MISSING_SCORE` (-inf) instead: -1 can never be an item id
 (ids are non-negative) and -inf sorts after every real score, so rows stay best-first.
 """
 
 from __future__ import annotations
 
+import reprlib
+
 import numpy as np
+
+from mmalign.errors import UsageError
 
 MISSING_ID = -1
 MISSING_SCORE = -np.inf
@@ -61,30 +65,43 @@ def unit_rows(x, name: str, dim: int | None = None) -> np.ndarray:
 
 
 def check_k(k) -> int:
-  """k must be a positive integer; it may exceed the gallery (the tail is then missing)."""
+  """k must be a positive integer; `Index.search` clamps it to the index size."""
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"k must be a positive integer, got {k!r}")
+    raise UsageError(f"k must be a positive integer, got {k!r}")
   return int(k)
+
+
+def integer_ids(ids, name: str = "ids") -> np.ndarray:
+  """ids: an int or a sequence/array of ints -> int64 array of the same shape.
+
+  Floats, bools and strings are refused rather than cast: casting would turn id 1.7
+  into item 1 and True into item 1, and act on an item the caller never named.
+  """
+  array = np.asarray(ids)
+  integers = array.dtype.kind in "iu" and (isinstance(ids, np.ndarray) or not any(
+      isinstance(i, (bool, np.bool_)) for i in np.ravel(np.asarray(ids, dtype=object))))
+  if array.size and not integers:  # [1, True] converts to int64: its True is found above.
+    shown = reprlib.repr(ids).replace("\n", " ")
+    raise UsageError(f"{name} must be integers (item ids >= 0), got {shown}")
+  return array.astype(np.int64)
 
 
 def item_ids(ids, count: int, name: str = "ids") -> np.ndarray:
   """[count] int64 of distinct non-negative ids (None -> 0..count-1); names duplicates."""
   if ids is None:
     return np.arange(count, dtype=np.int64)
-  ids = np.asarray(ids)
+  ids = integer_ids(ids, name)
   if ids.ndim != 1 or ids.shape[0] != count:
-    raise ValueError(f"{name} must be 1-D with one id per row ({count}), got shape {ids.shape}")
-  if count and not np.issubdtype(ids.dtype, np.integer):
-    raise ValueError(f"{name} must be integers, got dtype {ids.dtype}")
-  ids = ids.astype(np.int64)
+    raise UsageError(f"{name} must be 1-D with one id per row ({count}), got shape "
+                     f"{ids.shape}")
   negative = np.flatnonzero(ids < 0)
   if negative.size:
-    raise ValueError(f"{name} must be >= 0 ({MISSING_ID} marks a missing result); "
+    raise UsageError(f"{name} must be >= 0 ({MISSING_ID} marks a missing result); "
                      f"negative at rows {_row_list(negative)}")
   values, counts = np.unique(ids, return_counts=True)
   repeated = values[counts > 1]
   if repeated.size:
-    raise ValueError(f"{name} must be distinct; repeated: {_row_list(repeated)}")
+    raise UsageError(f"{name} must be distinct; repeated: {_row_list(repeated)}")
   return ids
 
 

@@ -184,3 +184,58 @@ def test_save_replaces_an_index_but_not_other_directories(tmp_path):
   with pytest.raises(IndexFileError, match="not a saved index; refusing"):
     index.save(tmp_path / "precious")
   assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+def _edit_manifest(directory, edit):
+  path = os.path.join(directory, MANIFEST)
+  with open(path) as f:
+    manifest = json.load(f)
+  edit(manifest)
+  with open(path, "w") as f:
+    json.dump(manifest, f)
+  return path
+
+
+@pytest.mark.parametrize("name", ["scann", "exact"])
+@pytest.mark.parametrize("edit, culprit", [
+    (lambda m: m.pop("files"), "lacks key 'files'"),
+    (lambda m: m.pop("searcher"), "lacks key 'searcher'"),
+    (lambda m: m.pop("params"), "lacks key 'params'"),
+    (lambda m: m.update(files=["ids.npy"]), "'files' must be a dict, got list"),
+    (lambda m: m.update(dim="32"), "'dim' must be an int, got str"),
+    (lambda m: m.update(count=True), "'count' must be an int, got bool"),
+    (lambda m: m.update(count=-1), "'count' must be >= 0"),
+    (lambda m: m.update(searcher=["scann"]), "'searcher' must be a str, got list"),
+    (lambda m: m.update(tuning=3), "'tuning' must be a dict or null, got int"),
+    (lambda m: m["files"].update({"ids.npy": "abc"}), "files entry 'ids.npy'"),
+    (lambda m: m["files"]["ids.npy"].pop("sha256"), "files entry 'ids.npy'"),
+    (lambda m: m["provenance"].update(colour="red"), "unknown provenance field"),
+    (lambda m: m["params"].pop("config"), "params"),
+    (lambda m: m["params"]["config"].update(shoe_size=3), "params"),
+    (lambda m: m["params"].update(num_neighbors="ten"), "params"),
+])
+def test_malformed_manifest_is_one_line_naming_the_file(tmp_path, name, edit, culprit):
+  _, queries, directory = _saved(tmp_path, name)
+  path = _edit_manifest(directory, edit)
+  for load in (lambda: searchers.load_index(directory),
+               lambda: searchers.SEARCHERS.get(name).load(directory, verify=False)):
+    with pytest.raises(IndexFileError) as excinfo:
+      load().search(queries)
+    message = str(excinfo.value)
+    assert path in message and culprit in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("text", ["", "[1, 2]", "null", '{"format": 5}', "\xff\xfe"])
+def test_manifest_that_is_not_an_object_is_named(tmp_path, text):
+  (tmp_path / MANIFEST).write_bytes(text.encode("latin-1"))
+  with pytest.raises(IndexFileError, match=f"{MANIFEST}") as excinfo:
+    searchers.load_index(tmp_path)
+  assert "\n" not in str(excinfo.value)
+
+
+def test_scann_params_that_do_not_fit_the_mode_are_named(tmp_path):
+  _, queries, directory = _saved(tmp_path, "scann", 5000)
+  path = _edit_manifest(directory, lambda m: m["params"].update(tree=None))
+  with pytest.raises(IndexFileError, match=f"{path}.*params") as excinfo:
+    searchers.load_index(directory).search(queries)
+  assert "\n" not in str(excinfo.value)
