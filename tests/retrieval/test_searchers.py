@@ -1,15 +1,15 @@
 """Every registered searcher, through the same API, against float64 numpy brute force.
 
 The traps of the retrieval issue are tested for each searcher: missing results come back
-as id -1 / score -inf (never item 0), NaN/inf rows are refused by row number, k may
-exceed the gallery, and empty and one-item galleries work.
+as id -1 / score -inf (never item 0), NaN/inf rows are refused by row number, k above
+the gallery is clamped to its size, and empty and one-item galleries work.
 """
 
 import numpy as np
 import pytest
 
 from mmalign.registry import UnknownNameError
-from mmalign.retrieval import searchers, vectors
+from mmalign.retrieval import searchers
 from mmalign.retrieval.exact_index import ExactConfig
 from mmalign.retrieval.scann_index import ScannConfig
 from tests.retrieval.reference import clustered, cosine, numpy_top_k
@@ -53,7 +53,7 @@ def test_default_k_is_the_configs(name):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("k", [7, 8, 20])
-def test_k_above_gallery_size_pads_with_missing(name, k):
+def test_k_above_gallery_size_is_clamped(name, k):
   rng = np.random.default_rng(3)
   gallery, queries = rng.normal(size=(7, 5)), rng.normal(size=(4, 5))
   index = searchers.build_index(name, gallery)
@@ -61,10 +61,8 @@ def test_k_above_gallery_size_pads_with_missing(name, k):
     scores, found = index.search(queries[0] if single else queries, k)
     scores, found = np.atleast_2d(scores), np.atleast_2d(found)
     expected_scores, expected_ids = numpy_top_k(queries[:1] if single else queries, gallery, k)
-    np.testing.assert_array_equal(found[:, :7], expected_ids)
-    np.testing.assert_allclose(scores[:, :7], expected_scores, atol=EXACT_ATOL)
-    assert np.all(found[:, 7:] == vectors.MISSING_ID)
-    assert np.all(scores[:, 7:] == -np.inf)
+    np.testing.assert_array_equal(found, expected_ids[:, :7])
+    np.testing.assert_allclose(scores, expected_scores[:, :7], atol=EXACT_ATOL)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -72,22 +70,21 @@ def test_one_item_gallery(name):
   gallery = np.array([[3.0, 4.0]])
   index = searchers.build_index(name, gallery, ids=[0])
   scores, found = index.search(np.array([[1.0, 0.0], [0.0, -2.0]]), 3)
-  np.testing.assert_array_equal(found, [[0, -1, -1], [0, -1, -1]])
+  np.testing.assert_array_equal(found, [[0], [0]])  # k = 3 clamped to the one item.
   np.testing.assert_allclose(scores[:, 0], [0.6, -0.8], atol=EXACT_ATOL)
-  assert np.all(scores[:, 1:] == -np.inf)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_empty_gallery_returns_only_missing_and_can_be_filled(name):
+def test_empty_gallery_returns_empty_rows_and_can_be_filled(name):
   index = searchers.build_index(name, np.zeros((0, 4)))
   assert index.count == 0 and index.dim == 4
   scores, found = index.search(np.ones((2, 4)), 3)
-  assert np.all(found == -1) and np.all(scores == -np.inf) and found.shape == (2, 3)
+  assert found.shape == scores.shape == (2, 0)
   scores, found = index.search(np.ones(4), 2)
-  assert found.tolist() == [-1, -1]
+  assert found.tolist() == []
   index.upsert([12], [[0.0, 0.0, 0.0, 2.0]])
   scores, found = index.search(np.array([[0.0, 0.0, 1.0, 1.0]]), 2)
-  np.testing.assert_array_equal(found, [[12, -1]])
+  np.testing.assert_array_equal(found, [[12]])
   np.testing.assert_allclose(scores[0, 0], np.sqrt(0.5), atol=EXACT_ATOL)
 
 

@@ -82,6 +82,6 @@ def test_delete_everything_then_refill():
   index = searchers.build_index("scann", np.eye(3))
   index.delete([0, 1, 2])
   assert index.count == 0
-  assert index.search(np.ones(3), 2)[1].tolist() == [-1, -1]
+  assert index.search(np.ones(3), 2)[1].tolist() == []  # k is clamped to the size.
   index.upsert([5], [[0.0, 1.0, 0.0]])
-  assert index.search(np.ones(3), 2)[1].tolist() == [5, -1]
+  assert index.search(np.ones(3), 2)[1].tolist() == [5]
