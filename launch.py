@@ -12,6 +12,7 @@ Any config value can be overridden: --config.train.steps=100.
 from __future__ import annotations
 
 import logging as logging_std
+import os
 import sys
 
 from absl import app, flags, logging
@@ -41,22 +42,49 @@ flags.mark_flags_as_required(["config", "workdir"])
 def run(config, workdir: str, mode: str, query: str | None, k: int | None,
         query_image: str | None = None) -> None:
   # Imported here so that --help and flag errors answer without loading JAX.
+  import jax  # pylint: disable=import-outside-toplevel
   from mmalign import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
+  from mmalign import settings  # pylint: disable=import-outside-toplevel
+  from mmalign import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+
+  check_arguments(mode, query, k, query_image)
+  settings.check(config)
+  settings.check_with_dataset(config)
+  if mode not in ("all", "train") and not os.path.isdir(workdir):
+    raise UsageError(f"--workdir {workdir!r} does not exist: run --mode=train first")
+  k = config.retrieval.k if k is None else k
+  with workdir_lib.locked(workdir, process_index=jax.process_index()):
+    _run_locked(config, workdir, mode, query, k, query_image, experiment_lib)
+
+
+def check_arguments(mode: str, query: str | None, k: int | None,
+                    query_image: str | None) -> None:
+  """The launcher's own flags, checked before the config and before any work."""
+  if k is not None and k < 1:
+    raise UsageError(f"--k={k} must be >= 1")
+  if query is not None:
+    try:
+      query.encode("utf-8")
+    except UnicodeEncodeError:
+      raise UsageError("--query is not valid UTF-8 text; pass the query in UTF-8") from None
+  if mode == "search" and not query_image and (query is None or not query.strip()):
+    raise UsageError("--mode=search needs a non-empty --query, e.g. "
+                     "--query='latin small letter a with grave', or --query_image=x.png")
+
+
+def _run_locked(config, workdir: str, mode: str, query: str | None, k: int,
+                query_image: str | None, experiment_lib) -> None:
   from mmalign.eval import classification_evaluator, evaluator  # pylint: disable=import-outside-toplevel
   from mmalign.retrieval import cli as retrieval_cli  # pylint: disable=import-outside-toplevel
   from mmalign.retrieval import search as search_lib  # pylint: disable=import-outside-toplevel
   from mmalign.train import trainer  # pylint: disable=import-outside-toplevel
 
-  if mode == "search" and not query_image and (query is None or not query.strip()):
-    raise UsageError("--mode=search needs a non-empty --query, e.g. "
-                     "--query='latin small letter a with grave', or --query_image=x.png")
   if mode == "index":
     path = retrieval_cli.build_index_for_workdir(config, workdir)
     print(f"indexes: {path} (images), {path}_text (captions)")
     return
   if mode == "search" and query_image:
-    hits, sheet = retrieval_cli.search_image_query(config, workdir, query_image,
-                                                   k or config.retrieval.k)
+    hits, sheet = retrieval_cli.search_image_query(config, workdir, query_image, k)
     print(f"\nsearch over the {config.eval.split} captions for the image {query_image!r}:")
     for hit in hits:
       print(f"  {hit.rank:2d}. {hit.score:+.3f}  {hit.caption}")
@@ -75,7 +103,7 @@ def run(config, workdir: str, mode: str, query: str | None, k: int | None,
     if variables is None:
       variables, step = exp.restore_variables()
     query = query if mode == "search" else config.retrieval.example_query
-    hits, sheet = search_lib.search(exp, variables, step, query, k=k or config.retrieval.k,
+    hits, sheet = search_lib.search(exp, variables, step, query, k=k,
                                     split=config.eval.split,
                                     scann_config=search_lib.scann_config(config))
     print(f"\nScaNN search over the {config.eval.split} images for {query!r}:")
@@ -85,15 +113,25 @@ def run(config, workdir: str, mode: str, query: str | None, k: int | None,
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but an override of a config key that does not exist is one line."""
+  """absl's parser, but every flag error (a bad value, an unknown config key, a missing
+  --config) is one line and exit status 2 instead of a traceback."""
   try:
     return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e).replace("\n", "; ")
+    _fail(f"{message} (see --help)")
   except (AttributeError, KeyError) as e:
     key = str(e).strip("\"'")
     culprits = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
-    print(f"error: {', '.join(culprits) or key}: no such config key ({key!r}); see the "
-          "config file for the keys it defines", file=sys.stderr)
-    sys.exit(2)
+    _fail(f"{', '.join(culprits) or key}: no such config key ({key!r}); see the "
+          "config file for the keys it defines")
+  except Exception as e:  # pylint: disable=broad-except  # A config file that fails to load.
+    _fail(f"--config: {type(e).__name__}: {e}")
+
+
+def _fail(message: str, status: int = 2):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
 
 
 def main(argv):
@@ -107,15 +145,12 @@ def main(argv):
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     run(_CONFIG.value, _WORKDIR.value, _MODE.value, _QUERY.value, _K.value, _QUERY_IMAGE.value)
   except UsageError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
   except preemption.Preempted as e:  # A scheduler's SIGTERM: saved, resumable, not a failure.
     print(str(e), file=sys.stderr)
     sys.exit(0)
-  except trainer.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  except (trainer.NonFiniteLossError, trainer.RunEndedError) as e:
+    _fail(str(e), status=1)
 
 
 class _DropNoise(logging_std.Filter):

@@ -18,6 +18,8 @@ import numpy as np
 
 from mmalign.data import pipeline, sources
 from mmalign.data.tokenizer import TextSettings, Tokenizer
+from mmalign import settings
+from mmalign import workdir as workdir_lib
 from mmalign.errors import UsageError
 from mmalign.models.build import build_dual_encoder, resolved_model_config
 from mmalign.models.dual_encoder import DualEncoder
@@ -37,7 +39,17 @@ class Experiment:
   model: DualEncoder
   normalization: pipeline.ImageNormalization
   class_names: tuple[str, ...] = ()  # Of `task.label`; empty without a task.
+  tokenizer_unsaved: bool = False  # Trained by this run, not yet in the workdir.
   _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  def save_tokenizer(self) -> None:
+    """Writes a newly trained tokenizer into the workdir (process 0; the others wait)."""
+    if not self.tokenizer_unsaved:
+      return
+    if jax.process_index() == 0:
+      self.tokenizer.save(os.path.join(self.workdir, TOKENIZER_DIR))
+    _barrier("tokenizer saved")
+    self.tokenizer_unsaved = False
 
   def jitted_method(self, method: str):
     """jit of `model.<method>(variables, x)` in eval mode, compiled once per experiment.
@@ -103,15 +115,26 @@ class Experiment:
     return state
 
   def restore_variables(self, step: int | None = None):
-    """(variables, step) of the latest (or given) checkpoint in the workdir."""
+    """(variables, step) of the latest good (or the given) checkpoint in the workdir.
+
+    Without `step`, a corrupt latest checkpoint is moved aside with a warning and
+    the previous one restored, as in training."""
     checkpointer = Checkpointer(self.workdir, keep=self.config.train.keep_checkpoints,
                                 async_save=False)
-    if checkpointer.latest_step() is None:
-      raise UsageError(f"--workdir {self.workdir!r} has no checkpoint: run "
-                              "--mode=train first")
-    abstract = jax.eval_shape(self.init_train_state)
-    state, _ = checkpointer.restore(abstract, self.meta(), step)
-    checkpointer.close()
+    try:
+      if checkpointer.latest_step() is None:
+        raise UsageError(f"--workdir {self.workdir!r} has no checkpoint: run "
+                         "--mode=train first")
+      abstract = jax.eval_shape(self.init_train_state)
+      if step is None:
+        state, _ = checkpointer.restore_latest_good(abstract, self.meta())
+        if state is None:
+          raise UsageError(f"--workdir {self.workdir!r}: no checkpoint could be read (the "
+                           "unreadable ones were moved aside); run --mode=train again")
+      else:
+        state, _ = checkpointer.restore(abstract, self.meta(), step)
+    finally:
+      checkpointer.close()
     return variables_of(state), int(state["step"])
 
   def meta(self) -> dict:
@@ -120,11 +143,12 @@ class Experiment:
     return {"model_config": json.loads(json.dumps(resolved_model_config(
         self.config.model, self.model.num_classes))),
             "tokenizer_sha256": self.tokenizer_sha256(),
-            "dataset": f"{self.config.data.name}/{self.config.data.config}"}
+            "tokenizer_settings": dataclasses.asdict(self.tokenizer.settings),
+            "dataset": f"{self.config.data.name}/{self.config.data.config}",
+            "dataset_version": str(self.builder.version)}
 
   def tokenizer_sha256(self) -> str:
-    with open(os.path.join(self.workdir, TOKENIZER_DIR, "tokenizer.model"), "rb") as f:
-      return hashlib.sha256(f.read()).hexdigest()
+    return hashlib.sha256(self.tokenizer.model_proto).hexdigest()
 
 
 def variables_of(state: dict) -> dict:
@@ -132,30 +156,29 @@ def variables_of(state: dict) -> dict:
   return {"params": state["params"], **state.get("model_state", {})}
 
 
-def check_workdir(workdir: str) -> None:
-  """Fails at once if the workdir cannot be created or written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise UsageError(f"--workdir {workdir!r} is not writable: {e.strerror}") from None
-
-
 def prepare(config: ml_collections.ConfigDict, workdir: str, *,
             allow_new_tokenizer: bool) -> Experiment:
-  """Builds the dataset if missing, loads (or trains) the tokenizer, builds the model."""
-  check_workdir(workdir)
+  """Builds the dataset if missing, loads (or trains) the tokenizer, builds the model.
+
+  A newly trained tokenizer stays in memory until `save_tokenizer`, which the
+  trainer calls once everything else is built: a run that fails before then
+  writes nothing into the workdir.
+  """
+  workdir_lib.check_writable(workdir)
   builder = sources.get_builder(config.data.name, config.data.config, config.data.data_dir)
   sources.ensure_built(builder)
+  settings.check_dataset(config, builder)
   tokenizer_dir = os.path.join(workdir, TOKENIZER_DIR)
   _barrier("before looking for the tokenizer")  # All processes then take the same branch.
+  wanted = text_settings(config)
+  unsaved = False
   if Tokenizer.exists(tokenizer_dir):
     tokenizer = Tokenizer.load(tokenizer_dir)
+    _check_same_text_settings(tokenizer.settings, wanted, tokenizer_dir)
   elif allow_new_tokenizer:
-    tokenizer = _train_tokenizer_once(builder, config, tokenizer_dir)
+    # Deterministic (sorted captions, one thread), so every process trains the same one.
+    index = pipeline.index_split(sources.open_split(builder, "train", decode_images=False))
+    tokenizer, unsaved = Tokenizer.train(index.tokenizer_corpus, wanted), True
   else:
     raise UsageError(f"--workdir {workdir!r} holds no trained model (no "
                             f"{TOKENIZER_DIR}/): run --mode=train first")
@@ -165,26 +188,24 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
                              num_classes=len(class_names))
   normalization = pipeline.ImageNormalization(tuple(config.data.image_mean),
                                               tuple(config.data.image_std))
-  return Experiment(config, workdir, builder, tokenizer, model, normalization, class_names)
+  return Experiment(config, workdir, builder, tokenizer, model, normalization, class_names,
+                    tokenizer_unsaved=unsaved)
+
+
+def _check_same_text_settings(saved: TextSettings, wanted: TextSettings, where: str) -> None:
+  """The workdir's tokenizer was trained with config.text; a changed value is refused."""
+  for field in dataclasses.fields(TextSettings):
+    old, new = getattr(saved, field.name), getattr(wanted, field.name)
+    if old != new:
+      raise UsageError(f"text.{field.name}={new!r} differs from the tokenizer in {where} "
+                       f"(trained with text.{field.name}={old!r}); set it back or use a new "
+                       "--workdir")
 
 
 def task_label(config) -> str | None:
   """The dataset label the multi-task classifier learns (`task.label`), or None."""
   task = config.get("task")
   return task.get("label") if task is not None else None
-
-
-def _train_tokenizer_once(builder, config, tokenizer_dir: str) -> Tokenizer:
-  """Process 0 trains and saves the tokenizer; the others wait, then load that copy."""
-  if jax.process_index() == 0:
-    index = pipeline.index_split(sources.open_split(builder, "train", decode_images=False))
-    tokenizer = Tokenizer.train(index.tokenizer_corpus, text_settings(config))
-    os.makedirs(tokenizer_dir, exist_ok=True)
-    tokenizer.save(tokenizer_dir)
-  if jax.process_count() == 1:
-    return tokenizer
-  _barrier("tokenizer saved")
-  return Tokenizer.load(tokenizer_dir)
 
 
 def _barrier(name: str) -> None:

@@ -45,6 +45,11 @@ class Tokenizer:
   def vocab_size(self) -> int:
     return self._processor.get_piece_size()
 
+  @property
+  def model_proto(self) -> bytes:
+    """The serialized SentencePiece model: what `save` writes to MODEL_FILE."""
+    return self._model_proto
+
   def normalize(self, text: str) -> str:
     return _normalize(text, self.settings)
 
@@ -79,10 +84,14 @@ class Tokenizer:
     return cls(model.getvalue(), settings)
 
   def save(self, directory: str) -> None:
-    """Writes the model and its settings; each file is published atomically."""
-    _atomic_write(os.path.join(directory, MODEL_FILE), self._model_proto)
+    """Writes the settings, then the model; each file is published atomically.
+
+    The model file comes last because `exists` looks for it: a crash in between
+    leaves no half-saved tokenizer."""
+    os.makedirs(directory, exist_ok=True)
     _atomic_write(os.path.join(directory, SETTINGS_FILE),
                   json.dumps(dataclasses.asdict(self.settings), indent=2).encode())
+    _atomic_write(os.path.join(directory, MODEL_FILE), self._model_proto)
 
   @classmethod
   def load(cls, directory: str) -> "Tokenizer":

@@ -6,6 +6,11 @@ A finished checkpoint can still go bad later (a truncated file on a full disk,
 a partial copy): `restore_latest_good` then warns, moves the bad step aside to
 `<step>.corrupt` (never deleting anything) and falls back to the previous one.
 
+Every saved array is finite and has a SHA-256 checksum in the checkpoint's
+meta; `restore` recomputes them, so a flipped byte that still decodes to
+numbers is caught like any unreadable file. Why checksums on top of orbax:
+its files carry none, and corrupted array data restored silently.
+
 The data position and the random streams are not stored separately: batch
 `step` and the dropout key are pure functions of (seed, step), so the step
 saved with the state is the whole iterator state.
@@ -13,6 +18,7 @@ saved with the state is the whole iterator state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -28,6 +34,50 @@ CHECKPOINT_DIR = "checkpoints"
 
 class CheckpointMismatchError(UsageError):
   """The workdir holds a checkpoint of a different model or experiment."""
+
+
+class NonFiniteStateError(FloatingPointError):
+  """A state about to be saved holds NaN or infinite values; nothing was written."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint's arrays do not match the checksums saved with them."""
+
+
+def _host_array(x) -> np.ndarray:
+  """The whole array on this host (gathered from every process when sharded across them)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.ascontiguousarray(jax.device_get(x))
+
+
+def checksums(state) -> dict[str, str]:
+  """{leaf path: sha256 of its dtype, shape and bytes} for every array of `state`."""
+  sums = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    array = _host_array(leaf)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.reshape(-1).view(np.uint8))
+    sums[jax.tree_util.keystr(path)] = digest.hexdigest()
+  return sums
+
+
+def nonfinite_leaves(state) -> list[str]:
+  """Paths of the floating-point arrays of `state` holding a NaN or an infinity."""
+  return [jax.tree_util.keystr(path)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+          if jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact)
+          and not bool(jax.device_get(jax.numpy.isfinite(leaf).all()))]
+
+
+def _first_difference(where: str, saved, current) -> tuple[str, str, str]:
+  """(dotted path, saved value, current value) of the first place two JSON trees differ."""
+  if isinstance(saved, dict) and isinstance(current, dict):
+    for key in sorted(set(saved) | set(current)):
+      if saved.get(key) != current.get(key):
+        return _first_difference(f"{where}.{key}", saved.get(key), current.get(key))
+  return where, json.dumps(saved), json.dumps(current)
 
 
 class Checkpointer:
@@ -48,9 +98,22 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
+    """Saves at `save_every` steps (or when forced); returns whether it saved.
+
+    Raises NonFiniteStateError, writing nothing, when any array is not finite.
+    """
+    if not (force or self._manager.should_save(step)):
+      return False
+    bad = nonfinite_leaves(state)
+    if bad:
+      raise NonFiniteStateError(
+          f"the state of step {step} holds NaN or infinite values ({', '.join(bad[:3])}"
+          f"{', ...' if len(bad) > 3 else ''}); it was not saved, so the latest checkpoint "
+          "is the last good state")
+    meta = {**meta, "checksums": checksums(state)}
     return self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      meta=ocp.args.JsonSave(meta)), force=force)
+                                      meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore(self, abstract_state, meta: dict, step: int | None = None):
     """Restores into the structure of `abstract_state` after checking it fits.
@@ -61,17 +124,35 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     saved_meta = self._manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
-    for key in ("model_config", "tokenizer_sha256"):
-      if saved_meta.get(key) != meta.get(key):
+    for key in ("model_config", "tokenizer_sha256", "tokenizer_settings", "dataset",
+                "dataset_version"):
+      if key in saved_meta and saved_meta.get(key) != meta.get(key):
+        where, saved, current = _first_difference(key, saved_meta.get(key), meta.get(key))
         raise CheckpointMismatchError(
-            f"checkpoint {self.directory}/{step} was written with a different {key}:\n"
-            f"  saved:   {json.dumps(saved_meta.get(key), sort_keys=True)}\n"
-            f"  current: {json.dumps(meta.get(key), sort_keys=True)}\n"
-            "use a new --workdir for a different model")
+            f"checkpoint {self.directory}/{step} was written with {where}={saved}, this run "
+            f"has {where}={current}; use a new --workdir for a different model, tokenizer or "
+            "dataset")
     self._check_shapes(step, abstract_state)
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
-    return restored["state"], saved_meta
+        state=ocp.args.StandardRestore(abstract_state)))["state"]
+    self._verify(step, restored, saved_meta.get("checksums"))
+    return restored, saved_meta
+
+  def _verify(self, step: int, state, saved: dict | None) -> None:
+    """Raises CorruptCheckpointError unless every array matches its saved checksum."""
+    if saved is None:
+      warnings.warn(f"checkpoint {self.directory}/{step} has no checksums (written by an "
+                    "older mmalign); restored without verifying its arrays")
+      return
+    current = checksums(state)
+    if set(saved) != set(current):
+      raise CorruptCheckpointError(f"the checksums list {len(saved)} arrays, the state has "
+                                   f"{len(current)}")
+    changed = [key for key in current if current[key] != saved[key]]
+    if changed:
+      raise CorruptCheckpointError(
+          f"{len(changed)} array(s) differ from their saved checksums: "
+          f"{', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}")
 
   def restore_latest_good(self, abstract_state, meta: dict):
     """`restore` of the newest readable step, moving unreadable ones aside.

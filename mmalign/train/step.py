@@ -17,9 +17,11 @@ with the default that reproduces the plain data-parallel float32 step):
                            XLA:CPU, where convolutions in a scan run ~20x slower)
   compute_dtype            "float32" | "bfloat16" (precision.py)
   optimizer_moments_dtype  "float32" | "bfloat16", read by `optimizer.adamw`
-  on_nonfinite             "stop" (the loop raises) | "skip" (the step keeps the
-                           old params, optimizer and model state when the loss or
-                           the gradient norm is NaN/inf; metrics["skipped"] = 1)
+  on_nonfinite             "stop" (the loop raises; metrics["state_finite"] says
+                           whether the updated state is finite) | "skip" (the step
+                           keeps the old params, optimizer and model state when the
+                           loss, the gradient norm or the updated state is NaN/inf;
+                           metrics["skipped"] = 1)
 """
 
 from __future__ import annotations
@@ -63,13 +65,25 @@ def _update(optimizer, state_shardings, skip_nonfinite: bool):
     new_state = {"params": params, "opt_state": opt_state}
     if state.get("model_state"):
       new_state["model_state"] = dict(new_model_state)
+    # The updated state is checked too: a NaN learning rate leaves loss and gradient
+    # finite but every parameter NaN.
+    state_finite = all_finite(new_state)
     if skip_nonfinite:  # The data and the step counter move on; nothing else does.
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & state_finite
       old = {key: state[key] for key in new_state}
       new_state = jax.tree.map(lambda new, kept: jnp.where(finite, new, kept), new_state, old)
       metrics["skipped"] = (~finite).astype(jnp.float32)
+    else:
+      metrics["state_finite"] = state_finite.astype(jnp.float32)
     return {**new_state, "step": state["step"] + 1}, metrics
   return apply
+
+
+def all_finite(tree) -> jnp.ndarray:
+  """A scalar bool: every floating-point array of `tree` is free of NaN and inf."""
+  checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(checks).all() if checks else jnp.bool_(True)
 
 
 def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shardings=None,

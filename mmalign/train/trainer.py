@@ -22,6 +22,8 @@ import jax
 import numpy as np
 
 from mmalign import experiment as experiment_lib
+from mmalign import settings
+from mmalign import workdir as workdir_lib
 from mmalign.data import pipeline, sources
 from mmalign.data import sampling as sampling_lib
 from mmalign.errors import UsageError
@@ -35,17 +37,27 @@ from mmalign.train.preemption import Preempted, SigtermWatch
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss or the gradient norm of a step is NaN or infinite."""
+  """The loss, the gradient norm or the updated state of a step is NaN or infinite."""
+
+
+class RunEndedError(RuntimeError):
+  """The run could not go on (e.g. its metrics could not be written); its state is saved."""
 
 
 def _check_finite(step: int, metrics: dict) -> None:
   """Stops before a non-finite step is logged or saved (one scalar sync per step)."""
-  loss, grad_norm = (float(x) for x in jax.device_get((metrics["loss"], metrics["grad_norm"])))
+  loss, grad_norm, state_finite = (float(x) for x in jax.device_get(
+      (metrics["loss"], metrics["grad_norm"], metrics.pop("state_finite"))))
   if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-    raise NonFiniteLossError(
-        f"non-finite loss {loss} / gradient norm {grad_norm} at step {step}; nothing of this "
-        "step was saved, so the latest checkpoint is the last good state. Lower "
-        "train.learning_rate or check the inputs, then rerun to resume from it.")
+    what = f"loss {loss} / gradient norm {grad_norm}"
+  elif not state_finite:
+    what = "parameters or optimizer state after the update (loss and gradient were finite)"
+  else:
+    return
+  raise NonFiniteLossError(
+      f"non-finite {what} at step {step}; nothing of this step was saved, so the latest "
+      "checkpoint is the last good state. Lower train.learning_rate or check the inputs, "
+      "then rerun to resume from it.")
 
 
 STEP_MEMORY = "step_memory.json"
@@ -96,8 +108,15 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
 
   `stop_after` ends this run early at that step, with a checkpoint, as a
   preemption would; the schedule still spans `config.train.steps`, so a later
-  run resumes the same trajectory.
+  run resumes the same trajectory. Holds the workdir's lock while it runs.
   """
+  settings.check(config)
+  with workdir_lib.locked(workdir, process_index=jax.process_index()):
+    return _train(config, workdir, stop_after)
+
+
+def _train(config, workdir: str, stop_after: int | None) -> dict:
+  """`train` under the workdir lock: everything is built before anything is written."""
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=True)
   tc = config.train
   train_index = pipeline.index_split(
@@ -121,6 +140,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
     _check_image_batches(tc, batches.text_rows, mesh)
 
   state = exp.init_train_state()
+  exp.save_tokenizer()  # The first write into the workdir: every builder above succeeded.
   checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints,
                               save_every=tc.checkpoint_every)
   meta = exp.meta()
@@ -153,10 +173,18 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
         elif float(jax.device_get(metrics["skipped"])):
           warnings.warn(f"step {step}: non-finite loss or gradient; the update was skipped "
                         "(train.on_nonfinite='skip')")
-        if step % tc.log_every == 0 or step == last:
-          metrics_log.log(step, {**jax.device_get(metrics),
-                                 "learning_rate": schedule(step - 1)})
         saved = checkpointer.save(step, state, meta, force=step == last)
+        if step % tc.log_every == 0 or step == last:
+          try:
+            metrics_log.log(step, {**jax.device_get(metrics),
+                                   "learning_rate": schedule(step - 1)})
+          except OSError as e:
+            if not saved:
+              checkpointer.save(step, state, meta, force=True)
+            raise RunEndedError(
+                f"could not write the metrics of step {step} into {workdir!r} "
+                f"({e.strerror or e}); the state of step {step} is saved in "
+                f"{checkpointer.directory}: fix the cause and rerun to resume") from None
         if step < last and sigterm.requested():
           if not saved:
             checkpointer.save(step, state, meta, force=True)

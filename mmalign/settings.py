@@ -1,0 +1,225 @@
+"""Every config value checked before any work starts, in one place.
+
+`check(config)` runs before the launcher (or the tables) touches the workdir,
+the dataset or a device: each scalar key against its type and range, each
+name against the registry that serves it, and the combinations no single
+builder can see. `check_dataset(config, builder)` adds what needs the built
+dataset (splits, label features). A failure is a UsageError of one line that
+names the key and what is allowed; the launcher exits 2 with nothing written.
+
+`value(config, key)` is the one place a key's default lives, for the keys an
+older config file may lack. Why a table and not per-module checks: a bad
+`eval.split` used to surface only after a whole training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+from mmalign.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """A scalar config key: its type, the values allowed, and its default if absent."""
+  kind: str  # "int", "float", "bool", "str", "choice", "ints" (a tuple of ints).
+  low: float | None = None  # Inclusive lower bound (numbers; each item of "ints").
+  high: float | None = None  # Exclusive upper bound.
+  choices: tuple | Callable[[], tuple] = ()  # For "choice"; a callable reads a registry.
+  optional: bool = False  # None allowed.
+  default: Any = None
+  required: bool = True  # False: older configs may lack it; `default` then applies.
+
+
+def _names(registry_path: str) -> Callable[[], tuple]:
+  """Lazily the names of a registry (`module:ATTRIBUTE`), so imports stay light."""
+  def names() -> tuple:
+    import importlib  # pylint: disable=import-outside-toplevel
+    module, attribute = registry_path.split(":")
+    return tuple(getattr(importlib.import_module(module), attribute).names())
+  return names
+
+
+def _kernel_impls() -> tuple:
+  from kernels import api  # pylint: disable=import-outside-toplevel
+  return tuple(api.IMPLS)
+
+
+RULES: dict[str, Rule] = {
+    "data.name": Rule("choice", choices=_names("mmalign.data.sources:DATASETS")),
+    "data.config": Rule("str"),
+    "data.data_dir": Rule("str", optional=True),
+    "data.max_shift": Rule("int", low=0),
+    "data.noisy_pair_fraction": Rule("float", low=0.0, high=1.0, default=0.0, required=False),
+    "data.sampling": Rule("choice", choices=_names("mmalign.data.sampling:SAMPLINGS"),
+                          default="captions", required=False),
+    "text.vocab_size": Rule("int", low=8),
+    "text.max_length": Rule("int", low=1),
+    "text.lowercase": Rule("bool"),
+    "text.unicode_normalization": Rule("choice", choices=("NFKC", "NFC", "NFKD", "NFD", "none")),
+    "text.model_type": Rule("choice", choices=("unigram", "bpe", "word", "char")),
+    "model.text_encoder": Rule("choice", choices=_names("mmalign.models.build:TEXT_ENCODERS")),
+    "model.image_encoder": Rule("choice",
+                                choices=_names("mmalign.models.build:IMAGE_ENCODERS")),
+    "model.fusion": Rule("choice", choices=_names("mmalign.models.build:FUSIONS"),
+                         optional=True, required=False),
+    "model.embed_dim": Rule("int", low=1),
+    "model.init_scale": Rule("float", low=1e-6),
+    "model.modality_dropout": Rule("float", low=0.0, high=1.0, default=0.0, required=False),
+    "loss.name": Rule("choice", choices=_names("mmalign.losses.objective:LOSSES")),
+    "loss.kernel.impl": Rule("choice", choices=_kernel_impls, default="auto", required=False),
+    "loss.distributed": Rule("choice", choices=("all_gather", "ring"), optional=True,
+                             required=False),
+    "loss.matching_weight": Rule("float", low=0.0, default=0.0, required=False),
+    "loss.task_weight": Rule("float", low=0.0, default=0.0, required=False),
+    "task.label": Rule("str", optional=True, required=False),
+    "train.seed": Rule("int", low=0, high=2**31),
+    "train.batch_size": Rule("int", low=1),
+    "train.steps": Rule("int", low=1),
+    "train.learning_rate": Rule("float", low=0.0),
+    "train.warmup_steps": Rule("int", low=0),
+    "train.weight_decay": Rule("float", low=0.0),
+    "train.grad_clip_norm": Rule("float", low=0.0, optional=True),
+    "train.fsdp_min_size": Rule("int", low=1, default=2 ** 14, required=False),
+    "train.micro_batches": Rule("int", low=1, default=1, required=False),
+    "train.gradient_cache": Rule("bool", default=False, required=False),
+    "train.gradient_cache_loop": Rule("choice", choices=("scan", "host"), default="scan",
+                                      required=False),
+    "train.compute_dtype": Rule("choice", choices=("float32", "bfloat16"), default="float32",
+                                required=False),
+    "train.optimizer_moments_dtype": Rule("choice", choices=("float32", "bfloat16"),
+                                          default="float32", required=False),
+    "train.on_nonfinite": Rule("choice", choices=("stop", "skip"), default="stop",
+                               required=False),
+    "train.log_every": Rule("int", low=1),
+    "train.checkpoint_every": Rule("int", low=1),
+    "train.keep_checkpoints": Rule("int", low=1),
+    "eval.split": Rule("str"),
+    "eval.ks": Rule("ints", low=1),
+    "eval.batch_size": Rule("int", low=1),
+    "retrieval.searcher": Rule("choice", choices=_names("mmalign.retrieval.searchers:SEARCHERS"),
+                               default="scann", required=False),
+    "retrieval.k": Rule("int", low=1),
+    "retrieval.num_leaves": Rule("int", low=1, optional=True, required=False),
+    "retrieval.num_leaves_to_search": Rule("int", low=1, optional=True, required=False),
+    "retrieval.reorder": Rule("int", low=0, default=100, required=False),
+    "retrieval.example_query": Rule("str"),
+}
+
+
+def value(config, key: str):
+  """config's value at dotted `key`, or the key's default when the config lacks it."""
+  found, current = _lookup(config, key)
+  if found:
+    return current
+  if key not in RULES:
+    raise KeyError(f"{key} is neither in the config nor in settings.RULES")
+  return RULES[key].default
+
+
+def _lookup(config, key: str) -> tuple[bool, Any]:
+  current = config
+  for part in key.split("."):
+    try:
+      if part not in current:
+        return False, None
+      current = current[part]
+    except TypeError:  # A scalar where a section was expected.
+      return False, None
+  return True, current
+
+
+def _describe(rule: Rule) -> str:
+  if rule.kind == "choice":
+    choices = rule.choices() if callable(rule.choices) else rule.choices
+    allowed = ", ".join(map(repr, choices))
+    return f"one of {allowed}" + (" or None" if rule.optional else "")
+  bounds = []
+  if rule.low is not None:
+    bounds.append(f">= {_number(rule.low)}")
+  if rule.high is not None:
+    bounds.append(f"< {_number(rule.high)}")
+  what = {"int": "an integer", "float": "a finite number", "bool": "True or False",
+          "str": "a non-empty string", "ints": "a non-empty tuple of integers"}[rule.kind]
+  return " ".join([what, " and ".join(bounds)]).strip() + (" or None" if rule.optional else "")
+
+
+def _number(x: float) -> str:
+  return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _valid(rule: Rule, x) -> bool:
+  if x is None:
+    return rule.optional
+  if rule.kind == "choice":
+    return x in (rule.choices() if callable(rule.choices) else rule.choices)
+  if rule.kind == "bool":
+    return isinstance(x, bool)
+  if rule.kind == "str":
+    return isinstance(x, str) and bool(x.strip())
+  if rule.kind == "ints":
+    items = tuple(x) if isinstance(x, (tuple, list)) else None
+    return bool(items) and all(_in_range(rule, i, integer=True) for i in items)
+  return _in_range(rule, x, integer=rule.kind == "int")
+
+
+def _in_range(rule: Rule, x, *, integer: bool) -> bool:
+  if isinstance(x, bool) or not isinstance(x, (int, float)):
+    return False
+  if integer and not isinstance(x, int):
+    return False
+  if not math.isfinite(x):
+    return False
+  return ((rule.low is None or x >= rule.low) and (rule.high is None or x < rule.high))
+
+
+def check(config) -> None:
+  """Raises UsageError naming the first bad key; needs nothing but the config."""
+  for key, rule in RULES.items():
+    found, x = _lookup(config, key)
+    if not found:
+      if rule.required:
+        raise UsageError(f"config key {key} is missing; it must be {_describe(rule)}")
+      continue
+    if not _valid(rule, x):
+      raise UsageError(f"{key}={x!r} is not allowed; it must be {_describe(rule)}")
+  _check_combinations(config)
+
+
+def _check_combinations(config) -> None:
+  """What no single key shows: pairs of values that cannot work together."""
+  steps, warmup = config.train.steps, config.train.warmup_steps
+  if warmup > steps:
+    raise UsageError(f"train.warmup_steps={warmup} must be <= train.steps={steps}")
+  micro_batches = value(config, "train.micro_batches")
+  if config.train.batch_size % micro_batches:
+    raise UsageError(f"train.batch_size={config.train.batch_size} must divide by "
+                     f"train.micro_batches={micro_batches}")
+  leaves, searched = (value(config, "retrieval.num_leaves"),
+                      value(config, "retrieval.num_leaves_to_search"))
+  if leaves is not None and searched is not None and searched > leaves:
+    raise UsageError(f"retrieval.num_leaves_to_search={searched} must be <= "
+                     f"retrieval.num_leaves={leaves}")
+  if value(config, "loss.task_weight") > 0 and not value(config, "task.label"):
+    raise UsageError("loss.task_weight > 0 needs task.label (the dataset label to classify)")
+
+
+def check_with_dataset(config):
+  """`check_dataset` on the config's dataset, built first if missing; returns the builder."""
+  from mmalign.data import sources  # pylint: disable=import-outside-toplevel
+  builder = sources.get_builder(config.data.name, config.data.config, config.data.data_dir)
+  sources.ensure_built(builder)
+  check_dataset(config, builder)
+  return builder
+
+
+def check_dataset(config, builder) -> None:
+  """The checks that need the built dataset: the splits and the task label exist."""
+  splits = list(builder.info.splits)
+  for key, split in (("eval.split", config.eval.split), ("the training split", "train")):
+    if split not in splits:
+      raise UsageError(f"{key}={split!r}: dataset {builder.name}/{builder.builder_config.name} "
+                       f"has no such split; available: {', '.join(splits)}")
