@@ -110,14 +110,18 @@ RULES: dict[str, Rule] = {
 }
 
 
-def value(config, key: str):
-  """config's value at dotted `key`, or the key's default when the config lacks it."""
+def value(config, key: str, *, section: str | None = None):
+  """config's value at dotted `key`, or the key's default when the config lacks it.
+
+  `section`: `config` is that section of the whole config (e.g. config.loss), and
+  `key` is relative to it."""
   found, current = _lookup(config, key)
   if found:
     return current
-  if key not in RULES:
-    raise KeyError(f"{key} is neither in the config nor in settings.RULES")
-  return RULES[key].default
+  full = f"{section}.{key}" if section else key
+  if full not in RULES:
+    raise KeyError(f"{full} is neither in the config nor in settings.RULES")
+  return RULES[full].default
 
 
 def _lookup(config, key: str) -> tuple[bool, Any]:
@@ -203,6 +207,14 @@ def _check_combinations(config) -> None:
   if leaves is not None and searched is not None and searched > leaves:
     raise UsageError(f"retrieval.num_leaves_to_search={searched} must be <= "
                      f"retrieval.num_leaves={leaves}")
+  impl = value(config, "loss.kernel.impl")
+  if impl != "auto" and value(config, "loss.distributed"):
+    raise UsageError(f"loss.kernel.impl={impl!r} with loss.distributed: the sharded losses "
+                     "compute their blocks with plain XLA ops and take no loss.kernel "
+                     "settings; leave loss.kernel.impl='auto' or unset loss.distributed")
+  if impl != "auto" and config.loss.name == "regression":
+    raise UsageError(f"loss.kernel.impl={impl!r} with loss.name='regression': that loss "
+                     "compares matched pairs only and has no kernel; leave it 'auto'")
   if value(config, "loss.task_weight") > 0 and not value(config, "task.label"):
     raise UsageError("loss.task_weight > 0 needs task.label (the dataset label to classify)")
 

@@ -19,7 +19,7 @@ LOSSES = Registry("loss")
 
 @LOSSES.register("infonce")
 def symmetric_infonce(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.ndarray,
-                      *, impl: str = "reference", block_kwargs: dict[str, Any] | None = None,
+                      *, impl: str = "auto", block_kwargs: dict[str, Any] | None = None,
                       **unused) -> jnp.ndarray:
   """CLIP's loss: ½ (mean CE over rows + mean CE over columns), positives on the diagonal.
 
@@ -30,7 +30,7 @@ def symmetric_infonce(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.
 
 
 def image_rows_infonce(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.ndarray,
-                       image_to_text: jnp.ndarray, *, impl: str = "reference",
+                       image_to_text: jnp.ndarray, *, impl: str = "auto",
                        block_kwargs: dict[str, Any] | None = None, **unused) -> jnp.ndarray:
   """InfoNCE with rows = images, columns = texts (`data.sampling="images"` batches).
 
@@ -50,7 +50,7 @@ def image_rows_infonce(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp
 
 @LOSSES.register("sigmoid")
 def sigmoid(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.ndarray, *,
-            bias: jnp.ndarray, impl: str = "reference",
+            bias: jnp.ndarray, impl: str = "auto",
             block_kwargs: dict[str, Any] | None = None, **unused) -> jnp.ndarray:
   """SigLIP's loss: −Σ_ij log σ(z_ij (s·t_i·i_j + b)) / n, z = +1 on the diagonal, −1 elsewhere."""
   del unused

@@ -23,7 +23,6 @@ the per-caption sum of n squared errors, averaged over captions.
 
 from __future__ import annotations
 
-from typing import Any
 
 import jax.numpy as jnp
 
@@ -61,8 +60,7 @@ def correspondence_target(n: int, labels: jnp.ndarray | None = None, *,
 @LOSSES.register("correspondence")
 def correspondence(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.ndarray, *,
                    labels: jnp.ndarray | None = None, target: str = "identity",
-                   soft: bool = False, impl: str = "reference",
-                   block_kwargs: dict[str, Any] | None = None, **unused) -> jnp.ndarray:
+                   soft: bool = False, impl: str = "auto", **unused) -> jnp.ndarray:
   """Σ_ij (A_ij − t_i·i_j)² / n, A from `correspondence_target(target, soft)`.
 
   text_emb, image_emb: [n, d], unit rows (the dual encoder's output), so t_i·i_j is a
@@ -71,10 +69,10 @@ def correspondence(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.nda
   the model's log-scale gets no gradient from this loss; retrieval ranks do not depend
   on it. labels: [n] int or None, used by target="labels" only.
   `impl` picks the kernel. The correspondence kernels have nothing to tile (the
-  expanded square needs only A·I and two [d, d] Gram matrices), so the block sizes
-  that `loss.kernel` sets for the contrastive losses are deliberately not passed.
+  expanded square needs only A·I and two [d, d] Gram matrices), so this loss takes
+  no block sizes.
   """
-  del scale, unused, block_kwargs
+  del scale, unused
   n = text_emb.shape[0]
   if image_emb.shape[0] != n:
     raise ValueError(f"correspondence pairs text i with image i: got {n} texts and "

@@ -17,6 +17,7 @@ Returns the metrics to log beside the total.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -25,23 +26,29 @@ import optax
 
 from kernels import api as kernels_api
 from kernels import distributed as kernels_distributed
+from mmalign import settings
 from mmalign.errors import UsageError
 from mmalign.losses.contrastive import LOSSES, image_rows_infonce
 
 Objective = Callable[[dict, dict], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
 
 
-def _kernel_kwargs(loss_config) -> dict:
-  """impl and that impl's block sizes from `loss.kernel` ("auto" resolved for the backend)."""
-  kernel = loss_config.get("kernel")
-  if kernel is None:
-    return {}
-  impl = kernel.get("impl", "auto")
-  if impl not in kernels_api.IMPLS:
-    raise UsageError(f"unknown loss.kernel.impl {impl!r}; allowed: {', '.join(kernels_api.IMPLS)}")
-  resolved = kernels_api.resolve_impl(impl)
-  blocks = kernel.get(resolved)
-  return {"impl": impl, "block_kwargs": dict(blocks) if blocks is not None else {}}
+def _kernel_kwargs(loss_config, loss: Callable) -> dict:
+  """The kernel keywords `loss` takes, resolved once: `impl` ("auto" already turned into
+  this backend's implementation) and, if it tiles, that implementation's block sizes.
+
+  Why by signature: a loss without a kernel (regression) or without tiles
+  (correspondence) names no such parameter, so it is handed nothing it would drop.
+  """
+  parameters = inspect.signature(loss).parameters
+  kwargs = {}
+  if "impl" in parameters:
+    impl = kernels_api.resolve_impl(settings.value(loss_config, "kernel.impl", section="loss"))
+    kwargs["impl"] = impl
+    if "block_kwargs" in parameters:
+      blocks = loss_config.kernel.get(impl) if "kernel" in loss_config else None
+      kwargs["block_kwargs"] = dict(blocks) if blocks is not None else {}
+  return kwargs
 
 
 # Losses with a sharded implementation in kernels/distributed.py (strategy by name).
@@ -118,7 +125,7 @@ def _image_rows_alignment(loss_config, *, model_fuses: bool, has_task: bool):
     raise UsageError(f"data.sampling='images' does not support {refused}; use "
                      "data.sampling='captions' for it")
   return functools.partial(image_rows_infonce, **dict(loss_config.get("kwargs") or {}),
-                           **_kernel_kwargs(loss_config))
+                           **_kernel_kwargs(loss_config, image_rows_infonce))
 
 
 def build_objective(loss_config, *, model_fuses: bool, has_task: bool = False, mesh=None,
@@ -139,9 +146,9 @@ def build_objective(loss_config, *, model_fuses: bool, has_task: bool = False, m
   if loss_config.get("distributed"):
     alignment = _distributed_alignment(loss_config, mesh, data_axis)
   else:
-    alignment = functools.partial(LOSSES.get(loss_config.name, config_key="loss.name"),
-                                  **dict(loss_config.get("kwargs") or {}),
-                                  **_kernel_kwargs(loss_config))
+    loss = LOSSES.get(loss_config.name, config_key="loss.name")
+    alignment = functools.partial(loss, **dict(loss_config.get("kwargs") or {}),
+                                  **_kernel_kwargs(loss_config, loss))
   matching_weight = _head_weight(loss_config, "matching_weight", "model.fusion", model_fuses,
                                  "the fusion module is trained by the matching loss",
                                  "--config.model.fusion=concat")

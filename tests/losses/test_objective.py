@@ -68,9 +68,36 @@ def test_every_kernel_impl_gives_the_same_loss(impl):
   np.testing.assert_allclose(loss, reference, rtol=1e-5)
 
 
-def test_unknown_kernel_impl_is_named():
-  with pytest.raises(UsageError, match="loss.kernel.impl"):
-    build_objective(_with_kernel(_loss_config(), "cuda_magic"), model_fuses=False)
+def test_kernel_settings_are_resolved_once_and_reach_only_losses_that_take_them():
+  from mmalign.losses import objective as objective_lib  # pylint: disable=import-outside-toplevel
+  from mmalign.losses.contrastive import LOSSES  # pylint: disable=import-outside-toplevel
+  config = _with_kernel(_loss_config(), "auto")
+  resolved = jax.default_backend() == "cpu" and "xla_chunked"
+  assert objective_lib._kernel_kwargs(config, LOSSES.get("infonce")) == {  # pylint: disable=protected-access
+      "impl": resolved, "block_kwargs": {"block_size": 3}}
+  assert objective_lib._kernel_kwargs(config, LOSSES.get("correspondence")) == {  # pylint: disable=protected-access
+      "impl": resolved}
+  assert objective_lib._kernel_kwargs(config, LOSSES.get("regression")) == {}  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"loss.kernel.impl": "cuda_magic"}, "loss.kernel.impl='cuda_magic'"),
+    ({"loss.kernel.impl": "reference", "loss.distributed": "ring"}, "take no loss.kernel"),
+    ({"loss.kernel.impl": "reference", "loss.name": "regression"}, "has no kernel"),
+])
+def test_kernel_settings_a_loss_cannot_take_are_refused_by_name(overrides, named):
+  from experiments.configs import tiny  # pylint: disable=import-outside-toplevel
+  from mmalign import settings  # pylint: disable=import-outside-toplevel
+  config = tiny.get_config()
+  for key, value in overrides.items():
+    section, *rest = key.split(".")
+    node = config[section]
+    for part in rest[:-1]:
+      node = node[part]
+    with node.ignore_type():
+      node[rest[-1]] = value
+  with pytest.raises(UsageError, match=named):
+    settings.check(config)
 
 
 def test_sigmoid_loss_uses_the_model_bias():
