@@ -42,6 +42,7 @@ if ROOT not in sys.path:  # For `python benchmarks/kernels.py` as well as `-m`.
   sys.path.insert(0, ROOT)
 
 from benchmarks.report import write_report  # noqa: E402  pylint: disable=wrong-import-position
+from mmalign import utils  # noqa: E402  pylint: disable=wrong-import-position
 
 _SIZES = flags.DEFINE_list("sizes", None, "N = M values (default 1024,4096,16384,65536; "
                            "256,1024 if --quick).")
@@ -91,13 +92,8 @@ def run_case(impl: str, n: int, dim: int, block_size: int, warmup: int,
   # XLA's own account of the step's scratch buffers: independent of allocator
   # caching and of the JAX runtime's resident size, so it isolates the kernel.
   temp_mib = step.memory_analysis().temp_size_in_bytes / 2**20
-  for _ in range(warmup):
-    value, _ = jax.block_until_ready(step(text, image, scale))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    value, _ = jax.block_until_ready(step(text, image, scale))
-    times.append(time.perf_counter() - start)
+  (value, _), times = utils.time_calls(lambda: step(text, image, scale), repeats=repeats,
+                                       warmup=warmup)
   return dict(status="ok", loss=float(value), median_s=statistics.median(times),
               times_s=times, compile_s=compile_s, xla_temp_mib=temp_mib, baseline_rss_mib=baseline,
               peak_rss_mib=_max_rss_mib())

@@ -133,16 +133,8 @@ def _compiled_memory(compiled) -> dict[str, int] | None:
 
 def _timed(fn, args, warmup: int, repeats: int) -> tuple[Any, list[float]]:
   """Runs fn(*args) warmup + repeats times; returns the last output and the timed seconds."""
-  import jax  # pylint: disable=import-outside-toplevel
-  out = None
-  for _ in range(warmup):
-    out = jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return out, times
+  from mmalign import utils  # pylint: disable=import-outside-toplevel
+  return utils.time_calls(lambda: fn(*args), repeats=repeats, warmup=warmup)
 
 
 def run_case(case: str, *, n: int, d: int, dtype: str, block_n: int, block_m: int,

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.report import write_report
+from mmalign import utils
 from mmalign.models import dual_encoder  # noqa: F401 (registers every encoder)
 from mmalign.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS
 # pylint: enable=wrong-import-position
@@ -68,14 +69,7 @@ IMAGE_KWARGS: dict[str, dict[str, Any]] = {
 
 def median_seconds(step: Callable[[], Any], *, warmup: int, repeats: int) -> float:
   """Median wall time of `step()` (which must return arrays), after `warmup` calls."""
-  for _ in range(warmup):
-    jax.block_until_ready(step())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(step())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(utils.time_calls(step, repeats=repeats, warmup=warmup)[1])
 
 
 def train_step(model) -> Callable:

@@ -45,6 +45,7 @@ if ROOT not in sys.path:  # For `python benchmarks/retrieval.py` as well as `-m`
 
 # pylint: disable=wrong-import-position
 from benchmarks.report import write_report  # noqa: E402
+from mmalign import utils  # noqa: E402
 from mmalign.retrieval import tuning  # noqa: E402
 from mmalign.retrieval.exact_index import ExactConfig, ExactIndex  # noqa: E402
 from mmalign.retrieval.scann_index import ScannConfig, ScannIndex  # noqa: E402
@@ -437,14 +438,14 @@ def sgemm_rate(gallery: np.ndarray, queries: np.ndarray, repeats: int) -> float:
   """GFLOP/s of the [q, d] x [d, n] products exact search needs, with no selection."""
   chunk = 65_536
   out = np.empty((len(queries), min(chunk, len(gallery))), np.float32)
-  best = np.inf
-  for _ in range(max(2, repeats)):
-    started = time.perf_counter()
+
+  def products():
     for start in range(0, len(gallery), chunk):
       block = gallery[start:start + chunk]
       np.matmul(queries, block.T, out=out[:, :len(block)])
-    best = min(best, time.perf_counter() - started)
-  return 2 * len(queries) * len(gallery) * gallery.shape[1] / best / 1e9
+
+  _, times = utils.time_calls(products, repeats=max(2, repeats), warmup=0)
+  return 2 * len(queries) * len(gallery) * gallery.shape[1] / min(times) / 1e9
 
 
 def qps_at(points: list[dict[str, Any]], target: float) -> float | None:

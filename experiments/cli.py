@@ -33,12 +33,8 @@ def run_script(module: str, argv: list[str], body: Callable[[str], object]) -> N
 def write_results(out_dir: str, report: dict, markdown: str,
                   plot: Callable[[dict, str], None], png_name: str) -> None:
   """results.json, results.md and the PNG of a results folder, each replaced whole."""
-  import json  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
-  os.makedirs(out_dir, exist_ok=True)
-  for name, text in (("results.json", json.dumps(report, indent=2)), ("results.md", markdown)):
-    path = os.path.join(out_dir, name)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(f"{path}.tmp", path)
+  from mmalign import utils  # pylint: disable=import-outside-toplevel
+  utils.write_json(os.path.join(out_dir, "results.json"), report)
+  utils.write_atomic(os.path.join(out_dir, "results.md"), markdown)
   plot(report, os.path.join(out_dir, png_name))

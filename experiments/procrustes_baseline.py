@@ -38,12 +38,9 @@ from mmalign.data import pipeline, sources
 from mmalign.errors import UsageError
 from mmalign.eval import retrieval_metrics as rm
 from mmalign.plots import save_figure
+from mmalign.utils import say
 
 DIRECTIONS = ("text_to_image", "image_to_text")
-
-
-def say(message: str) -> None:
-  print(message, flush=True)
 
 
 # ----------------------------------------------------------------------------------------

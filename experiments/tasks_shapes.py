@@ -40,6 +40,7 @@ from mmalign import experiment as experiment_lib
 from mmalign.data import sources
 from mmalign.errors import UsageError
 from mmalign.plots import save_figure
+from mmalign.utils import say
 from mmalign.tasks import annotation, zero_shot
 from mmalign.tasks import probe as probe_lib
 from mmalign.tasks import shapes_tasks as st
@@ -47,10 +48,6 @@ from mmalign.tasks import shapes_tasks as st
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUTS = ("text", "image", "fused")
 ABSENT = {"both": (True, True), "text absent": (False, True), "image absent": (True, False)}
-
-
-def say(message: str) -> None:
-  print(message, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)

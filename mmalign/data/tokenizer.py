@@ -17,6 +17,8 @@ from collections.abc import Iterable
 import numpy as np
 import sentencepiece as spm
 
+from mmalign import utils
+
 PAD_ID = 0
 UNK_ID = 1
 MODEL_FILE = "tokenizer.model"
@@ -89,9 +91,8 @@ class Tokenizer:
     The model file comes last because `exists` looks for it: a crash in between
     leaves no half-saved tokenizer."""
     os.makedirs(directory, exist_ok=True)
-    _atomic_write(os.path.join(directory, SETTINGS_FILE),
-                  json.dumps(dataclasses.asdict(self.settings), indent=2).encode())
-    _atomic_write(os.path.join(directory, MODEL_FILE), self._model_proto)
+    utils.write_json(os.path.join(directory, SETTINGS_FILE), dataclasses.asdict(self.settings))
+    utils.write_atomic(os.path.join(directory, MODEL_FILE), self._model_proto)
 
   @classmethod
   def load(cls, directory: str) -> "Tokenizer":
@@ -113,12 +114,3 @@ def _normalize(text: str, settings: TextSettings) -> str:
   if settings.unicode_normalization != "none":
     text = unicodedata.normalize(settings.unicode_normalization, text)
   return text.lower() if settings.lowercase else text
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mmalign import utils
 from mmalign.eval import retrieval_metrics as rm
 
 from mmalign.retrieval import vectors
@@ -79,12 +80,8 @@ def batched_qps(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray,
   retrieval benchmark, the retrieval-efficiency table) is measured here.
   """
   search(queries[:8])
-  best, found = math.inf, None
-  for _ in range(max(1, repeats)):
-    started = time.perf_counter()
-    found = search(queries)
-    best = min(best, time.perf_counter() - started)
-  return len(queries) / best, np.asarray(found)
+  found, times = utils.time_calls(lambda: search(queries), repeats=max(1, repeats), warmup=0)
+  return len(queries) / min(times), np.asarray(found)
 
 
 def sweep(index: ScannIndex, queries: np.ndarray, exact_ids: np.ndarray, k: int, *,

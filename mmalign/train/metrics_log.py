@@ -16,11 +16,7 @@ import time
 
 import jax
 
-
-def say(message: str) -> None:
-  """Prints on process 0 only, flushed so progress shows in pipes and logs."""
-  if jax.process_index() == 0:
-    print(message, flush=True)
+from mmalign.utils import say
 
 
 class MetricsLog:

@@ -14,7 +14,6 @@ or, with "skip", the step leaves the state unchanged and a warning names it.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 
@@ -22,7 +21,7 @@ import jax
 import numpy as np
 
 from mmalign import experiment as experiment_lib
-from mmalign import settings
+from mmalign import settings, utils
 from mmalign import workdir as workdir_lib
 from mmalign.data import pipeline, sources
 from mmalign.data import sampling as sampling_lib
@@ -32,7 +31,7 @@ from mmalign.plots import plot_training_curves
 from mmalign.train import mesh as mesh_lib
 from mmalign.train import step as step_lib
 from mmalign.train.checkpoint import Checkpointer
-from mmalign.train.metrics_log import MetricsLog, say
+from mmalign.train.metrics_log import MetricsLog
 from mmalign.train.preemption import Preempted, SigtermWatch
 
 
@@ -97,10 +96,7 @@ def _record_step_memory(train_step, state, batch, workdir: str) -> None:
     return
   record = {**{f"{name}_bytes": size for name, size in memory.items()},
             "images": int(batch["images"].shape[0]), "text_rows": int(batch["tokens"].shape[0])}
-  path = os.path.join(workdir, STEP_MEMORY)
-  with open(f"{path}.tmp", "w") as f:
-    json.dump(record, f)
-  os.replace(f"{path}.tmp", path)
+  utils.write_json(os.path.join(workdir, STEP_MEMORY), record)
 
 
 def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -149,11 +145,11 @@ def _train(config, workdir: str, stop_after: int | None) -> dict:
     restored, _ = checkpointer.restore_latest_good(abstract, meta)
     if restored is not None:
       state = restored
-      say(f"resumed from {checkpointer.directory} at step {int(state['step'])}")
+      utils.say(f"resumed from {checkpointer.directory} at step {int(state['step'])}")
   train_step, state = step_lib.build_train_step(tc, exp.model, objective, optimizer, mesh, state)
   start = int(state["step"])
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-  say(f"model: {config.model.text_encoder} + {config.model.image_encoder}, "
+  utils.say(f"model: {config.model.text_encoder} + {config.model.image_encoder}, "
       f"{num_params / 1e6:.2f}M parameters; {train_index.num_groups} train captions, "
       f"{len(train_index.groups)} images, {batches.steps_per_epoch} steps per epoch; "
       f"training steps {start + 1}..{tc.steps}")
