@@ -1,4 +1,6 @@
-"""Shared fixtures: one tiny unicode_glyphs build per test session."""
+"""Shared fixtures (one tiny unicode_glyphs build per test session) and the `single_device`
+marker: such a test is skipped where JAX sees several devices, e.g. in CI's second run
+under XLA_FLAGS=--xla_force_host_platform_device_count=8."""
 
 import os
 import sys
@@ -8,6 +10,25 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # For `experiments.configs` and `launch`.
   sys.path.insert(0, ROOT)
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "single_device: its fixtures or its point hold on one device only; "
+      "skipped where jax.device_count() > 1")
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  marked = [item for item in items if item.get_closest_marker("single_device")]
+  if not marked:
+    return
+  # Imported here, after XLA_FLAGS (from the environment) fixes the device count.
+  import jax  # pylint: disable=import-outside-toplevel
+  devices = jax.device_count()
+  if devices > 1:
+    skip = pytest.mark.skip(reason=f"single_device: needs one device, JAX sees {devices}")
+    for item in marked:
+      item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -22,22 +22,24 @@ Warm-up is 10% of the steps (at least 1), then cosine decay to 0, as in every
 config. Metrics are logged 8 times per run, so the throughput (median of the
 intervals after the first, which holds the compilation) has samples even at 16 steps.
 
-Memory: the compiled step's XLA scratch (`memory_analysis().temp_size_in_bytes`,
-per device; the trainer writes it to <workdir>/step_memory.json). It is dominated
-by the CNN's activations, not by the loss: 0.34 GiB at B = 256, 6.9 GiB at 4,096
-and 27.4 GiB at 16,384 in one pass (compile-only, 2-core CPU, jax 0.10.2), so the
-16,384 row uses the gradient cache over 2 micro-batches (`train.gradient_cache`;
-same loss and gradients, one more forward pass), which halves it to 13.6 GiB (the
-largest of its programs, compile-only) and fits a 24 GB machine. It runs as a host
-loop (`train.gradient_cache_loop="host"`): inside one program's `lax.scan`, XLA:CPU
-runs the convolutions ~20x slower (mmalign/train/accumulation.py, "Known problem"). More micro-batches would need T to divide further, and T =
-5,838 = 2·3·7·139. The loss alone (value and gradient, B = 16,384 against T = 5,838)
-needs 140 MiB tiled against 1.8 GiB with `loss.kernel.impl=reference`, but with this
-CNN the step's peak lies in the image tower's backward pass, where the loss's
-buffers are already free: the whole step compiles to the same 27.4 GiB with either
-kernel. At these sizes the gradient cache, not the tiled kernel, is what makes the
-largest row fit; the kernel's saving matters once the logits outgrow the towers
-(larger T, or a lighter image tower).
+Memory: the compiled step's XLA scratch (`memory_analysis().temp_size_in_bytes`, per
+device; the trainer writes it to <workdir>/step_memory.json). It is dominated by the
+CNN's activations, not by the loss: 0.34 GiB at B = 256, 6.9 GiB at 4,096 and 27.4 GiB at
+16,384 in one pass (compile-only, 2-core CPU, jax 0.10.2), so the 16,384 row uses the
+gradient cache over 2 micro-batches (`train.gradient_cache`; same loss and gradients, one
+more forward pass), which halves it to 13.6 GiB (the largest of its programs,
+compile-only) and fits a 24 GB machine. It runs as a host loop
+(`train.gradient_cache_loop="host"`): inside one program's `lax.scan`, XLA:CPU runs the
+convolutions ~20x slower (mmalign/train/accumulation.py, "Known problem"). More
+micro-batches would need T to divide further, and T = 5,838 = 2·3·7·139; so would more
+devices (T splits over micro-batches × batch shards): that row runs on one device, the
+others (T = B) on any power of two up to 64. The loss alone (value and gradient, B =
+16,384 against T = 5,838) needs 140 MiB tiled against 1.8 GiB with
+`loss.kernel.impl=reference`, but with this CNN the step's peak lies in the image tower's
+backward pass, where the loss's buffers are already free: the whole step compiles to the
+same 27.4 GiB with either kernel. At these sizes the gradient cache, not the tiled
+kernel, is what makes the largest row fit; the kernel's saving matters once the logits
+outgrow the towers (larger T, or a lighter image tower).
 """
 
 from __future__ import annotations
@@ -49,13 +51,15 @@ from experiments.tables.objectives import RETRIEVAL_COLUMNS
 from experiments.tables.spec import Column, Panel, Row, Section, Table
 
 BATCHES = (64, 256, 1024, 4096, 16384)
-QUICK_BATCHES = (16, 64, 256)  # unicode_glyphs/tiny: 142 captions, 284 images.
+# unicode_glyphs/tiny: 142 captions, 284 images. T = B (no batch reaches 142 captions, as
+# T = 142 would not split over 8 devices), each a multiple of 8 devices × micro-batches.
+QUICK_BATCHES = (16, 64, 128)
 EXAMPLES = 2 ** 18  # Training images per cell: 4,096 steps at B = 64, 16 at 16,384.
 QUICK_EXAMPLES = 2 ** 9
 # Rows whose one-pass step would not fit a 24 GB machine: micro-batches of the gradient
 # cache. The quick grid mirrors it on its largest row, so the path is exercised.
 MICRO_BATCHES = {16384: 2}
-QUICK_MICRO_BATCHES = {256: 2}
+QUICK_MICRO_BATCHES = {128: 2}
 BASE_BATCH, BASE_LEARNING_RATE = 256, 2e-3  # experiments/configs/quickstart.py.
 MAX_LEARNING_RATE = 4e-3  # Above it, short large-batch runs collapse (module docstring).
 LOGS_PER_RUN = 8

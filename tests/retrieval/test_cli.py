@@ -103,8 +103,7 @@ def test_image_query_returns_nearest_captions_and_a_sheet(trained, embedded, ind
   exp, variables, _, split, _, texts = embedded
   pixels = _query_png(exp, 5, tmp_path / "glyph five.png")
   hits, sheet = cli.search_image_query(config, workdir, str(tmp_path / "glyph five.png"), k=6)
-  query_emb = np.asarray(exp.jitted_method("embed_image")(variables,
-                                                          exp.normalization(pixels[None])))
+  query_emb = experiment_lib.embed_image_array(exp, variables, exp.normalization(pixels[None]))
   expected_scores, expected_ids = numpy_top_k(query_emb, texts, 6, split.group_ids)
   assert [h.item_id for h in hits] == expected_ids[0].tolist()
   np.testing.assert_allclose([h.score for h in hits], expected_scores[0], atol=1e-5)
