@@ -79,16 +79,10 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 def frozen_encoder_embeddings(exp, train: Split, test: Split, batch_size: int):
   """The config's towers + projection heads at initialisation: unit rows [*, embed_dim]."""
   variables = exp.init_variables(exp.config.train.seed)
-  embed = exp.jitted_method("embed_image")
 
-  def images(split: Split) -> np.ndarray:  # [n, embed_dim]
-    size = min(batch_size, len(split.pixels))  # One shape for every batch: one compile.
-    out = []
-    for start in range(0, len(split.pixels), size):
-      chunk = exp.normalization(split.pixels[start:start + size])  # [<=size, h, w, c]
-      padded = np.pad(chunk, [(0, size - len(chunk))] + [(0, 0)] * (chunk.ndim - 1))
-      out.append(np.asarray(embed(variables, padded))[:len(chunk)])
-    return np.concatenate(out)
+  def images(split: Split) -> np.ndarray:  # [n, embed_dim]; normalised a batch at a time.
+    return experiment_lib.apply_in_batches(exp, "embed_image", variables, split.pixels,
+                                           batch_size, prepare=exp.normalization)
 
   def texts(split: Split) -> np.ndarray:  # [c, embed_dim]
     return experiment_lib.embed_texts(exp, variables, split.index.group_captions)

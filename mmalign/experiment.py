@@ -59,7 +59,8 @@ class Experiment:
     The batch is split over the training mesh's batch axes and the variables
     replicated, so evaluation uses every local device; the output comes back
     replicated, ready for numpy. (Single-process: a multi-process job embeds on
-    each process's devices only.)
+    each process's devices only.) The batch must split into `batch_multiple` equal
+    shards: call it through `apply_in_batches`, which pads any batch to that.
     """
     if method not in self._jitted:
       mesh = self.eval_mesh()
@@ -225,12 +226,18 @@ def text_settings(config) -> TextSettings:
   return TextSettings(**config.text)
 
 
-def apply_in_batches(experiment: Experiment, method: str, variables, inputs,
-                     batch_size: int) -> np.ndarray:
-  """`model.<method>` over inputs (an array or a tuple of arrays, batch first) in padded
-  fixed-size batches sharded over the mesh: one compilation, every local device."""
+def apply_in_batches(experiment: Experiment, method: str, variables, inputs, batch_size: int,
+                     prepare=None) -> np.ndarray:
+  """`model.<method>` over inputs (an array or a tuple of arrays, batch first), sharded over
+  the mesh: every local device, one compilation, any number of rows down to one.
+
+  Every batch is zero-padded to one shape, `batch_rows(len, batch_size, batch_multiple)`,
+  since the mesh splits a batch only into equal shards; the padding's rows are dropped.
+  prepare: turns one batch of `inputs` into the method's inputs (e.g. example indices
+  into images, `split_images`), so that a split is decoded one batch at a time.
+  """
   return _batched(experiment.jitted_method(method), variables, inputs, batch_size,
-                  experiment.batch_multiple)
+                  experiment.batch_multiple, prepare)
 
 
 def embed_texts(experiment: Experiment, variables, texts: list[str], batch_size: int = 1024):
@@ -241,10 +248,11 @@ def embed_texts(experiment: Experiment, variables, texts: list[str], batch_size:
 
 def embed_images(experiment: Experiment, variables, source, batch_size: int = 512):
   """Embeds a whole split in order: [len(source), embed_dim] float32 numpy."""
-  chunks = [apply_in_batches(experiment, "embed_image", variables, images, batch_size)
-            for images, _ in pipeline.eval_image_batches(source, experiment.normalization,
-                                                         batch_size)]
-  return np.concatenate(chunks) if chunks else np.zeros((0, experiment.model.embed_dim))
+  if not len(source):
+    return np.zeros((0, experiment.model.embed_dim), np.float32)
+  return apply_in_batches(experiment, "embed_image", variables, np.arange(len(source)),
+                          batch_size, prepare=lambda indices: split_images(experiment, source,
+                                                                           indices))
 
 
 def embed_image_array(experiment: Experiment, variables, images: np.ndarray,
@@ -253,23 +261,41 @@ def embed_image_array(experiment: Experiment, variables, images: np.ndarray,
   return apply_in_batches(experiment, "embed_image", variables, images, batch_size)
 
 
-def _batched(fn, variables, inputs, batch_size: int, multiple: int = 1) -> np.ndarray:
-  """Runs `fn` in fixed-size batches (the last one zero-padded) so it compiles once.
+def split_images(experiment: Experiment, source, indices: np.ndarray) -> np.ndarray:
+  """The split's images at indices, decoded and normalised: [len(indices), h, w, c] float32."""
+  return experiment.normalization(pipeline.decode_images(source, indices))
 
-  inputs: an array or a tuple of arrays of equal length (passed to fn as given).
-  Every batch is padded to a multiple of `multiple` (the batch shards)."""
+
+def batch_rows(total: int, batch_size: int, multiple: int) -> int:
+  """Rows of every batch `_batched` runs for `total` rows: batch_size, or total where that
+  is less, rounded up to a multiple of `multiple` (the mesh's batch shards)."""
+  return -(-min(batch_size, total) // multiple) * multiple
+
+
+def _batched(fn, variables, inputs, batch_size: int, multiple: int = 1,
+             prepare=None) -> np.ndarray:
+  """`fn(variables, batch)` over inputs in batches of `batch_rows(...)` rows: one shape,
+  so one compilation; the last batch (or a lone short one) zero-padded, the padding's
+  outputs dropped.
+
+  inputs: an array or a tuple of arrays of equal length, at least one row; each batch
+  goes to fn as given (array or tuple), through `prepare` first if one is given.
+  """
   arrays = inputs if isinstance(inputs, tuple) else (inputs,)
   total = len(arrays[0])
   if any(len(a) != total for a in arrays):
     raise ValueError(f"inputs differ in length: {[len(a) for a in arrays]}")
-  batch_size = -(-batch_size // multiple) * multiple
+  if not total:
+    raise ValueError("no rows to run: inputs are empty")
+  rows = batch_rows(total, batch_size, multiple)
   outputs = []
-  for start in range(0, total, batch_size):
-    chunks = [a[start:start + batch_size] for a in arrays]
-    count = len(chunks[0])
-    target = batch_size if total > batch_size else -(-count // multiple) * multiple
-    padded = tuple(np.concatenate([c, np.zeros((target - count, *c.shape[1:]), c.dtype)])
-                   for c in chunks)
-    outputs.append(np.asarray(fn(variables, padded if isinstance(inputs, tuple)
+  for start in range(0, total, rows):
+    batch = tuple(a[start:start + rows] for a in arrays)
+    batch = batch if isinstance(inputs, tuple) else batch[0]
+    batch = batch if prepare is None else prepare(batch)
+    count = min(rows, total - start)
+    padded = tuple(np.concatenate([c, np.zeros((rows - count, *c.shape[1:]), c.dtype)])
+                   for c in (batch if isinstance(batch, tuple) else (batch,)))
+    outputs.append(np.asarray(fn(variables, padded if isinstance(batch, tuple)
                                  else padded[0]))[:count])
   return np.concatenate(outputs)

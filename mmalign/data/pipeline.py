@@ -192,9 +192,3 @@ def train_iterator(batches: TrainBatches, *, start_step: int, num_steps: int,
   return iter(dataset.to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
 
-
-def eval_image_batches(source, normalization: ImageNormalization, batch_size: int):
-  """Yields (normalised images [<=batch, h, w, c], example indices) in split order."""
-  for start in range(0, len(source), batch_size):
-    indices = np.arange(start, min(start + batch_size, len(source)))
-    yield normalization(decode_images(source, indices)), indices

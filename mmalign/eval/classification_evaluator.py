@@ -33,13 +33,17 @@ def class_logits(exp: experiment_lib.Experiment, variables, split: str,
   index = pipeline.index_split(caption_source)
   labels = pipeline.read_labels(caption_source, experiment_lib.task_label(exp.config))
   tokens = exp.tokenizer.encode(index.captions)  # [examples, length]: each its own caption
-  chunks = []
-  for images, indices in pipeline.eval_image_batches(sources.open_split(exp.builder, split),
-                                                     exp.normalization, batch_size):
-    mask = np.broadcast_to(np.array(present, bool), (len(indices), 2))  # [n, 2]
-    chunks.append(experiment_lib.apply_in_batches(
-        exp, "classify", variables, (tokens[indices], images, mask), batch_size))
-  return np.concatenate(chunks), labels
+  mask = np.broadcast_to(np.array(present, bool), (len(tokens), 2))  # [examples, 2]
+  image_source = sources.open_split(exp.builder, split)
+
+  def with_images(batch):  # (tokens, example indices, mask) → classify's inputs.
+    batch_tokens, indices, batch_mask = batch
+    return batch_tokens, experiment_lib.split_images(exp, image_source, indices), batch_mask
+
+  logits = experiment_lib.apply_in_batches(
+      exp, "classify", variables, (tokens, np.arange(len(tokens)), mask), batch_size,
+      prepare=with_images)
+  return logits, labels
 
 
 def evaluate_classification(config, workdir: str, variables=None,

@@ -230,15 +230,6 @@ def test_shift_keeps_member_choice_and_shape(source, index, tokenizer):
   np.testing.assert_array_equal(shifted["groups"], plain["groups"])
 
 
-def test_eval_image_batches_cover_the_split_in_order(source):
-  seen = []
-  for images, indices in pipeline.eval_image_batches(source, IDENTITY, batch_size=5):
-    assert len(images) == len(indices) <= 5
-    np.testing.assert_array_equal(_example_ids(images), indices)
-    seen.extend(indices.tolist())
-  assert seen == list(range(len(source)))
-
-
 def test_noisy_pairs_rotate_the_images_of_the_chosen_rows_only(source, index, tokenizer):
   clean = _batches(source, index, tokenizer, global_batch=8)
   noisy = _batches(source, index, tokenizer, global_batch=8, noisy_pair_fraction=0.5)

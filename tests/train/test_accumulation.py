@@ -8,6 +8,7 @@ largest entry: float32 rounding of sums taken in another order.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,14 @@ def _gradients(loss: str, how: str, image_encoder: str = "cnn"):
   forward = step_lib.train_forward(model)
   return jax.jit(lambda p: fn(forward, objective, p, model_state, tiny_model.random_batch(),
                               jax.random.key(1)))(params)
+
+
+def _mesh_batch(mesh, train_config) -> dict:
+  """The random batch on the mesh, grown (from 16 rows) where MICRO micro-batches would not
+  split over every batch shard (32 rows on 8 devices); train_config.batch_size set to it."""
+  rows = math.lcm(tiny_model.BATCH, MICRO * mesh_lib.batch_devices(mesh))
+  train_config.batch_size = rows
+  return jax.device_put(tiny_model.random_batch(rows), mesh_lib.batch_sharded(mesh))
 
 
 def _assert_gradients_close(got, expected, rtol=RTOL):
@@ -100,7 +109,7 @@ def test_train_step_with_micro_batches_matches_one_batch():
   config = tiny_model.config("regression").train
   optimizer = optax.sgd(1.0)
   mesh = mesh_lib.make_mesh()
-  batch = jax.device_put(tiny_model.random_batch(), mesh_lib.batch_sharded(mesh))
+  batch = _mesh_batch(mesh, config)
   results = []
   for micro_batches in (1, MICRO):
     config.micro_batches = micro_batches
@@ -139,8 +148,8 @@ def _one_step(loss: str, image_encoder: str, **train):
            "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
   if model_state:
     state["model_state"] = jax.tree.map(jnp.copy, model_state)
+  batch = _mesh_batch(mesh, config)
   step, state = step_lib.build_train_step(config, model, objective, optimizer, mesh, state)
-  batch = jax.device_put(tiny_model.random_batch(), mesh_lib.batch_sharded(mesh))
   return step(state, batch)
 
 

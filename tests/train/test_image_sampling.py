@@ -24,6 +24,13 @@ from tests.train import tiny_model
 from tests.train.test_accumulation import _assert_gradients_close
 
 IMAGES, TEXTS, MICRO = 16, 8, 4
+TINY_CAPTIONS = 142  # unicode_glyphs/tiny's training captions (and 284 images).
+
+
+def _tiny_batch(micro_batches: int = 1) -> int:
+  """256 tiny train images against all 142 captions where 142 text rows split over the
+  devices × micro-batches (one device); else 128 images against 128 captions."""
+  return 256 if TINY_CAPTIONS % (jax.device_count() * micro_batches) == 0 else 128
 
 
 def _image_batch() -> dict:
@@ -61,9 +68,10 @@ def _train_config(**train):
 def test_plain_micro_batches_are_refused():
   check = trainer._check_image_batches  # pylint: disable=protected-access
   mesh = mesh_lib.make_mesh()
-  check(_train_config(micro_batches=2, gradient_cache=True), 8, mesh)
+  rows = 2 * mesh_lib.batch_devices(mesh)  # Text rows that split into 2 micro-batches.
+  check(_train_config(micro_batches=2, gradient_cache=True), rows, mesh)
   with pytest.raises(UsageError, match="train.gradient_cache=True"):
-    check(_train_config(micro_batches=2), 8, mesh)
+    check(_train_config(micro_batches=2), rows, mesh)
 
 
 def test_text_rows_must_split_into_the_micro_batches():
@@ -80,8 +88,8 @@ def test_image_batches_train_and_record_the_step_memory(micro_batches, tiny_data
   config.data.data_dir = tiny_data_dir
   config.data.sampling = "images"
   config.loss.kernel.impl = "xla_chunked"
-  # 256 of the 284 tiny train images against all of its 142 captions.
-  config.train.update(batch_size=256, steps=3, warmup_steps=1, log_every=1,
+  batch = _tiny_batch(micro_batches)
+  config.train.update(batch_size=batch, steps=3, warmup_steps=1, log_every=1,
                       micro_batches=micro_batches, gradient_cache=micro_batches > 1)
   state = trainer.train(config, str(tmp_path))
   assert int(state["step"]) == 3
@@ -90,7 +98,8 @@ def test_image_batches_train_and_record_the_step_memory(micro_batches, tiny_data
   assert len(losses) == 3 and np.isfinite(losses).all()
   with open(tmp_path / trainer.STEP_MEMORY) as f:
     memory = json.load(f)
-  assert memory["images"] == 256 and memory["text_rows"] == 142 and memory["temp_bytes"] > 0
+  assert memory["images"] == batch and memory["temp_bytes"] > 0
+  assert memory["text_rows"] == min(batch, TINY_CAPTIONS)
   assert cells.step_memory(str(tmp_path)) == {"step_temp_bytes": float(memory["temp_bytes"])}
   assert cells.step_memory(os.path.join(str(tmp_path), "absent")) == {}
 
@@ -105,7 +114,7 @@ from mmalign.train import trainer
 config = tiny.get_config()
 config.data.data_dir = {data_dir!r}
 config.data.sampling = "images"
-config.train.update(batch_size=256, steps=2, warmup_steps=1, log_every=1)
+config.train.update(batch_size={batch}, steps=2, warmup_steps=1, log_every=1)
 trainer.train(config, {workdir!r})
 """
 
@@ -116,12 +125,13 @@ def test_two_processes_compute_the_one_process_loss(tiny_data_dir, tmp_path):
   # indexes the global text rows: a local index would change the loss at once.
   from tests.train.test_multihost import _free_port  # pylint: disable=import-outside-toplevel
   address = f"localhost:{_free_port()}"
+  batch = _tiny_batch()  # Of this process's devices; the two workers have one each.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["JAX_PLATFORMS"] = "cpu"
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   workers = [subprocess.Popen(
       [sys.executable, "-c", _WORKER.format(root=root, address=address, process_id=i,
-                                            data_dir=tiny_data_dir,
+                                            data_dir=tiny_data_dir, batch=batch,
                                             workdir=str(tmp_path / "two"))],
       cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
@@ -131,7 +141,7 @@ def test_two_processes_compute_the_one_process_loss(tiny_data_dir, tmp_path):
   config = tiny.get_config()
   config.data.data_dir = tiny_data_dir
   config.data.sampling = "images"
-  config.train.update(batch_size=256, steps=2, warmup_steps=1, log_every=1)
+  config.train.update(batch_size=batch, steps=2, warmup_steps=1, log_every=1)
   trainer.train(config, str(tmp_path / "one"))
   losses = {}
   for run in ("one", "two"):
@@ -139,4 +149,5 @@ def test_two_processes_compute_the_one_process_loss(tiny_data_dir, tmp_path):
       losses[run] = [json.loads(line)["loss"] for line in f]
   np.testing.assert_allclose(losses["two"], losses["one"], rtol=1e-4)
   with open(tmp_path / "two" / trainer.STEP_MEMORY) as f:
-    assert json.load(f)["text_rows"] == 142  # Global shapes, from process 0.
+    # Global shapes, from process 0.
+    assert json.load(f)["text_rows"] == min(batch, TINY_CAPTIONS)
