@@ -70,7 +70,7 @@ def run_case(num_devices: int, repeats: int, fsdp: int, quick: bool) -> dict[str
   from mmalign.data import sources
   from mmalign.losses.objective import build_objective
   from mmalign.models.build import build_dual_encoder
-  from mmalign.train import mesh as mesh_lib
+  from mmalign import mesh as mesh_lib
   from mmalign.train import step as step_lib
   from mmalign.train.optimizer import adamw, learning_rate_schedule
   # pylint: enable=import-outside-toplevel

@@ -23,7 +23,7 @@ from mmalign import workdir as workdir_lib
 from mmalign.errors import UsageError
 from mmalign.models.build import build_dual_encoder, resolved_model_config
 from mmalign.models.dual_encoder import DualEncoder
-from mmalign.train import mesh as mesh_lib
+from mmalign import mesh as mesh_lib
 from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.optimizer import adamw, learning_rate_schedule
 

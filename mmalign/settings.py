@@ -27,7 +27,8 @@ class Rule:
   """A scalar config key: its type, the values allowed, and its default if absent."""
   kind: str  # "int", "float", "bool", "str", "choice", "ints" (a tuple of ints).
   low: float | None = None  # Inclusive lower bound (numbers; each item of "ints").
-  high: float | None = None  # Exclusive upper bound.
+  high: float | None = None  # Exclusive upper bound (inclusive with `high_included`).
+  high_included: bool = False
   choices: tuple | Callable[[], tuple] = ()  # For "choice"; a callable reads a registry.
   optional: bool = False  # None allowed.
   default: Any = None
@@ -68,7 +69,8 @@ RULES: dict[str, Rule] = {
                          optional=True, required=False),
     "model.embed_dim": Rule("int", low=1),
     "model.init_scale": Rule("float", low=1e-6),
-    "model.modality_dropout": Rule("float", low=0.0, high=1.0, default=0.0, required=False),
+    "model.modality_dropout": Rule("float", low=0.0, high=1.0, high_included=True, default=0.0,
+                                   required=False),
     "loss.name": Rule("choice", choices=_names("mmalign.losses.objective:LOSSES")),
     "loss.kernel.impl": Rule("choice", choices=_kernel_impls, default="auto", required=False),
     "loss.distributed": Rule("choice", choices=("all_gather", "ring"), optional=True,
@@ -145,7 +147,7 @@ def _describe(rule: Rule) -> str:
   if rule.low is not None:
     bounds.append(f">= {_number(rule.low)}")
   if rule.high is not None:
-    bounds.append(f"< {_number(rule.high)}")
+    bounds.append(f"{'<=' if rule.high_included else '<'} {_number(rule.high)}")
   what = {"int": "an integer", "float": "a finite number", "bool": "True or False",
           "str": "a non-empty string", "ints": "a non-empty tuple of integers"}[rule.kind]
   return " ".join([what, " and ".join(bounds)]).strip() + (" or None" if rule.optional else "")
@@ -177,7 +179,8 @@ def _in_range(rule: Rule, x, *, integer: bool) -> bool:
     return False
   if not math.isfinite(x):
     return False
-  return ((rule.low is None or x >= rule.low) and (rule.high is None or x < rule.high))
+  return ((rule.low is None or x >= rule.low)
+          and (rule.high is None or x < rule.high or (rule.high_included and x == rule.high)))
 
 
 def check(config) -> None:

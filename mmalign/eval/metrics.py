@@ -28,13 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmalign.eval.retrieval_metrics import (  # Re-exported: one import for all metrics.
-  _PRECISION,
-  _as_embeddings,
-  _as_groups,
-  _check_chunk_size,
-  _check_pair,
-  _dense_group_ids,
-  _require_a_match_per_query,
+  MATMUL_PRECISION,
+  as_embeddings,
+  as_groups,
+  check_chunk_size,
+  check_pair,
+  dense_group_ids,
+  require_a_match_per_query,
   chance_recall_at_k,
   exact_top_k,
   first_hit_ranks,
@@ -295,7 +295,7 @@ def mean_average_precision(labels_multi_hot, scores) -> float:
 def _chunk_scores(queries: jnp.ndarray, gallery: jnp.ndarray) -> jnp.ndarray:
   """queries: [c, d], gallery: [g, d] -> [c, g], at the precision first_hit_ranks uses,
   so both metrics see the same order."""
-  return jnp.matmul(queries, gallery.T, precision=_PRECISION)
+  return jnp.matmul(queries, gallery.T, precision=MATMUL_PRECISION)
 
 
 def mean_average_precision_retrieval(queries, query_groups, gallery, gallery_groups,
@@ -310,17 +310,17 @@ def mean_average_precision_retrieval(queries, query_groups, gallery, gallery_gro
   padded to one shape so the score function compiles once. Raises ValueError when a
   query's group has no gallery item, as `first_hit_ranks` does.
   """
-  queries = _as_embeddings(queries, "queries")
-  gallery = _as_embeddings(gallery, "gallery")
-  _check_pair(queries, gallery)
-  _check_chunk_size(chunk_size)
-  query_groups = _as_groups(query_groups, queries.shape[0], "query_groups")
-  gallery_groups = _as_groups(gallery_groups, gallery.shape[0], "gallery_groups")
-  _require_a_match_per_query(query_groups, gallery_groups)
+  queries = as_embeddings(queries, "queries")
+  gallery = as_embeddings(gallery, "gallery")
+  check_pair(queries, gallery)
+  check_chunk_size(chunk_size)
+  query_groups = as_groups(query_groups, queries.shape[0], "query_groups")
+  gallery_groups = as_groups(gallery_groups, gallery.shape[0], "gallery_groups")
+  require_a_match_per_query(query_groups, gallery_groups)
   num = queries.shape[0]
   if num == 0:
     raise ValueError("queries is empty")
-  query_ids, gallery_ids = _dense_group_ids(query_groups, gallery_groups)
+  query_ids, gallery_ids = dense_group_ids(query_groups, gallery_groups)
   gallery_dev = jnp.asarray(gallery)  # Moved to the device once, not per chunk.
   size = min(chunk_size, num)
   total = 0.0

@@ -29,7 +29,7 @@ TIE_CONVENTIONS: tuple[str, ...] = ("pessimistic", "optimistic")
 
 # Eval scores must not depend on the accelerator's default float32 matmul precision
 # (bf16 passes on TPU, TF32 on recent GPUs), or near-ties reorder between machines.
-_PRECISION = jax.lax.Precision.HIGHEST
+MATMUL_PRECISION = jax.lax.Precision.HIGHEST
 
 
 # ----------------------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def ranks_from_scores(scores: jnp.ndarray, correct: jnp.ndarray,
 def _chunk_top_k(queries: jnp.ndarray, gallery: jnp.ndarray,
                  k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
   """queries: [c, d], gallery: [g, d] -> (scores [c, k], indices [c, k])."""
-  scores = jnp.matmul(queries, gallery.T, precision=_PRECISION)  # [c, g]
+  scores = jnp.matmul(queries, gallery.T, precision=MATMUL_PRECISION)  # [c, g]
   return jax.lax.top_k(scores, k)
 
 
@@ -68,7 +68,7 @@ def _chunk_first_hit_ranks(queries: jnp.ndarray, query_groups: jnp.ndarray,
                            gallery: jnp.ndarray, gallery_groups: jnp.ndarray,
                            ties: Ties) -> jnp.ndarray:
   """queries: [c, d], query_groups: [c], gallery: [g, d], gallery_groups: [g] -> [c]."""
-  scores = jnp.matmul(queries, gallery.T, precision=_PRECISION)  # [c, g]
+  scores = jnp.matmul(queries, gallery.T, precision=MATMUL_PRECISION)  # [c, g]
   correct = query_groups[:, None] == gallery_groups[None, :]  # [c, g]
   return ranks_from_scores(scores, correct, ties)
 
@@ -78,7 +78,7 @@ def _chunk_first_hit_ranks(queries: jnp.ndarray, query_groups: jnp.ndarray,
 # ----------------------------------------------------------------------------------------
 
 
-def _as_embeddings(x, name: str) -> np.ndarray:
+def as_embeddings(x, name: str) -> np.ndarray:
   """float32 [n, d]; NaN/inf are rejected because they compare False with everything,
   which would silently hand a broken model rank 1."""
   x = np.asarray(x, dtype=np.float32)
@@ -90,21 +90,21 @@ def _as_embeddings(x, name: str) -> np.ndarray:
   return x
 
 
-def _check_pair(queries: np.ndarray, gallery: np.ndarray) -> None:
+def check_pair(queries: np.ndarray, gallery: np.ndarray) -> None:
   if queries.shape[1] != gallery.shape[1]:
     raise ValueError(f"query dim {queries.shape[1]} != gallery dim {gallery.shape[1]}")
   if gallery.shape[0] == 0:
     raise ValueError("gallery is empty")
 
 
-def _as_groups(groups, n: int, name: str) -> np.ndarray:
+def as_groups(groups, n: int, name: str) -> np.ndarray:
   groups = np.asarray(groups)
   if groups.shape != (n,):
     raise ValueError(f"{name} must have shape ({n},), got {groups.shape}")
   return groups
 
 
-def _dense_group_ids(query_groups: np.ndarray,
+def dense_group_ids(query_groups: np.ndarray,
                      gallery_groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Maps any group labels (int64 code points, strings) to int32 ids 0..u-1, so they
   survive JAX's default 32-bit mode unchanged."""
@@ -113,7 +113,7 @@ def _dense_group_ids(query_groups: np.ndarray,
   return ids[:len(query_groups)], ids[len(query_groups):]
 
 
-def _require_a_match_per_query(query_groups: np.ndarray, gallery_groups: np.ndarray) -> None:
+def require_a_match_per_query(query_groups: np.ndarray, gallery_groups: np.ndarray) -> None:
   """A query whose group is absent from the gallery has no rank; averaging it in as a
   miss or dropping it silently would both misreport the model."""
   missing = ~np.isin(query_groups, gallery_groups)
@@ -125,7 +125,7 @@ def _require_a_match_per_query(query_groups: np.ndarray, gallery_groups: np.ndar
         f"gallery (groups e.g. {examples}); remove them or add their gallery items")
 
 
-def _check_chunk_size(chunk_size: int) -> None:
+def check_chunk_size(chunk_size: int) -> None:
   if int(chunk_size) != chunk_size or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
 
@@ -162,10 +162,10 @@ def exact_top_k(queries, gallery, k: int,
   at once. Returns (scores [q, k] float32, indices [q, k] int32), best first; equal
   scores are ordered by lower gallery index first (jax.lax.top_k's rule).
   """
-  queries = _as_embeddings(queries, "queries")
-  gallery = _as_embeddings(gallery, "gallery")
-  _check_pair(queries, gallery)
-  _check_chunk_size(chunk_size)
+  queries = as_embeddings(queries, "queries")
+  gallery = as_embeddings(gallery, "gallery")
+  check_pair(queries, gallery)
+  check_chunk_size(chunk_size)
   if not 1 <= k <= gallery.shape[0]:
     raise ValueError(f"k must be in [1, {gallery.shape[0]}] (gallery size), got {k}")
   if queries.shape[0] == 0:
@@ -184,18 +184,18 @@ def first_hit_ranks(queries, query_groups, gallery, gallery_groups,
   be any labels numpy can sort. `ties` is explained in the module docstring. Raises
   ValueError when some query has no correct item in the gallery. Returns [q] int32.
   """
-  queries = _as_embeddings(queries, "queries")
-  gallery = _as_embeddings(gallery, "gallery")
-  _check_pair(queries, gallery)
-  _check_chunk_size(chunk_size)
+  queries = as_embeddings(queries, "queries")
+  gallery = as_embeddings(gallery, "gallery")
+  check_pair(queries, gallery)
+  check_chunk_size(chunk_size)
   if ties not in TIE_CONVENTIONS:
     raise ValueError(f"ties must be one of {TIE_CONVENTIONS}, got {ties!r}")
-  query_groups = _as_groups(query_groups, queries.shape[0], "query_groups")
-  gallery_groups = _as_groups(gallery_groups, gallery.shape[0], "gallery_groups")
-  _require_a_match_per_query(query_groups, gallery_groups)
+  query_groups = as_groups(query_groups, queries.shape[0], "query_groups")
+  gallery_groups = as_groups(gallery_groups, gallery.shape[0], "gallery_groups")
+  require_a_match_per_query(query_groups, gallery_groups)
   if queries.shape[0] == 0:
     return np.zeros((0,), np.int32)
-  query_ids, gallery_ids = _dense_group_ids(query_groups, gallery_groups)
+  query_ids, gallery_ids = dense_group_ids(query_groups, gallery_groups)
   gallery_dev, gallery_ids_dev = jnp.asarray(gallery), jnp.asarray(gallery_ids)
   ranks = _map_query_chunks(
       lambda q, qg: _chunk_first_hit_ranks(q, qg, gallery_dev, gallery_ids_dev, ties=ties),
@@ -234,7 +234,7 @@ def chance_recall_at_k(query_groups, gallery_groups, k: int) -> float:
     raise ValueError("query_groups and gallery_groups must be 1-D, the gallery non-empty")
   if k < 1:
     raise ValueError(f"k must be >= 1, got {k}")
-  _require_a_match_per_query(query_groups, gallery_groups)
+  require_a_match_per_query(query_groups, gallery_groups)
   if query_groups.size == 0:
     raise ValueError("query_groups is empty")
   values, counts = np.unique(gallery_groups, return_counts=True)

@@ -26,7 +26,7 @@ import numpy as np
 from flax import struct
 
 from mmalign.errors import UsageError
-from mmalign.models.text_encoders import _Block, masked_mean
+from mmalign.models.text_encoders import TransformerBlock, masked_mean
 from mmalign.registry import Registry
 
 FUSIONS = Registry("fusion module")
@@ -312,7 +312,7 @@ class JointTransformer(_Fusion):
     mask = jnp.concatenate(masks, axis=1)  # [b, l]
     attention_mask = nn.make_attention_mask(mask, mask)  # [b, 1, l, l]
     for d in range(self.depth):
-      x = _Block(width, self.heads, self.mlp_ratio, self.dropout, dtype=self.dtype,
+      x = TransformerBlock(width, self.heads, self.mlp_ratio, self.dropout, dtype=self.dtype,
                  param_dtype=self.param_dtype, name=f"block_{d}")(x, attention_mask, train=train)
     x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="final_norm")(x)
     return x[:, 0] if self.pool == "cls" else masked_mean(x, mask)

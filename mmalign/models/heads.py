@@ -2,7 +2,7 @@
 
 Every head maps `x [batch, dim]` to `[batch, out]` in float32 whatever the
 compute dtype, because normalisation, softmax and sigmoid losses lose too
-much in bfloat16. Configs choose a head by name: `build_head(name, **kwargs)`.
+much in bfloat16.
 """
 
 from __future__ import annotations
@@ -14,20 +14,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmalign.registry import Registry
-
-HEADS = Registry("head")
-
 
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
   """Rows scaled to unit norm; a zero row stays zero instead of becoming NaN."""
   return x * jnp.reciprocal(jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps))
-register_head = HEADS.register
-
-
-def build_head(name: str, *, config_key: str | None = None, **kwargs) -> nn.Module:
-  """The head `name` built from config kwargs; unknown names list the registered ones."""
-  return HEADS.get(name, config_key=config_key)(**kwargs)
 
 
 class MLP(nn.Module):
@@ -49,7 +39,6 @@ class MLP(nn.Module):
                     param_dtype=self.param_dtype, name="out")(x)
 
 
-@register_head("projection")
 class Projection(nn.Module):
   """Into the shared embedding space: [b, dim] → [b, out_dim] float32.
 
@@ -72,7 +61,6 @@ class Projection(nn.Module):
     return l2_normalize(y) if self.l2_normalize else y
 
 
-@register_head("classifier")
 class Classifier(nn.Module):
   """Single-label classification: [b, dim] → logits [b, num_classes] float32 (for softmax CE)."""
   num_classes: int
@@ -85,18 +73,3 @@ class Classifier(nn.Module):
   def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
     return MLP(self.num_classes, self.hidden, self.dropout, True, self.dtype, self.param_dtype,
                name="mlp")(x, train=train).astype(jnp.float32)
-
-
-@register_head("multilabel")
-class MultiLabel(Classifier):
-  """Independent yes/no per label: logits [b, num_classes] float32, one sigmoid each.
-
-  Train on the logits (`optax.sigmoid_binary_cross_entropy(logits, labels)`),
-  which is stable for large |logit|; a loss written on `probabilities` takes
-  log(1 − p) = log(0) in float32 once a logit exceeds about 17 (bfloat16: 6).
-  """
-
-  @staticmethod
-  def probabilities(logits: jnp.ndarray) -> jnp.ndarray:
-    """[b, num_classes] logits → independent probabilities in [0, 1], for metrics and display."""
-    return jax.nn.sigmoid(logits.astype(jnp.float32))

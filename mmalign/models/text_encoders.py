@@ -197,6 +197,11 @@ class _Block(nn.Module):
     return x + y
 
 
+# Public name for other modules (fusion); the class keeps its private name because
+# Flax names submodules (and so parameter paths and init keys) after it.
+TransformerBlock = _Block
+
+
 @register_text_encoder("transformer")
 class TextTransformer(nn.Module):
   """Pre-LN Transformer over tokens; masked mean or CLS pooling.

@@ -37,20 +37,12 @@ micro-batch starts from the same running statistics and the m updated ones are
 averaged: one moving-average update per step, with the mean of the micro-batch
 statistics, so `momentum` keeps its per-step meaning whatever m.
 
-Known problem, CPU speed: XLA:CPU runs convolutions inside a while loop (the
-`lax.scan`s below) through a slow generic emitter instead of its library call.
-Measured on 2 cores (jax 0.10.2): a 3-layer CNN's gradient over 2 × 256 images
-takes 5.4 s scanned, 0.17 s unrolled, 0.13 s in one pass; a quickstart gradient-
-cache step of 1,024 images (m = 2) 72 s against 3.2 s for the plain step. Unrolling
-restores the speed but XLA then keeps every micro-batch's activations live at once
-(optimization barriers between them do not change that), which defeats the purpose.
-`train.gradient_cache_loop="host"` (step.HostLoopGradientCache) is the way out: the
-same pieces (`embed_micro_batch`, `loss_and_cotangents`, `backprop_micro_batch`) run
-as separate compiled programs from a Python loop, so one micro-batch's activations
-exist at a time by construction and no convolution sits in a loop. Measured on the
-same 3-layer CNN over 2,048 images in 4 micro-batches (peak RSS): one pass 4.9 GB,
-24 s; scanned 1.1 GB, 1,957 s; unrolled with barriers 3.4 GB, 20 s; host loop
-1.5 GB, 19 s (all four with the 2 cores shared with a table run).
+CPU: XLA:CPU runs convolutions inside a while loop (the `lax.scan`s below) far
+more slowly than in one pass, and unrolling keeps every micro-batch's activations
+live at once; `train.gradient_cache_loop="host"` (step.HostLoopGradientCache) runs
+the same pieces (`embed_micro_batch`, `loss_and_cotangents`, `backprop_micro_batch`)
+as separate programs instead (README, "Running on a GPU/TPU cluster", has the
+measurements).
 """
 
 from __future__ import annotations
@@ -63,7 +55,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmalign.errors import UsageError
-from mmalign.train import mesh as mesh_lib
+from mmalign import mesh as mesh_lib
 
 # forward(params, model_state, batch, rng) -> (outputs, new_model_state), in train mode.
 Forward = Callable[[dict, dict, dict, jax.Array], tuple[dict, dict]]

@@ -18,7 +18,7 @@ import math
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mmalign.train.mesh import FSDP_AXIS
+from mmalign.mesh import FSDP_AXIS
 from mmalign.train.optimizer import param_path
 
 DEFAULT_MIN_SIZE = 2 ** 14  # Elements (64 KiB in float32); `train.fsdp_min_size`.
@@ -44,11 +44,3 @@ def state_shardings(tree, mesh: Mesh, min_size: int = DEFAULT_MIN_SIZE):
 
 param_shardings = state_shardings  # The same rule; named for the caller's intent.
 
-
-def sharded_leaves(shardings) -> dict[str, P]:
-  """{"params/text_tower/embed/embedding": spec} of the leaves split over fsdp (for logs, tests)."""
-  found = {}
-  for path, sharding in jax.tree_util.tree_leaves_with_path(shardings):
-    if FSDP_AXIS in sharding.spec:
-      found[param_path(path)] = sharding.spec
-  return found

@@ -34,7 +34,7 @@ import optax
 
 from mmalign.errors import UsageError
 from mmalign.train import accumulation, precision, sharding
-from mmalign.train import mesh as mesh_lib
+from mmalign import mesh as mesh_lib
 
 
 def train_forward(model) -> accumulation.Forward:

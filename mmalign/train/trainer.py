@@ -28,7 +28,7 @@ from mmalign.data import sampling as sampling_lib
 from mmalign.errors import UsageError
 from mmalign.losses.objective import build_objective
 from mmalign.plots import plot_training_curves
-from mmalign.train import mesh as mesh_lib
+from mmalign import mesh as mesh_lib
 from mmalign.train import step as step_lib
 from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.metrics_log import MetricsLog

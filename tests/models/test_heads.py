@@ -3,24 +3,21 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-import scipy.special
 
-from mmalign.models.heads import HEADS, MLP, MultiLabel, build_head
-from mmalign.registry import UnknownNameError
+from mmalign.models.heads import MLP, Classifier, Projection
 
 B, DIM = 4, 6
 X = jnp.asarray(np.random.default_rng(0).normal(size=(B, DIM)), jnp.float32)
 
-# name → (kwargs, output width); every registered head appears with a linear and an MLP body.
+HEADS = {"projection": Projection, "classifier": Classifier}
+# name → (kwargs, output width); every head appears with a linear and an MLP body.
 CASES = {
     "projection_linear": ("projection", dict(out_dim=5), 5),
     "projection_mlp": ("projection", dict(out_dim=5, hidden=(7,), l2_normalize=False), 5),
     "classifier_linear": ("classifier", dict(num_classes=3), 3),
     "classifier_mlp": ("classifier", dict(num_classes=3, hidden=(7, 4)), 3),
-    "multilabel_linear": ("multilabel", dict(num_classes=4), 4),
-    "multilabel_mlp": ("multilabel", dict(num_classes=4, hidden=(7,), dropout=0.5), 4),
+    "classifier_dropout": ("classifier", dict(num_classes=4, hidden=(7,), dropout=0.5), 4),
 }
 
 
@@ -45,17 +42,12 @@ def _reference(params, x, hidden_layers):
   return x @ mlp["out"]["kernel"] + mlp["out"].get("bias", 0.0)
 
 
-def test_every_registered_head_has_a_case():
-  assert {name for name, _, _ in CASES.values()} == set(HEADS.names())
-  assert set(HEADS.names()) == {"projection", "classifier", "multilabel"}
-
-
 @pytest.mark.parametrize("key", sorted(CASES))
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_shape_dtype_and_values(key, dtype):
   """float32 output whatever the compute dtype; bfloat16 keeps float32 parameters."""
   name, kwargs, out_dim = CASES[key]
-  module = build_head(name, dtype=dtype, **kwargs)
+  module = HEADS[name](dtype=dtype, **kwargs)
   params = _random_params(module)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
   out = jax.jit(module.apply)(params, X)
@@ -68,7 +60,7 @@ def test_shape_dtype_and_values(key, dtype):
 
 
 def test_projection_has_no_bias_by_default_and_unit_rows():
-  module = build_head("projection", out_dim=5)
+  module = Projection(out_dim=5)
   params = module.init(jax.random.PRNGKey(0), X)  # The real initialisers, once.
   assert set(params["params"]["mlp"]["out"]) == {"kernel"}
   out = module.apply(params, X)
@@ -80,7 +72,7 @@ def test_projection_has_no_bias_by_default_and_unit_rows():
 @pytest.mark.parametrize("key", sorted(CASES))
 def test_gradient_reaches_every_parameter(key):
   name, kwargs, out_dim = CASES[key]
-  module = build_head(name, **kwargs)
+  module = HEADS[name](**kwargs)
   params = _random_params(module)
   weights = jnp.asarray(np.random.default_rng(1).normal(size=(B, out_dim)), jnp.float32)
   grads = jax.jit(jax.grad(lambda p: (module.apply(p, X) * weights).sum()))(params)
@@ -89,8 +81,8 @@ def test_gradient_reaches_every_parameter(key):
 
 
 def test_dropout_only_when_training():
-  name, kwargs, _ = CASES["multilabel_mlp"]
-  module = build_head(name, **kwargs)
+  name, kwargs, _ = CASES["classifier_dropout"]
+  module = HEADS[name](**kwargs)
   params = _random_params(module)
   apply = jax.jit(module.apply, static_argnames="train")
   evaluation = apply(params, X)
@@ -99,36 +91,8 @@ def test_dropout_only_when_training():
   assert not np.allclose(apply(params, X, train=True, rngs=rngs), evaluation)
 
 
-def test_multilabel_probabilities_are_sigmoids_and_saturate_finitely():
-  logits = jnp.array([[-1e4, -2.0, 0.0, 3.0, 1e4]], jnp.float32)
-  probabilities = MultiLabel.probabilities(logits)
-  np.testing.assert_allclose(probabilities, scipy.special.expit(np.asarray(logits, np.float64)),
-                             rtol=1e-6)
-  assert probabilities.dtype == jnp.float32
-  assert MultiLabel.probabilities(logits.astype(jnp.bfloat16)).dtype == jnp.float32
-
-
-def test_multilabel_loss_belongs_on_logits():
-  """Why the docstring says so: the same loss through probabilities overflows."""
-  logits = jnp.array([[20.0, -20.0]])
-  labels = jnp.array([[0.0, 1.0]])  # Confidently wrong on both.
-  on_logits = optax.sigmoid_binary_cross_entropy(logits, labels)
-  np.testing.assert_allclose(on_logits, 20.0, rtol=1e-6)
-  p = MultiLabel.probabilities(logits)
-  on_probabilities = -(labels * jnp.log(p) + (1 - labels) * jnp.log(1 - p))
-  assert not jnp.isfinite(on_probabilities[0, 0])
-
-
 def test_mlp_without_hidden_layers_is_linear():
   module = MLP(3)
   params = _random_params(module)
   np.testing.assert_allclose(module.apply(params, 2 * X) - module.apply(params, X),
                              module.apply(params, X) - module.apply(params, 0 * X), atol=1e-5)
-
-
-def test_unknown_head_name_lists_the_registered_ones():
-  with pytest.raises(UnknownNameError) as info:
-    build_head("regressor", config_key="model.head")
-  message = str(info.value)
-  assert "'regressor'" in message and "'model.head'" in message
-  assert ", ".join(HEADS.names()) in message

@@ -18,7 +18,8 @@ import pytest
 
 from mmalign.errors import UsageError
 from mmalign.models.build import build_dual_encoder
-from mmalign.train import accumulation, mesh as mesh_lib, step as step_lib
+from mmalign import mesh as mesh_lib
+from mmalign.train import accumulation, step as step_lib
 from tests.train import tiny_model
 
 RTOL = 1e-5

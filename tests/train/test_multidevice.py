@@ -86,8 +86,10 @@ def _run_all(data_dir: str, workdir: str) -> dict:
   from mmalign import experiment as experiment_lib
   from mmalign.data import pipeline, sources
   from mmalign.losses.objective import build_objective
-  from mmalign.train import mesh as mesh_lib, sharding, step as step_lib
+  from mmalign import mesh as mesh_lib
+  from mmalign.train import sharding, step as step_lib
   from mmalign.train.optimizer import param_path
+  from tests import trees
 
   config = tiny.get_config()
   config.data.data_dir = data_dir
@@ -126,7 +128,7 @@ def _run_all(data_dir: str, workdir: str) -> dict:
                     zip(jax.tree_util.tree_leaves_with_path(params),
                         jax.tree.leaves(reference_params))}
     # Where the arrays of the final state really live, leaf by leaf.
-    specs = sharding.sharded_leaves(jax.tree.map(lambda x: x.sharding, state))
+    specs = trees.sharded_leaves(jax.tree.map(lambda x: x.sharding, state))
     largest = max(jax.tree_util.tree_leaves_with_path(state["params"]), key=lambda kv: kv[1].size)
     report["runs"][name] = {
         "losses": losses, "param_errors": param_errors,

@@ -15,7 +15,8 @@ import optax
 import pytest
 
 from mmalign.errors import UsageError
-from mmalign.train import mesh as mesh_lib, precision, step as step_lib
+from mmalign import mesh as mesh_lib
+from mmalign.train import precision, step as step_lib
 from mmalign.train.optimizer import adamw
 from tests.train import tiny_model
 

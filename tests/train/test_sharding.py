@@ -13,7 +13,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mmalign.errors import UsageError
-from mmalign.train import mesh as mesh_lib, sharding, step as step_lib
+from mmalign import mesh as mesh_lib
+from mmalign.train import sharding, step as step_lib
+from tests import trees
 from tests.train import tiny_model
 
 
@@ -94,4 +96,4 @@ def test_sharded_leaves_names_the_split_arrays():
   tree = {"big": jax.ShapeDtypeStruct((64, 32), np.float32),
           "small": jax.ShapeDtypeStruct((3,), np.float32)}
   # On one device the fsdp axis has size 1: nothing is split.
-  assert sharding.sharded_leaves(sharding.state_shardings(tree, mesh, min_size=1)) == {}
+  assert trees.sharded_leaves(sharding.state_shardings(tree, mesh, min_size=1)) == {}

@@ -70,11 +70,6 @@ def make_mesh(mesh_config: Mapping[str, int] | None = None, devices=None) -> Mes
   return jax.make_mesh(shape, MESH_AXES, (AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
-def data_mesh() -> Mesh:
-  """All devices on the data axis (kept for callers written before `make_mesh`)."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
-
-
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:
   """The mesh axes the batch is split over, major to minor."""
   return tuple(axis for axis in MESH_AXES if axis in mesh.shape)
