@@ -41,20 +41,20 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(config, workdir: str, mode: str, query: str | None, k: int | None,
         query_image: str | None = None) -> None:
+  """Checks flags and config, builds the run context once, then runs `mode` under the
+  workdir's lock."""
   # Imported here so that --help and flag errors answer without loading JAX.
   import jax  # pylint: disable=import-outside-toplevel
   from mmalign import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
-  from mmalign import settings  # pylint: disable=import-outside-toplevel
+  from mmalign import run as run_lib  # pylint: disable=import-outside-toplevel
   from mmalign import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
 
   check_arguments(mode, query, k, query_image)
-  settings.check(config)
-  settings.check_with_dataset(config)
   if mode not in ("all", "train") and not os.path.isdir(workdir):
     raise UsageError(f"--workdir {workdir!r} does not exist: run --mode=train first")
-  k = config.retrieval.k if k is None else k
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=mode in ("all", "train"))
   with workdir_lib.locked(workdir, process_index=jax.process_index()):
-    _run_locked(config, workdir, mode, query, k, query_image, experiment_lib)
+    run_lib.run(exp, mode, query=query, k=k, query_image=query_image)
 
 
 def check_arguments(mode: str, query: str | None, k: int | None,
@@ -70,46 +70,6 @@ def check_arguments(mode: str, query: str | None, k: int | None,
   if mode == "search" and not query_image and (query is None or not query.strip()):
     raise UsageError("--mode=search needs a non-empty --query, e.g. "
                      "--query='latin small letter a with grave', or --query_image=x.png")
-
-
-def _run_locked(config, workdir: str, mode: str, query: str | None, k: int,
-                query_image: str | None, experiment_lib) -> None:
-  from mmalign.eval import classification_evaluator, evaluator  # pylint: disable=import-outside-toplevel
-  from mmalign.retrieval import cli as retrieval_cli  # pylint: disable=import-outside-toplevel
-  from mmalign.retrieval import search as search_lib  # pylint: disable=import-outside-toplevel
-  from mmalign.train import trainer  # pylint: disable=import-outside-toplevel
-
-  if mode == "index":
-    path = retrieval_cli.build_index_for_workdir(config, workdir)
-    print(f"indexes: {path} (images), {path}_text (captions)")
-    return
-  if mode == "search" and query_image:
-    hits, sheet = retrieval_cli.search_image_query(config, workdir, query_image, k)
-    print(f"\nsearch over the {config.eval.split} captions for the image {query_image!r}:")
-    for hit in hits:
-      print(f"  {hit.rank:2d}. {hit.score:+.3f}  {hit.caption}")
-    print(f"contact sheet: {sheet}")
-    return
-  variables = step = None
-  if mode in ("all", "train"):
-    state = trainer.train(config, workdir)
-    variables, step = experiment_lib.variables_of(state), int(state["step"])
-  if mode in ("all", "eval"):
-    evaluator.evaluate(config, workdir, variables, step)
-    if experiment_lib.task_label(config):
-      classification_evaluator.evaluate_classification(config, workdir, variables, step)
-  if mode in ("all", "search"):
-    exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-    if variables is None:
-      variables, step = exp.restore_variables()
-    query = query if mode == "search" else config.retrieval.example_query
-    hits, sheet = search_lib.search(exp, variables, step, query, k=k,
-                                    split=config.eval.split,
-                                    scann_config=search_lib.scann_config(config))
-    print(f"\nScaNN search over the {config.eval.split} images for {query!r}:")
-    for hit in hits:
-      print(f"  {hit.rank:2d}. {hit.score:+.3f}  {hit.caption}")
-    print(f"contact sheet: {sheet}")
 
 
 def parse_flags(argv: list[str]) -> list[str]:

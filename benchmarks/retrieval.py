@@ -526,6 +526,7 @@ def real_embeddings(workdir: str, config_path: str, log):
   # pylint: disable=import-outside-toplevel
   import importlib.util
   from mmalign import experiment as experiment_lib
+  from mmalign.train import state as train_state
   from mmalign.data import pipeline, sources
   # pylint: enable=import-outside-toplevel
   spec = importlib.util.spec_from_file_location("real_config", config_path)
@@ -533,7 +534,7 @@ def real_embeddings(workdir: str, config_path: str, log):
   spec.loader.exec_module(module)
   config = module.get_config()
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-  variables, step = exp.restore_variables()
+  variables, step = train_state.restore_variables(exp)
   split = config.eval.split
   log(f"embedding {split} of {workdir} (step {step})")
   images = experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder, split),

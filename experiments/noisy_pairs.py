@@ -21,10 +21,9 @@ from matplotlib.figure import Figure
 
 from experiments.cli import run_script, write_results
 from mmalign import experiment as experiment_lib
-from mmalign.eval import evaluator
+from mmalign import run as run_lib
 from mmalign.plots import save_figure
-from mmalign.train import trainer
-from mmalign.train.metrics_log import say
+from mmalign.utils import say
 
 DIRECTIONS = ("text_to_image", "image_to_text")
 
@@ -39,9 +38,8 @@ def run(config, *, fractions: list[float], steps: int, workdir_root: str, out_di
     run_config.train.steps = steps
     workdir = os.path.join(workdir_root, f"noise{fraction:g}")
     say(f"noisy pairs {fraction:.0%}: training {steps} steps in {workdir}")
-    state = trainer.train(run_config, workdir)
-    results = evaluator.evaluate(run_config, workdir, jax.device_get(
-        experiment_lib.variables_of(state)), int(state["step"]))
+    results = run_lib.train_and_evaluate(
+        experiment_lib.for_training(run_config, workdir)).results["retrieval"]
     rows.append({"noisy_pair_fraction": fraction, "step": results["step"],
                  **{d: {k: v for k, v in results[d].items() if not k.startswith("chance")}
                     for d in DIRECTIONS}})

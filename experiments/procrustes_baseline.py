@@ -257,7 +257,7 @@ def run(config, *, workdir: str, out_dir: str, split: str = "test",
   timings: dict[str, float] = {}  # Seconds per stage, saved in the report.
   since = lambda t: time.perf_counter() - t
 
-  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=True)
+  exp = experiment_lib.for_training(config, workdir)
   dataset = f"{config.data.name}/{config.data.config}"
   ks = tuple(int(k) for k in config.eval.ks)
   contrastive = contrastive_row(contrastive_eval, dataset, split) if contrastive_eval else None

@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 
 from experiments.cli import run_script, write_results
 from mmalign import experiment as experiment_lib
+from mmalign.train import state as train_state
 from mmalign.data import sources
 from mmalign.errors import UsageError
 from mmalign.plots import save_figure
@@ -237,7 +238,7 @@ def run(config, workdir: str, *, out_dir: str, split: str = "test",
                      "launch.py --mode=train first")
   started = time.perf_counter()
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-  variables, step = exp.restore_variables()
+  variables, step = train_state.restore_variables(exp)
   say(f"{workdir}: checkpoint step {step}; tasks on {config.data.name}/"
       f"{config.data.config}, heads trained on train, scored on {split}")
   train, test = embed_split(exp, variables, "train"), embed_split(exp, variables, split)

@@ -1,7 +1,11 @@
-"""What train, eval and search share: dataset, tokenizer, model and the workdir layout.
+"""The run context: dataset, tokenizer, model and mesh of one run, built once.
 
-The tokenizer is trained once, in the first training run, from the training
-captions; every later run (resume, eval, search) loads that saved copy.
+`prepare(config, workdir)` checks the config, builds the dataset if missing,
+loads (or trains) the tokenizer and builds the model; the launcher and the
+tables pass the result down to training, the evaluators and search, so none
+of them rebuilds anything. The tokenizer is trained once, in the first
+training run, from the training captions; every later run (resume, eval,
+search) loads that saved copy.
 """
 
 from __future__ import annotations
@@ -16,16 +20,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmalign.data import pipeline, sources
-from mmalign.data.tokenizer import TextSettings, Tokenizer
+from mmalign import mesh as mesh_lib
 from mmalign import settings
 from mmalign import workdir as workdir_lib
+from mmalign.data import pipeline, sources
+from mmalign.data.tokenizer import TextSettings, Tokenizer
 from mmalign.errors import UsageError
 from mmalign.models.build import build_dual_encoder, resolved_model_config
 from mmalign.models.dual_encoder import DualEncoder
-from mmalign import mesh as mesh_lib
-from mmalign.train.checkpoint import Checkpointer
-from mmalign.train.optimizer import adamw, learning_rate_schedule
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -91,53 +93,6 @@ class Experiment:
     images = jnp.zeros((1, *self.image_shape), jnp.float32)
     return dict(self.model.init(jax.random.key(seed), tokens, images))
 
-  def optimizer(self):
-    """(optimizer, learning-rate schedule) from config.train."""
-    tc = self.config.train
-    schedule = learning_rate_schedule(peak=tc.learning_rate, warmup_steps=tc.warmup_steps,
-                                      total_steps=tc.steps)
-    return adamw(schedule, weight_decay=tc.weight_decay, grad_clip_norm=tc.grad_clip_norm,
-                 frozen=tuple(tc.get("frozen", ())),
-                 moments_dtype=tc.get("optimizer_moments_dtype", "float32")), schedule
-
-  def init_train_state(self) -> dict:
-    """{params, opt_state, step[, model_state]}: what a checkpoint holds.
-
-    `model_state` holds non-trained collections (BatchNorm's running
-    statistics); it is absent for models that have none.
-    """
-    variables = self.init_variables(self.config.train.seed)
-    params = variables.pop("params")
-    optimizer, _ = self.optimizer()
-    state = {"params": params, "opt_state": optimizer.init(params),
-             "step": jnp.zeros((), jnp.int32)}
-    if variables:
-      state["model_state"] = variables
-    return state
-
-  def restore_variables(self, step: int | None = None):
-    """(variables, step) of the latest good (or the given) checkpoint in the workdir.
-
-    Without `step`, a corrupt latest checkpoint is moved aside with a warning and
-    the previous one restored, as in training."""
-    checkpointer = Checkpointer(self.workdir, keep=self.config.train.keep_checkpoints,
-                                async_save=False)
-    try:
-      if checkpointer.latest_step() is None:
-        raise UsageError(f"--workdir {self.workdir!r} has no checkpoint: run "
-                         "--mode=train first")
-      abstract = jax.eval_shape(self.init_train_state)
-      if step is None:
-        state, _ = checkpointer.restore_latest_good(abstract, self.meta())
-        if state is None:
-          raise UsageError(f"--workdir {self.workdir!r}: no checkpoint could be read (the "
-                           "unreadable ones were moved aside); run --mode=train again")
-      else:
-        state, _ = checkpointer.restore(abstract, self.meta(), step)
-    finally:
-      checkpointer.close()
-    return variables_of(state), int(state["step"])
-
   def meta(self) -> dict:
     """What a checkpoint must agree on to be restored into this experiment."""
     # Through JSON, so tuples compare equal to the lists a saved checkpoint holds.
@@ -152,11 +107,6 @@ class Experiment:
     return hashlib.sha256(self.tokenizer.model_proto).hexdigest()
 
 
-def variables_of(state: dict) -> dict:
-  """The model variables ({"params", ...state collections}) of a train state."""
-  return {"params": state["params"], **state.get("model_state", {})}
-
-
 def prepare(config: ml_collections.ConfigDict, workdir: str, *,
             allow_new_tokenizer: bool) -> Experiment:
   """Builds the dataset if missing, loads (or trains) the tokenizer, builds the model.
@@ -165,10 +115,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
   trainer calls once everything else is built: a run that fails before then
   writes nothing into the workdir.
   """
+  settings.check(config)
   workdir_lib.check_writable(workdir)
-  builder = sources.get_builder(config.data.name, config.data.config, config.data.data_dir)
-  sources.ensure_built(builder)
-  settings.check_dataset(config, builder)
+  builder = settings.check_with_dataset(config)
   tokenizer_dir = os.path.join(workdir, TOKENIZER_DIR)
   _barrier("before looking for the tokenizer")  # All processes then take the same branch.
   wanted = text_settings(config)
@@ -191,6 +140,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
                                               tuple(config.data.image_std))
   return Experiment(config, workdir, builder, tokenizer, model, normalization, class_names,
                     tokenizer_unsaved=unsaved)
+
+
+def for_training(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+  """`prepare` for a run that trains: its first run trains the tokenizer."""
+  return prepare(config, workdir, allow_new_tokenizer=True)
 
 
 def _check_same_text_settings(saved: TextSettings, wanted: TextSettings, where: str) -> None:

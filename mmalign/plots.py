@@ -11,9 +11,11 @@ from matplotlib.figure import Figure
 
 
 def plot_training_curves(metrics_jsonl: str, path: str) -> None:
-  """Loss, scale and learning rate against step, from the trainer's metrics.jsonl."""
+  """Loss, scale and learning rate against step, from the trainer's metrics.jsonl (its
+  training records; periodic evaluations' records, which have no loss, are skipped)."""
   with open(metrics_jsonl) as f:
     records = [json.loads(line) for line in f if line.strip()]
+  records = [r for r in records if "loss" in r]
   if not records:
     raise ValueError(f"{metrics_jsonl} holds no records")
   keys = [k for k in ("loss", "scale", "learning_rate") if k in records[0]]

@@ -199,8 +199,8 @@ def check(config) -> None:
 def _check_combinations(config) -> None:
   """What no single key shows: pairs of values that cannot work together."""
   steps, warmup = config.train.steps, config.train.warmup_steps
-  if warmup > steps:
-    raise UsageError(f"train.warmup_steps={warmup} must be <= train.steps={steps}")
+  if warmup >= steps:
+    raise UsageError(f"train.warmup_steps={warmup} must be < train.steps={steps}")
   micro_batches = value(config, "train.micro_batches")
   if config.train.batch_size % micro_batches:
     raise UsageError(f"train.batch_size={config.train.batch_size} must divide by "
@@ -218,8 +218,47 @@ def _check_combinations(config) -> None:
   if impl != "auto" and config.loss.name == "regression":
     raise UsageError(f"loss.kernel.impl={impl!r} with loss.name='regression': that loss "
                      "compares matched pairs only and has no kernel; leave it 'auto'")
+  _check_evals(config)
   if value(config, "loss.task_weight") > 0 and not value(config, "task.label"):
     raise UsageError("loss.task_weight > 0 needs task.label (the dataset label to classify)")
+
+
+def _evaluator_types() -> dict:
+  from mmalign.eval import evaluators  # pylint: disable=import-outside-toplevel
+  return evaluators.EVALUATORS
+
+
+# Keys of a `config.evals` entry beside "type", "split" and "every_steps", by type.
+EVAL_OPTIONS = {"retrieval": {"ks": Rule("ints", low=1), "batch_size": Rule("int", low=1)},
+                "classification": {"batch_size": Rule("int", low=1)}}
+
+
+def _check_evals(config) -> None:
+  """`config.evals`: {name: {type, split, every_steps, options}}, each value checked."""
+  found, evals = _lookup(config, "evals")
+  if not found or evals is None:
+    return
+  types = sorted(_evaluator_types())
+  for name, block in evals.items():
+    where = f"evals.{name}"
+    if not hasattr(block, "keys"):
+      raise UsageError(f"{where} must be a dict with a 'type'; got {block!r}")
+    kind = block.get("type")
+    if kind not in types:
+      raise UsageError(f"{where}.type={kind!r} is not allowed; it must be one of "
+                       f"{', '.join(map(repr, types))}")
+    options = EVAL_OPTIONS.get(kind, {})
+    for key, x in block.items():
+      rule = {"type": None, "split": Rule("str"),
+              "every_steps": Rule("int", low=1, optional=True), **options}.get(key, "unknown")
+      if rule == "unknown":
+        allowed = ", ".join(["type", "split", "every_steps", *options])
+        raise UsageError(f"{where}.{key} is not an option of a {kind!r} evaluator; allowed: "
+                         f"{allowed}")
+      if rule is not None and not _valid(rule, x):
+        raise UsageError(f"{where}.{key}={x!r} is not allowed; it must be {_describe(rule)}")
+    if kind == "classification" and not value(config, "task.label"):
+      raise UsageError(f"{where}: a 'classification' evaluator needs task.label")
 
 
 def check_with_dataset(config):
@@ -234,7 +273,11 @@ def check_with_dataset(config):
 def check_dataset(config, builder) -> None:
   """The checks that need the built dataset: the splits and the task label exist."""
   splits = list(builder.info.splits)
-  for key, split in (("eval.split", config.eval.split), ("the training split", "train")):
+  found, evals = _lookup(config, "evals")
+  declared = [(f"evals.{name}.split", block["split"]) for name, block in
+              (evals.items() if found and evals is not None else ()) if "split" in block]
+  for key, split in (("eval.split", config.eval.split), ("the training split", "train"),
+                     *declared):
     if split not in splits:
       raise UsageError(f"{key}={split!r}: dataset {builder.name}/{builder.builder_config.name} "
                        f"has no such split; available: {', '.join(splits)}")

@@ -12,8 +12,9 @@ import pytest
 
 from experiments.configs import tiny
 from mmalign import experiment as experiment_lib
-from mmalign.eval import evaluator
+from mmalign import run as run_lib
 from mmalign.retrieval import search as search_lib
+from mmalign.train import state as train_state
 from mmalign.train import trainer
 from tests.trees import assert_trees_bitwise_equal
 
@@ -32,7 +33,7 @@ def _config(data_dir, **train_overrides):
 def trained(tiny_data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("workdir"))
   config = _config(tiny_data_dir)
-  state = trainer.train(config, workdir)
+  state = trainer.train(experiment_lib.for_training(config, workdir))
   return config, workdir, state
 
 
@@ -73,29 +74,30 @@ def test_training_writes_tensorboard_events(trained):
 def test_restored_params_equal_trained_params(trained):
   config, workdir, state = trained
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-  variables, step = exp.restore_variables()
+  variables, step = train_state.restore_variables(exp)
   assert step == config.train.steps
-  assert_trees_bitwise_equal(variables, experiment_lib.variables_of(state))
+  assert_trees_bitwise_equal(variables, train_state.variables_of(state))
 
 
 def test_evaluation_from_checkpoint(trained):
   config, workdir, _ = trained
-  results = evaluator.evaluate(config, workdir)
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
+  results = run_lib.train_and_evaluate(exp, train=False).results["retrieval"]
   with open(os.path.join(workdir, "eval_test.json")) as f:
     assert json.load(f) == json.loads(json.dumps(results))
   for direction in ("text_to_image", "image_to_text"):
     recalls = [results[direction][f"recall@{k}"] for k in config.eval.ks]
     assert all(0.0 <= r <= 1.0 for r in recalls) and recalls == sorted(recalls)
   # Tiny galleries are searched exactly by ScaNN, so it must agree with exact search.
-  assert results["scann"]["brute_force"]
-  assert results["scann"]["recall_at_k_vs_exact"] == 1.0
+  assert results["searcher"]["name"] == "scann" and results["searcher"]["brute_force"]
+  assert results["searcher"]["recall_at_k_vs_exact"] == 1.0
   assert results["gallery_images"] > results["num_text_queries"] > 0
 
 
 def test_search_returns_k_hits_and_contact_sheet(trained):
   config, workdir, _ = trained
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-  variables, step = exp.restore_variables()
+  variables, step = train_state.restore_variables(exp)
   hits, sheet = search_lib.search(exp, variables, step, "latin small letter a with grave",
                                   k=4, split="test",
                                   scann_config=search_lib.scann_config(config))
@@ -110,9 +112,9 @@ def test_search_returns_k_hits_and_contact_sheet(trained):
 def test_resume_matches_uninterrupted_run(tiny_data_dir, tmp_path):
   """Stop at step 4, restart to step 6: same parameters as one run to step 6."""
   interrupted, straight = str(tmp_path / "interrupted"), str(tmp_path / "straight")
-  trainer.train(_config(tiny_data_dir, checkpoint_every=2), interrupted, stop_after=4)
-  resumed = trainer.train(_config(tiny_data_dir, checkpoint_every=2), interrupted)
-  uninterrupted = trainer.train(_config(tiny_data_dir, checkpoint_every=2), straight)
+  trainer.train(experiment_lib.for_training(_config(tiny_data_dir, checkpoint_every=2), interrupted), stop_after=4)
+  resumed = trainer.train(experiment_lib.for_training(_config(tiny_data_dir, checkpoint_every=2), interrupted))
+  uninterrupted = trainer.train(experiment_lib.for_training(_config(tiny_data_dir, checkpoint_every=2), straight))
   assert_trees_bitwise_equal(resumed["params"], uninterrupted["params"])
   assert_trees_bitwise_equal(resumed["opt_state"], uninterrupted["opt_state"])
 
@@ -120,7 +122,7 @@ def test_resume_matches_uninterrupted_run(tiny_data_dir, tmp_path):
 def test_training_with_a_sharded_loss(tiny_data_dir, tmp_path):
   config = _config(tiny_data_dir, steps=3, warmup_steps=1, log_every=1)
   config.loss.distributed = "ring"
-  state = trainer.train(config, str(tmp_path / "ring"))
+  state = trainer.train(experiment_lib.for_training(config, str(tmp_path / "ring")))
   with open(tmp_path / "ring" / "metrics.jsonl") as f:
     assert all(np.isfinite(json.loads(line)["loss"]) for line in f)
   assert int(state["step"]) == 3

@@ -24,7 +24,7 @@ from mmalign.eval import classification_evaluator
 from mmalign.models.dual_encoder import DualEncoder
 config = tiny.get_config()
 config.data.data_dir = {data_dir!r}
-exp = experiment_lib.prepare(config, {workdir!r}, allow_new_tokenizer=True)
+exp = experiment_lib.for_training(config, {workdir!r})
 variables = exp.init_variables(0)
 texts = ["latin small letter a", "digit seven", "greek capital letter omega"] * 7  # 21 rows
 tokens = exp.tokenizer.encode(texts)
@@ -42,7 +42,7 @@ config = tiny.get_config()
 config.data.update(name="shapes", config="tiny", data_dir={data_dir!r})
 config.model.fusion = "concat"
 config.task.label = "color1"
-multi = experiment_lib.prepare(config, {workdir!r} + "/shapes", allow_new_tokenizer=True)
+multi = experiment_lib.for_training(config, {workdir!r} + "/shapes")
 multi_variables = multi.init_variables(0)
 rng = np.random.default_rng(0)
 inputs = (multi.tokenizer.encode(["a red circle above a blue square"] * 21),

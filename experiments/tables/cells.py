@@ -106,27 +106,20 @@ def step_memory(workdir: str) -> dict[str, float]:
 @register_kind("train_eval", command="python launch.py --config={config} "
                "--workdir={workdir} {overrides}")
 def train_and_evaluate(cell: Cell) -> dict[str, float]:
-  """launch.py --mode=all without the example search: train, then the evaluators."""
-  import jax  # pylint: disable=import-outside-toplevel
-
+  """launch.py --mode=all without the example search: `run.train_and_evaluate`, the same
+  sequence and evaluators. "train/seconds" includes the evaluators' time."""
   from mmalign import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
-  from mmalign.eval import classification_evaluator, evaluator  # pylint: disable=import-outside-toplevel
-  from mmalign.train import trainer  # pylint: disable=import-outside-toplevel
+  from mmalign import run as run_lib  # pylint: disable=import-outside-toplevel
 
   started = time.perf_counter()
-  state = trainer.train(cell.config, cell.workdir)
+  outcome = run_lib.train_and_evaluate(experiment_lib.for_training(cell.config, cell.workdir))
   train_s = time.perf_counter() - started
-  variables = jax.device_get(experiment_lib.variables_of(state))
-  step = int(state["step"])
-  retrieval = evaluator.evaluate(cell.config, cell.workdir, variables, step)
-  metrics = flatten({d: retrieval[d] for d in DIRECTIONS})
-  if experiment_lib.task_label(cell.config):
-    classification = classification_evaluator.evaluate_classification(
-        cell.config, cell.workdir, variables, step)
-    metrics.update(flatten(classification, "classification/"))
+  metrics = flatten({d: outcome.results["retrieval"][d] for d in DIRECTIONS})
+  if "classification" in outcome.results:
+    metrics.update(flatten(outcome.results["classification"], "classification/"))
   metrics.update({f"train/{k}": v for k, v in {**training_throughput(cell.workdir),
                                                 **step_memory(cell.workdir)}.items()})
-  metrics.update({"train/seconds": train_s, "train/steps": float(step)})
+  metrics.update({"train/seconds": train_s, "train/steps": float(outcome.step)})
   return metrics
 
 

@@ -97,6 +97,7 @@ def train_and_match(cell: Cell) -> dict[str, float]:
   import jax  # pylint: disable=import-outside-toplevel
 
   from mmalign import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
+  from mmalign.train import state as train_state  # pylint: disable=import-outside-toplevel
   from mmalign.data import pipeline, sources  # pylint: disable=import-outside-toplevel
   from mmalign.train import trainer  # pylint: disable=import-outside-toplevel
 
@@ -105,11 +106,10 @@ def train_and_match(cell: Cell) -> dict[str, float]:
   if workdir is not None:  # The same model, already trained by another table's cell.
     print(f"matching: reusing the model in {workdir}", flush=True)
     exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-    variables, _ = exp.restore_variables()
+    variables, _ = train_state.restore_variables(exp)
   else:
-    state = trainer.train(config, cell.workdir)
-    variables = jax.device_get(experiment_lib.variables_of(state))
-    exp = experiment_lib.prepare(config, cell.workdir, allow_new_tokenizer=False)
+    exp = experiment_lib.for_training(config, cell.workdir)
+    variables = jax.device_get(train_state.variables_of(trainer.train(exp)))
   split = config.eval.split
   index = pipeline.index_split(sources.open_split(exp.builder, split, decode_images=False))
   image_emb = experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder, split),

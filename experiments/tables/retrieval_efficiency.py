@@ -70,11 +70,12 @@ def _embeddings(config, workdir: str, gallery: str):
   # pylint: disable=import-outside-toplevel
   from mmalign import experiment as experiment_lib
   from mmalign.data import pipeline, sources
+  from mmalign.train import state as train_state
   from mmalign.train import trainer
   # pylint: enable=import-outside-toplevel
-  trainer.train(config, workdir)  # Returns at once when the workdir is finished.
-  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-  variables, _ = exp.restore_variables()
+  exp = experiment_lib.for_training(config, workdir)
+  trainer.train(exp)  # Returns at once when the workdir is finished.
+  variables, _ = train_state.restore_variables(exp)
   test = config.eval.split
 
   def captions(split):

@@ -43,19 +43,17 @@ import numpy as np
 
 from experiments.tables import cells as cells_lib
 from experiments.tables import spec
+from mmalign import settings, utils
 from mmalign.errors import UsageError
+from mmalign.utils import say
 
 NOT_HASHED = ("data.data_dir", "retrieval", "train.log_every", "train.checkpoint_every",
               "train.keep_checkpoints")
 # Config keys added after cells were cached, with the value that keeps the old
 # behaviour: at that value (and not overridden) they leave the hash alone, so a
 # new option does not throw away finished cells; any other value is hashed.
-NEUTRAL_DEFAULTS: dict[str, object] = {"data.sampling": "captions",
-                                       "train.gradient_cache_loop": "scan"}
-
-
-def say(message: str) -> None:
-  print(message, flush=True)
+NEUTRAL_DEFAULTS: dict[str, object] = {
+    key: settings.RULES[key].default for key in ("data.sampling", "train.gradient_cache_loop")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,14 +217,6 @@ def previous_records(path: str | None) -> dict[str, dict]:
   return records
 
 
-def _write_json(path: str, data: dict) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, path)
-
-
 def run_cell(cell: cells_lib.Cell, kind: cells_lib.CellKind | None = None) -> dict:
   """Computes one cell and stores its record; the entry point of worker processes too.
 
@@ -242,7 +232,7 @@ def run_cell(cell: cells_lib.Cell, kind: cells_lib.CellKind | None = None) -> di
             "params": cell.params, "config": json.loads(cell.config.to_json_best_effort()),
             "metrics": metrics, "seconds": time.perf_counter() - started,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-  _write_json(cell.result_path, record)
+  utils.write_json(cell.result_path, record)
   return record
 
 

@@ -15,11 +15,11 @@ import os
 import numpy as np
 
 from mmalign import experiment as experiment_lib
+from mmalign import utils
 from mmalign.data import pipeline, sources
 from mmalign.eval import metrics
-from mmalign.eval.evaluator import write_json
 from mmalign.plots import plot_bars
-from mmalign.train.metrics_log import say
+from mmalign.utils import say
 
 RESULTS_FILE = "eval_{split}_classification.json"
 # Input → (has text, has image).
@@ -46,33 +46,46 @@ def class_logits(exp: experiment_lib.Experiment, variables, split: str,
   return logits, labels
 
 
-def evaluate_classification(config, workdir: str, variables=None,
-                            step: int | None = None) -> dict:
-  """Writes `<workdir>/eval_<split>_classification.json` and a PNG; returns the results."""
-  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-  if variables is None:
-    variables, step = exp.restore_variables()
-  split = config.eval.split
-  label = experiment_lib.task_label(config)
-  results = {"dataset": f"{config.data.name}/{config.data.config}", "split": split,
-             "step": step, "label": label, "classes": list(exp.class_names)}
-  for name, present in PRESENCE.items():
-    logits, labels = class_logits(exp, variables, split, present, config.eval.batch_size)
-    predictions = logits.argmax(axis=1)
-    results[name] = {"accuracy": metrics.accuracy(labels, predictions),
-                     "macro_f1": metrics.f1(labels, predictions, average="macro"),
-                     "roc_auc_ovr": metrics.roc_auc_ovr(labels, logits)}
-    results["num_examples"] = int(len(labels))
-    results["majority_class_accuracy"] = float(np.bincount(labels).max() / len(labels))
-  path = os.path.join(workdir, RESULTS_FILE.format(split=split))
-  write_json(path, results)
-  plot_bars({name: results[name]["accuracy"] for name in PRESENCE},
-            os.path.join(workdir, f"eval_{split}_classification.png"),
-            f"{results['dataset']} {split}: {label} (step {step})", ylabel="accuracy",
-            reference=results["majority_class_accuracy"], reference_label="majority class")
-  say(format_table(results))
-  say(f"written to {path}")
-  return results
+class ClassificationEvaluator:
+  """The task classifier (`task.label`) on one split with both, text-only and image-only
+  inputs; `report` writes `<workdir>/eval_<split>_classification.json` and a PNG."""
+
+  def __init__(self, exp: experiment_lib.Experiment, *, split: str,
+               batch_size: int | None = None):
+    self.exp, self.split = exp, split
+    self.batch_size = exp.config.eval.batch_size if batch_size is None else batch_size
+
+  def evaluate(self, variables, step: int | None) -> dict:
+    exp, split = self.exp, self.split
+    results = {"dataset": f"{exp.config.data.name}/{exp.config.data.config}", "split": split,
+               "step": step, "label": experiment_lib.task_label(exp.config),
+               "classes": list(exp.class_names)}
+    for name, present in PRESENCE.items():
+      logits, labels = class_logits(exp, variables, split, present, self.batch_size)
+      predictions = logits.argmax(axis=1)
+      results[name] = {"accuracy": metrics.accuracy(labels, predictions),
+                       "macro_f1": metrics.f1(labels, predictions, average="macro"),
+                       "roc_auc_ovr": metrics.roc_auc_ovr(labels, logits)}
+      results["num_examples"] = int(len(labels))
+      results["majority_class_accuracy"] = float(np.bincount(labels).max() / len(labels))
+    return results
+
+  def report(self, results: dict) -> None:
+    """Writes the JSON and the accuracy bars into the workdir; prints the table."""
+    workdir, split = self.exp.workdir, self.split
+    path = os.path.join(workdir, RESULTS_FILE.format(split=split))
+    utils.write_json(path, results)
+    plot_bars({name: results[name]["accuracy"] for name in PRESENCE},
+              os.path.join(workdir, f"eval_{split}_classification.png"),
+              f"{results['dataset']} {split}: {results['label']} (step {results['step']})",
+              ylabel="accuracy", reference=results["majority_class_accuracy"],
+              reference_label="majority class")
+    say(format_table(results))
+    say(f"written to {path}")
+
+  def scalars(self, results: dict) -> dict[str, float]:
+    return {f"{name}/{key}": float(value) for name in PRESENCE
+            for key, value in results[name].items() if value is not None}
 
 
 def format_table(results: dict) -> str:

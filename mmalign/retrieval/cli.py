@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mmalign import experiment as experiment_lib
+from mmalign.train import state as train_state
 from mmalign.data import pipeline, sources
 from mmalign.errors import UsageError
 from mmalign.retrieval import search as search_lib
@@ -24,17 +25,19 @@ from mmalign.retrieval.contact_sheet import save_contact_sheet
 _PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Channels of the dataset image -> PIL mode.
 
 
-def build_index_for_workdir(config, workdir: str) -> str:
-  """Builds and saves the image and caption indexes of `config.eval.split` for the latest
-  checkpoint; returns the image index's directory (the caption index is beside it,
-  with the suffix `_text`). Searcher and its settings come from `config.retrieval`."""
-  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-  variables, step = exp.restore_variables()
+def build_index_for_workdir(exp: experiment_lib.Experiment, variables=None,
+                            step: int | None = None) -> str:
+  """Builds and saves the image and caption indexes of `eval.split` for `variables` (default:
+  the latest checkpoint); returns the image index's directory (the caption index is beside
+  it, with the suffix `_text`). Searcher and its settings come from `config.retrieval`."""
+  config = exp.config
+  if variables is None:
+    variables, step = train_state.restore_variables(exp)
   name, searcher_config = search_lib.searcher_of(config)
   for modality in ("text", "image"):
     search_lib.build_gallery_index(exp, variables, step, config.eval.split, searcher_config,
                                    modality=modality, searcher=name)
-  return search_lib.index_dir(workdir, config.eval.split, step, "image")
+  return search_lib.index_dir(exp.workdir, config.eval.split, step, "image")
 
 
 def read_query_image(image_path: str, shape: tuple[int, int, int]) -> np.ndarray:
@@ -57,17 +60,20 @@ def read_query_image(image_path: str, shape: tuple[int, int, int]) -> np.ndarray
   return pixels.reshape(height, width, channels)
 
 
-def search_image_query(config, workdir: str, image_path: str,
-                       k: int | None = None) -> tuple[list[search_lib.Hit], str]:
-  """Image→text: the k captions of `config.eval.split` nearest to the image at image_path.
+def search_image_query(exp: experiment_lib.Experiment, image_path: str,
+                       k: int | None = None, variables=None,
+                       step: int | None = None) -> tuple[list[search_lib.Hit], str]:
+  """Image→text: the k captions of `eval.split` nearest to the image at image_path, for
+  `variables` (default: the latest checkpoint).
 
   Returns the hits (best first; each names an example image of the caption's group) and
   the path of the contact sheet PNG, `<workdir>/search_image_<file name>.png`.
   """
-  k = k or config.retrieval.k
-  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
+  config, workdir = exp.config, exp.workdir
+  k = config.retrieval.k if k is None else k
   pixels = read_query_image(image_path, exp.image_shape)  # [h, w, c] uint8
-  variables, step = exp.restore_variables()
+  if variables is None:
+    variables, step = train_state.restore_variables(exp)
   split = config.eval.split
   name, searcher_config = search_lib.searcher_of(config)
   index = search_lib.gallery_index(exp, variables, step, split, searcher_config,

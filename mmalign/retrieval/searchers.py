@@ -15,6 +15,7 @@ from mmalign.retrieval.base import SEARCHERS, Index
 from mmalign.retrieval.manifest import Provenance
 
 CONFIGS = {"scann": scann_index.ScannConfig, "exact": exact_index.ExactConfig}
+DISPLAY_NAMES = {"scann": "ScaNN", "exact": "Exact index"}  # As reports print them.
 
 
 def build_index(name: str, embeddings, config=None, *, ids=None,
@@ -32,5 +33,5 @@ def load_index(directory: str | os.PathLike, *, dim: int | None = None,
   return searcher.load(directory, dim=dim, expect=expect, verify=verify)
 
 
-__all__ = ["SEARCHERS", "CONFIGS", "build_index", "load_index", "Index", "Provenance",
+__all__ = ["SEARCHERS", "CONFIGS", "DISPLAY_NAMES", "build_index", "load_index", "Index", "Provenance",
            "exact_index", "scann_index"]

@@ -37,6 +37,17 @@ class MetricsLog:
     if self._tensorboard is not None:
       self._tensorboard.close()
 
+  def record(self, step: int, scalars: dict[str, float]) -> None:
+    """Appends scalars of `step` (e.g. a periodic evaluation's) without progress figures."""
+    if not self._writer or not scalars:
+      return
+    for key, value in scalars.items():
+      self._tensorboard.add_scalar(key, value, step)
+    self._tensorboard.flush()
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()},
+                          "time": time.time()}) + "\n")
+
   def log(self, step: int, metrics: dict[str, float]) -> None:
     now = time.perf_counter()
     steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from mmalign import experiment as experiment_lib
+from mmalign.train import state as train_state
 from mmalign import settings, utils
 from mmalign import workdir as workdir_lib
 from mmalign.data import pipeline, sources
@@ -99,34 +100,36 @@ def _record_step_memory(train_step, state, batch, workdir: str) -> None:
   utils.write_json(os.path.join(workdir, STEP_MEMORY), record)
 
 
-def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
-  """Trains until `config.train.steps`; returns the final state (params etc.).
+def train(exp: experiment_lib.Experiment, *, stop_after: int | None = None,
+          evaluators=None) -> dict:
+  """Trains the run `exp` until `config.train.steps`; returns the final state.
 
   `stop_after` ends this run early at that step, with a checkpoint, as a
   preemption would; the schedule still spans `config.train.steps`, so a later
-  run resumes the same trajectory. Holds the workdir's lock while it runs.
+  run resumes the same trajectory. `evaluators` (eval.evaluators.Evaluators):
+  those with `every_steps` run on the live state at those steps, into the
+  metrics log. Holds the workdir's lock while it runs.
   """
-  settings.check(config)
-  with workdir_lib.locked(workdir, process_index=jax.process_index()):
-    return _train(config, workdir, stop_after)
+  with workdir_lib.locked(exp.workdir, process_index=jax.process_index()):
+    return _train(exp, stop_after, evaluators)
 
 
-def _train(config, workdir: str, stop_after: int | None) -> dict:
+def _train(exp: experiment_lib.Experiment, stop_after: int | None, evaluators) -> dict:
   """`train` under the workdir lock: everything is built before anything is written."""
-  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=True)
+  config, workdir = exp.config, exp.workdir
   tc = config.train
   train_index = pipeline.index_split(
       sources.open_split(exp.builder, "train", decode_images=False))
   label = experiment_lib.task_label(config)
   labels = pipeline.read_labels(sources.open_split(exp.builder, "train", decode_images=False),
                                 label) if label else None
-  sampling = config.data.get("sampling", "captions")
+  sampling = settings.value(config, "data.sampling")
   batches = sampling_lib.train_batches(
       sampling, sources.open_split(exp.builder, "train"), train_index, exp.tokenizer,
       global_batch=tc.batch_size, seed=tc.seed, normalization=exp.normalization,
       max_shift=config.data.max_shift, labels=labels,
-      noisy_pair_fraction=float(config.data.get("noisy_pair_fraction", 0.0)))
-  optimizer, schedule = exp.optimizer()
+      noisy_pair_fraction=float(settings.value(config, "data.noisy_pair_fraction")))
+  optimizer, schedule = train_state.optimizer(exp.config)
   mesh = mesh_lib.make_mesh(tc.get("mesh"))
   objective = build_objective(config.loss, model_fuses=exp.model.fusion is not None,
                               has_task=bool(exp.model.num_classes),
@@ -135,7 +138,7 @@ def _train(config, workdir: str, stop_after: int | None) -> dict:
   if batches.image_rows:
     _check_image_batches(tc, batches.text_rows, mesh)
 
-  state = exp.init_train_state()
+  state = train_state.init_train_state(exp)
   exp.save_tokenizer()  # The first write into the workdir: every builder above succeeded.
   checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints,
                               save_every=tc.checkpoint_every)
@@ -164,11 +167,11 @@ def _train(config, workdir: str, stop_after: int | None) -> dict:
         if step == start + 1:
           _record_step_memory(train_step, state, batch, workdir)
         state, metrics = train_step(state, batch)
-        if tc.get("on_nonfinite", "stop") == "stop":
+        if settings.value(config, "train.on_nonfinite") == "stop":
           _check_finite(step, metrics)
         elif float(jax.device_get(metrics["skipped"])):
-          warnings.warn(f"step {step}: non-finite loss or gradient; the update was skipped "
-                        "(train.on_nonfinite='skip')")
+          warnings.warn(f"step {step}: non-finite loss, gradient or updated state; the update "
+                        "was skipped (train.on_nonfinite='skip')")
         saved = checkpointer.save(step, state, meta, force=step == last)
         if step % tc.log_every == 0 or step == last:
           try:
@@ -181,6 +184,9 @@ def _train(config, workdir: str, stop_after: int | None) -> dict:
                 f"could not write the metrics of step {step} into {workdir!r} "
                 f"({e.strerror or e}); the state of step {step} is saved in "
                 f"{checkpointer.directory}: fix the cause and rerun to resume") from None
+        if evaluators is not None and step < last and evaluators.periodic(step):
+          metrics_log.record(step, evaluators.scalars(
+              train_state.variables_of(state), step))
         if step < last and sigterm.requested():
           if not saved:
             checkpointer.save(step, state, meta, force=True)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from experiments.configs import tiny
 from mmalign import experiment as experiment_lib
+from mmalign.train import state as train_state
 from mmalign.data import pipeline, sources
 from mmalign.errors import UsageError
 from mmalign.retrieval import cli, searchers
@@ -18,6 +19,10 @@ from mmalign.retrieval import search as search_lib
 from mmalign.retrieval.manifest import MANIFEST, IndexMismatchError
 from mmalign.train import trainer
 from tests.retrieval.reference import numpy_top_k
+
+
+def _exp(config, workdir):
+  return experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
 
 
 def _config(data_dir):
@@ -30,7 +35,7 @@ def _config(data_dir):
 def trained(tiny_data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("workdir"))
   config = _config(tiny_data_dir)
-  trainer.train(config, workdir)
+  trainer.train(experiment_lib.for_training(config, workdir))
   return config, workdir
 
 
@@ -39,7 +44,7 @@ def embedded(trained):
   """The test split's embeddings, computed without any index: the reference side."""
   config, workdir = trained
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-  variables, step = exp.restore_variables()
+  variables, step = train_state.restore_variables(exp)
   split = pipeline.index_split(sources.open_split(exp.builder, "test", decode_images=False))
   images = experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder, "test"))
   texts = experiment_lib.embed_texts(exp, variables, split.group_captions)
@@ -49,7 +54,7 @@ def embedded(trained):
 @pytest.fixture(scope="module")
 def index_path(trained):
   config, workdir = trained
-  return cli.build_index_for_workdir(config, workdir)
+  return cli.build_index_for_workdir(_exp(config, workdir))
 
 
 def _query_png(exp, example: int, path, size=None, mode=None) -> np.ndarray:
@@ -102,7 +107,7 @@ def test_image_query_returns_nearest_captions_and_a_sheet(trained, embedded, ind
   config, workdir = trained
   exp, variables, _, split, _, texts = embedded
   pixels = _query_png(exp, 5, tmp_path / "glyph five.png")
-  hits, sheet = cli.search_image_query(config, workdir, str(tmp_path / "glyph five.png"), k=6)
+  hits, sheet = cli.search_image_query(_exp(config, workdir), str(tmp_path / "glyph five.png"), k=6)
   query_emb = experiment_lib.embed_image_array(exp, variables, exp.normalization(pixels[None]))
   expected_scores, expected_ids = numpy_top_k(query_emb, texts, 6, split.group_ids)
   assert [h.item_id for h in hits] == expected_ids[0].tolist()
@@ -121,7 +126,7 @@ def test_image_query_of_other_size_and_mode_is_converted(trained, embedded, inde
   config, workdir = trained
   exp = embedded[0]
   _query_png(exp, 2, tmp_path / "big.png", size=(50, 40), mode="RGB")
-  hits, _ = cli.search_image_query(config, workdir, str(tmp_path / "big.png"), k=100)
+  hits, _ = cli.search_image_query(_exp(config, workdir), str(tmp_path / "big.png"), k=100)
   assert len(hits) == len(embedded[5])  # k above the gallery: every caption, no padding.
   assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
 
@@ -129,10 +134,10 @@ def test_image_query_of_other_size_and_mode_is_converted(trained, embedded, inde
 def test_bad_query_image_is_named(trained, index_path, tmp_path):
   config, workdir = trained
   with pytest.raises(UsageError, match="--query_image.*not a file"):
-    cli.search_image_query(config, workdir, str(tmp_path / "missing.png"))
+    cli.search_image_query(_exp(config, workdir), str(tmp_path / "missing.png"))
   (tmp_path / "text.png").write_text("not an image")
   with pytest.raises(UsageError, match="--query_image.*not a readable image"):
-    cli.search_image_query(config, workdir, str(tmp_path / "text.png"))
+    cli.search_image_query(_exp(config, workdir), str(tmp_path / "text.png"))
 
 
 def test_index_of_another_config_or_searcher_is_refused(trained, embedded, index_path,
@@ -143,11 +148,11 @@ def test_index_of_another_config_or_searcher_is_refused(trained, embedded, index
   other = _config(config.data.data_dir)
   other.data.image_mean = (0.5,)  # Changes the embeddings, not the checkpoint.
   with pytest.raises(IndexMismatchError, match="another model or config.*config_hash"):
-    cli.search_image_query(other, workdir, str(pixels_path))
+    cli.search_image_query(_exp(other, workdir), str(pixels_path))
   other = _config(config.data.data_dir)
   other.retrieval.searcher = "exact"
   with pytest.raises(IndexMismatchError, match="'scann' index but the config asks for 'exact'"):
-    cli.search_image_query(other, workdir, str(pixels_path))
+    cli.search_image_query(_exp(other, workdir), str(pixels_path))
   # A hand-edited manifest from another checkpoint is refused too.
   manifest_path = os.path.join(index_path + "_text", MANIFEST)
   with open(manifest_path) as f:
@@ -156,10 +161,10 @@ def test_index_of_another_config_or_searcher_is_refused(trained, embedded, index
   with open(manifest_path, "w") as f:
     json.dump(manifest, f)
   with pytest.raises(IndexMismatchError, match="checkpoint_step: index has 99, expected 6"):
-    cli.search_image_query(config, workdir, str(pixels_path))
+    cli.search_image_query(_exp(config, workdir), str(pixels_path))
   # --mode=index rebuilds, after which the search works again.
-  cli.build_index_for_workdir(config, workdir)
-  assert cli.search_image_query(config, workdir, str(pixels_path), k=2)[0]
+  cli.build_index_for_workdir(_exp(config, workdir))
+  assert cli.search_image_query(_exp(config, workdir), str(pixels_path), k=2)[0]
 
 
 def test_exact_searcher_from_the_config(trained, tiny_data_dir, tmp_path):
@@ -169,8 +174,8 @@ def test_exact_searcher_from_the_config(trained, tiny_data_dir, tmp_path):
   # A copy of the workdir without its indexes, so the exact ones are built there.
   copy = str(tmp_path / "copy")
   shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("scann"))
-  path = cli.build_index_for_workdir(config, copy)
+  path = cli.build_index_for_workdir(_exp(config, copy))
   assert searchers.load_index(path).name == "exact"
-  with pytest.raises(UsageError, match="retrieval.searcher.*registered: exact, scann"):
+  with pytest.raises(UsageError, match="retrieval.searcher='annoy'.*'exact', 'scann'"):
     config.retrieval.searcher = "annoy"
-    cli.build_index_for_workdir(config, copy)
+    cli.build_index_for_workdir(_exp(config, copy))

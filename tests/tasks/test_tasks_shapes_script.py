@@ -9,6 +9,7 @@ from PIL import Image
 from experiments import tasks_shapes
 from experiments.configs import tiny
 from mmalign.errors import UsageError
+from mmalign import experiment as experiment_lib
 from mmalign.train import trainer
 
 
@@ -27,7 +28,7 @@ def _config(data_dir):
 def trained(tmp_path_factory):
   config = _config(str(tmp_path_factory.mktemp("tfds")))
   workdir = str(tmp_path_factory.mktemp("shapes_workdir"))
-  trainer.train(config, workdir)
+  trainer.train(experiment_lib.for_training(config, workdir))
   return config, workdir
 
 

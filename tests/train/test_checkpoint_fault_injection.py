@@ -21,6 +21,7 @@ import pytest
 
 from experiments.configs import tiny
 from mmalign import experiment as experiment_lib
+from mmalign.train import state as train_state
 from mmalign.train import trainer
 from mmalign.train.checkpoint import CHECKPOINT_DIR, Checkpointer
 from tests.trees import assert_trees_bitwise_equal
@@ -48,7 +49,7 @@ class Pristine:
   def __init__(self, workdir, config):
     self.workdir, self.config = workdir, config
     self.exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
-    self.abstract = jax.eval_shape(self.exp.init_train_state)
+    self.abstract = train_state.abstract_train_state(self.exp)
     self.meta = self.exp.meta()
     checkpointer = Checkpointer(workdir, async_save=False)
     self.states = {step: checkpointer.restore(self.abstract, self.meta, step)[0]
@@ -72,7 +73,7 @@ class Pristine:
 def pristine(tiny_data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("pristine"))
   config = _config(tiny_data_dir)
-  trainer.train(config, workdir)
+  trainer.train(experiment_lib.for_training(config, workdir))
   made = Pristine(workdir, config)
   assert {"3", "6"} <= made.steps
   return made
@@ -175,7 +176,7 @@ def test_restore_variables_falls_back_past_a_flipped_checkpoint(pristine, tmp_pa
   _flip(os.path.join(workdir, CHECKPOINT_DIR, "6", relpath), pristine.size(relpath) // 2)
   exp = experiment_lib.prepare(pristine.config, workdir, allow_new_tokenizer=False)
   with pytest.warns(UserWarning, match=f"{CHECKPOINT_DIR}/6 is unreadable"):
-    variables, step = exp.restore_variables()
+    variables, step = train_state.restore_variables(exp)
   assert step == 3
-  assert_trees_bitwise_equal(variables, experiment_lib.variables_of(pristine.states[3]))
+  assert_trees_bitwise_equal(variables, train_state.variables_of(pristine.states[3]))
   assert set(os.listdir(os.path.join(workdir, CHECKPOINT_DIR))) == pristine.after_fallback

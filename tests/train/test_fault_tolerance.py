@@ -14,6 +14,7 @@ import pytest
 
 from experiments.configs import tiny
 from mmalign import experiment as experiment_lib
+from mmalign.train import state as train_state
 from mmalign.data import pipeline
 from mmalign.train import trainer
 from mmalign.train.checkpoint import Checkpointer
@@ -72,7 +73,7 @@ def _finish(workdir, data_dir):
 
 def _final_params(workdir, data_dir):
   exp = experiment_lib.prepare(_config(data_dir), str(workdir), allow_new_tokenizer=False)
-  variables, step = exp.restore_variables()
+  variables, step = train_state.restore_variables(exp)
   assert step == STEPS
   return variables
 
@@ -118,20 +119,20 @@ def _corrupt(step_dir):
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_data_dir, tmp_path):
   config = _config(tiny_data_dir)
   config.train.update(steps=6, checkpoint_every=3)
-  trainer.train(config, str(tmp_path))
+  trainer.train(experiment_lib.for_training(config, str(tmp_path)))
   checkpoints = os.path.join(str(tmp_path), "checkpoints")
   assert {"3", "6"} <= set(os.listdir(checkpoints))
   _corrupt(os.path.join(checkpoints, "6"))
   exp = experiment_lib.prepare(config, str(tmp_path), allow_new_tokenizer=False)
   checkpointer = Checkpointer(str(tmp_path))
-  abstract = jax.eval_shape(exp.init_train_state)
+  abstract = train_state.abstract_train_state(exp)
   with pytest.warns(UserWarning, match=r"checkpoints/6 is unreadable"):
     state, _ = checkpointer.restore_latest_good(abstract, exp.meta())
   checkpointer.close()
   assert int(state["step"]) == 3
   assert {"3", "6.corrupt"} <= set(os.listdir(checkpoints))  # Moved aside, not deleted.
   assert "6" not in os.listdir(checkpoints)
-  resumed = trainer.train(config, str(tmp_path))  # Retrains steps 4..6 from the good one.
+  resumed = trainer.train(experiment_lib.for_training(config, str(tmp_path)))  # Retrains steps 4..6 from the good one.
   assert int(resumed["step"]) == 6
   assert {"3", "6", "6.corrupt"} <= set(os.listdir(checkpoints))
 
@@ -150,7 +151,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
   monkeypatch.setattr(pipeline.TrainBatches, "__call__", poisoned)
   with pytest.raises(trainer.NonFiniteLossError, match="at step 5"):
-    trainer.train(config, str(tmp_path))
+    trainer.train(experiment_lib.for_training(config, str(tmp_path)))
   assert Checkpointer(str(tmp_path)).latest_step() == 3
   with open(tmp_path / "metrics.jsonl") as f:
     assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4]
@@ -169,7 +170,7 @@ def test_non_finite_steps_can_be_skipped(tiny_data_dir, tmp_path, monkeypatch):
 
   monkeypatch.setattr(pipeline.TrainBatches, "__call__", poisoned)
   with pytest.warns(UserWarning, match="step 3: non-finite") as caught:
-    state = trainer.train(config, str(tmp_path))
+    state = trainer.train(experiment_lib.for_training(config, str(tmp_path)))
   assert sorted(str(w.message)[:6] for w in caught if "non-finite" in str(w.message)) == [
       "step 3", "step 4"]
   assert int(state["step"]) == 6

@@ -91,7 +91,7 @@ def test_image_batches_train_and_record_the_step_memory(micro_batches, tiny_data
   batch = _tiny_batch(micro_batches)
   config.train.update(batch_size=batch, steps=3, warmup_steps=1, log_every=1,
                       micro_batches=micro_batches, gradient_cache=micro_batches > 1)
-  state = trainer.train(config, str(tmp_path))
+  state = trainer.train(experiment_lib.for_training(config, str(tmp_path)))
   assert int(state["step"]) == 3
   with open(tmp_path / "metrics.jsonl") as f:
     losses = [json.loads(line)["loss"] for line in f]
@@ -110,12 +110,13 @@ sys.path.insert(0, {root!r})
 from mmalign.train import distributed
 distributed.initialize({address!r}, 2, {process_id})
 from experiments.configs import tiny
+from mmalign import experiment as experiment_lib
 from mmalign.train import trainer
 config = tiny.get_config()
 config.data.data_dir = {data_dir!r}
 config.data.sampling = "images"
 config.train.update(batch_size={batch}, steps=2, warmup_steps=1, log_every=1)
-trainer.train(config, {workdir!r})
+trainer.train(experiment_lib.for_training(config, {workdir!r}))
 """
 
 
@@ -142,7 +143,7 @@ def test_two_processes_compute_the_one_process_loss(tiny_data_dir, tmp_path):
   config.data.data_dir = tiny_data_dir
   config.data.sampling = "images"
   config.train.update(batch_size=batch, steps=2, warmup_steps=1, log_every=1)
-  trainer.train(config, str(tmp_path / "one"))
+  trainer.train(experiment_lib.for_training(config, str(tmp_path / "one")))
   losses = {}
   for run in ("one", "two"):
     with open(tmp_path / run / "metrics.jsonl") as f:

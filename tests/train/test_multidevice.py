@@ -84,6 +84,7 @@ def _run_all(data_dir: str, workdir: str) -> dict:
 
   from experiments.configs import tiny
   from mmalign import experiment as experiment_lib
+  from mmalign.train import state as train_state
   from mmalign.data import pipeline, sources
   from mmalign.losses.objective import build_objective
   from mmalign import mesh as mesh_lib
@@ -94,15 +95,15 @@ def _run_all(data_dir: str, workdir: str) -> dict:
   config = tiny.get_config()
   config.data.data_dir = data_dir
   config.train.steps = STEPS
-  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=True)
+  exp = experiment_lib.for_training(config, workdir)
   batches = pipeline.TrainBatches(
       sources.open_split(exp.builder, "train"),
       pipeline.index_split(sources.open_split(exp.builder, "train", decode_images=False)),
       exp.tokenizer, global_batch=config.train.batch_size, seed=config.train.seed,
       normalization=exp.normalization)
   host_batches = [batches(step) for step in range(STEPS)]
-  initial = jax.device_get(exp.init_train_state())
-  optimizer, _ = exp.optimizer()
+  initial = jax.device_get(train_state.init_train_state(exp))
+  optimizer, _ = train_state.optimizer(exp.config)
 
   report = {"device_count": jax.device_count(), "runs": {},
              "noise_only": _noise_only_parameters(exp, config, initial, host_batches[0])}

@@ -17,11 +17,12 @@ from mmalign.train import distributed
 distributed.initialize({address!r}, 2, {process_id})
 import jax, numpy as np
 from experiments.configs import tiny
+from mmalign import experiment as experiment_lib
 from mmalign.train import trainer
 config = tiny.get_config()
 config.data.data_dir = {data_dir!r}
 config.train.update(steps=3, checkpoint_every=3, log_every=1)
-state = trainer.train(config, {workdir!r})
+state = trainer.train(experiment_lib.for_training(config, {workdir!r}))
 digest = hashlib.sha256()
 for leaf in jax.tree.leaves(state["params"]):
   digest.update(np.asarray(leaf.addressable_data(0)).tobytes())

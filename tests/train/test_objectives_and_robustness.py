@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from mmalign.eval import classification_evaluator
+from mmalign import experiment as experiment_lib
+from mmalign import run as run_lib
 from mmalign.losses.contrastive import LOSSES
 from mmalign.train import trainer
 
@@ -29,7 +30,7 @@ def test_every_registered_loss_trains_by_config(name, tiny_data_dir, tmp_path):
   config.data.data_dir = tiny_data_dir
   config.loss.name = name
   config.train.update(steps=4, log_every=1, warmup_steps=1)
-  state = trainer.train(config, str(tmp_path))
+  state = trainer.train(experiment_lib.for_training(config, str(tmp_path)))
   losses = _losses_logged(str(tmp_path))
   assert int(state["step"]) == 4 and len(losses) == 4
   assert np.isfinite(losses).all()
@@ -56,8 +57,9 @@ def _shapes_multitask_config(data_dir, **overrides):
 def test_modality_dropout_keeps_image_only_classification_well_above_chance(tiny_data_dir,
                                                                             tmp_path):
   config = _shapes_multitask_config(tiny_data_dir, **{"model.modality_dropout": 0.5})
-  trainer.train(config, str(tmp_path))
-  results = classification_evaluator.evaluate_classification(config, str(tmp_path))
+  trainer.train(experiment_lib.for_training(config, str(tmp_path)))
+  exp = experiment_lib.prepare(config, str(tmp_path), allow_new_tokenizer=False)
+  results = run_lib.train_and_evaluate(exp, train=False).results["classification"]
   majority = results["majority_class_accuracy"]
   assert majority < 0.3  # Six colours and "none": chance is low.
   assert results["image_only"]["accuracy"] > 2 * majority, results
@@ -90,4 +92,4 @@ def test_multitask_and_robustness_options_through_the_launcher(tiny_data_dir, tm
 def test_task_label_must_be_a_class_label_feature(tiny_data_dir, tmp_path):
   config = _shapes_multitask_config(tiny_data_dir, **{"task.label": "caption"})
   with pytest.raises(Exception, match="task.label='caption'.*color1"):
-    trainer.train(config, str(tmp_path))
+    trainer.train(experiment_lib.for_training(config, str(tmp_path)))

@@ -15,6 +15,7 @@ import pytest
 
 from experiments.configs import tiny
 from mmalign import experiment as experiment_lib
+from mmalign.train import state as train_state
 from mmalign import workdir as workdir_lib
 from mmalign.errors import UsageError
 from mmalign.train import checkpoint as checkpoint_lib
@@ -35,7 +36,7 @@ def _config(data_dir, **train):
 
 def _nan_learning_rate(monkeypatch):
   """The loss and gradient stay finite; every updated parameter becomes NaN."""
-  monkeypatch.setattr(experiment_lib, "learning_rate_schedule",
+  monkeypatch.setattr(train_state, "learning_rate_schedule",
                       lambda **_: (lambda step: jnp.float32(jnp.nan)))
 
 
@@ -43,7 +44,7 @@ def test_a_nan_update_stops_before_anything_is_saved(tiny_data_dir, tmp_path, mo
   _nan_learning_rate(monkeypatch)
   with pytest.raises(trainer.NonFiniteLossError,
                      match=r"parameters or optimizer state after the update .* at step 1"):
-    trainer.train(_config(tiny_data_dir), str(tmp_path))
+    trainer.train(experiment_lib.for_training(_config(tiny_data_dir), str(tmp_path)))
   assert Checkpointer(str(tmp_path)).latest_step() is None
 
 
@@ -52,12 +53,12 @@ def test_a_nan_update_is_skipped_and_only_finite_states_are_saved(tiny_data_dir,
   _nan_learning_rate(monkeypatch)
   config = _config(tiny_data_dir, on_nonfinite="skip")
   with pytest.warns(UserWarning, match="non-finite"):
-    state = trainer.train(config, str(tmp_path))
+    state = trainer.train(experiment_lib.for_training(config, str(tmp_path)))
   exp = experiment_lib.prepare(config, str(tmp_path), allow_new_tokenizer=False)
-  initial = exp.init_train_state()
+  initial = train_state.init_train_state(exp)
   assert int(state["step"]) == 6
   assert_trees_bitwise_equal(state["params"], initial["params"])  # Every update skipped.
-  variables, step = exp.restore_variables()
+  variables, step = train_state.restore_variables(exp)
   assert step == 6 and all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
 
 
@@ -84,9 +85,9 @@ def test_checksums_cover_every_array_and_change_with_one_bit():
 def test_changed_array_data_is_detected_and_the_previous_checkpoint_restored(
     tiny_data_dir, tmp_path):
   config = _config(tiny_data_dir)
-  trainer.train(config, str(tmp_path))
+  trainer.train(experiment_lib.for_training(config, str(tmp_path)))
   exp = experiment_lib.prepare(config, str(tmp_path), allow_new_tokenizer=False)
-  abstract = jax.eval_shape(exp.init_train_state)
+  abstract = train_state.abstract_train_state(exp)
   checkpointer = Checkpointer(str(tmp_path), async_save=False)
   state, meta = checkpointer.restore(abstract, exp.meta(), 6)
   # A step-6 checkpoint whose data decodes fine but differs from what its checksums
@@ -105,7 +106,7 @@ def test_changed_array_data_is_detected_and_the_previous_checkpoint_restored(
     checkpoint_lib.checksums = original
   checkpointer.close()
   with pytest.warns(UserWarning, match=r"checkpoints/6 is unreadable .*CorruptCheckpointError"):
-    variables, step = exp.restore_variables()  # The eval/search path.
+    variables, step = train_state.restore_variables(exp)  # The eval/search path.
   assert step == 3
   assert {"3", "6.corrupt"} <= set(os.listdir(os.path.join(tmp_path, "checkpoints")))
 
@@ -169,7 +170,7 @@ def test_a_second_launcher_on_a_busy_workdir_fails_at_once(tiny_data_dir, tmp_pa
 @pytest.fixture(scope="module")
 def trained_workdir(tiny_data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("trained"))
-  trainer.train(_config(tiny_data_dir), workdir)
+  trainer.train(experiment_lib.for_training(_config(tiny_data_dir), workdir))
   return workdir
 
 
@@ -177,7 +178,7 @@ def test_a_changed_tokenizer_setting_is_refused_by_name(tiny_data_dir, trained_w
   config = _config(tiny_data_dir)
   config.text.vocab_size = 100
   with pytest.raises(UsageError, match=r"text\.vocab_size=100 differs from the tokenizer"):
-    trainer.train(config, trained_workdir)
+    trainer.train(experiment_lib.for_training(config, trained_workdir))
 
 
 def test_another_dataset_config_is_refused_by_name(tiny_data_dir, trained_workdir):
@@ -188,7 +189,7 @@ def test_another_dataset_config_is_refused_by_name(tiny_data_dir, trained_workdi
   with pytest.raises(checkpoint_lib.CheckpointMismatchError,
                      match=r'dataset="unicode_glyphs/tiny", this run has '
                            r'dataset="unicode_glyphs/full"'):
-    checkpointer.restore(jax.eval_shape(exp.init_train_state), meta)
+    checkpointer.restore(train_state.abstract_train_state(exp), meta)
   checkpointer.close()
 
 
@@ -203,20 +204,20 @@ def test_a_failed_metrics_write_ends_the_run_with_the_state_saved(tiny_data_dir,
 
   monkeypatch.setattr(MetricsLog, "log", full_disk)
   with pytest.raises(trainer.RunEndedError, match=r"step 4 .*No space left.* is saved"):
-    trainer.train(_config(tiny_data_dir), str(tmp_path))
+    trainer.train(experiment_lib.for_training(_config(tiny_data_dir), str(tmp_path)))
   assert Checkpointer(str(tmp_path)).latest_step() == 4
   monkeypatch.setattr(MetricsLog, "log", clean_log)
-  assert int(trainer.train(_config(tiny_data_dir), str(tmp_path))["step"]) == 6
+  assert int(trainer.train(experiment_lib.for_training(_config(tiny_data_dir), str(tmp_path)))["step"]) == 6
 
 
 def test_keep_one_never_deletes_the_resumed_checkpoint_before_a_newer_one_is_written(
     tiny_data_dir, tmp_path, monkeypatch):
-  trainer.train(_config(tiny_data_dir, steps=3, keep_checkpoints=1), str(tmp_path))
+  trainer.train(experiment_lib.for_training(_config(tiny_data_dir, steps=3, keep_checkpoints=1), str(tmp_path)))
 
   def failing_save(*args, **kwargs):
     raise OSError(errno.EIO, "disk failed")
 
   monkeypatch.setattr(Checkpointer, "save", failing_save)
   with pytest.raises(OSError):
-    trainer.train(_config(tiny_data_dir, steps=6, keep_checkpoints=1), str(tmp_path))
+    trainer.train(experiment_lib.for_training(_config(tiny_data_dir, steps=6, keep_checkpoints=1), str(tmp_path)))
   assert os.listdir(os.path.join(tmp_path, "checkpoints")) == ["3"]

@@ -23,6 +23,7 @@ import pytest
 
 from experiments.configs import tiny
 from mmalign import experiment as experiment_lib
+from mmalign.train import state as train_state
 from mmalign.train.checkpoint import CHECKPOINT_DIR, Checkpointer
 from tests.trees import assert_trees_bitwise_equal
 
@@ -106,7 +107,7 @@ def _final_state(workdir, data_dir):
   exp = experiment_lib.prepare(config, str(workdir), allow_new_tokenizer=False)
   checkpointer = Checkpointer(str(workdir), async_save=False)
   try:
-    state, _ = checkpointer.restore(jax.eval_shape(exp.init_train_state), exp.meta())
+    state, _ = checkpointer.restore(train_state.abstract_train_state(exp), exp.meta())
   finally:
     checkpointer.close()
   assert int(state["step"]) == STEPS

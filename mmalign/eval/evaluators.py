@@ -1,0 +1,88 @@
+"""Evaluators declared in the config, built once per run and run by one function.
+
+  config.evals = {"retrieval": {"type": "retrieval", "split": "test"},
+                  "val_recall": {"type": "retrieval", "split": "validation",
+                                 "every_steps": 500}}
+
+Each entry names an evaluator type (EVALUATORS), the split it reads (default
+`eval.split`) and, optionally, `every_steps`: it then also runs during training
+on the live train state, its scalars going to metrics.jsonl and TensorBoard.
+Without `config.evals` the run evaluates retrieval on `eval.split`, plus the
+task classifier when `task.label` is set. Why declared: the launcher, the tables
+and the trainer then run the same list, built once. Adding an evaluator is one
+class (constructor `(exp, *, split, **kwargs)`, `evaluate(variables, step)`,
+`report(results)`, `scalars(results)`) and one line in EVALUATORS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from mmalign import experiment as experiment_lib
+from mmalign.eval import classification_evaluator, evaluator as retrieval_evaluator
+from mmalign.utils import say
+
+EVALUATORS = {"retrieval": retrieval_evaluator.RetrievalEvaluator,
+              "classification": classification_evaluator.ClassificationEvaluator}
+
+
+@dataclasses.dataclass(frozen=True)
+class Declared:
+  """One `config.evals` entry, defaults filled in."""
+  name: str
+  type: str
+  split: str
+  every_steps: int | None = None
+  kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def declared(config) -> list[Declared]:
+  """The run's evaluators: `config.evals`, or retrieval (+ classification with a task)."""
+  evals = config.get("evals")
+  if evals is None:
+    found = [Declared("retrieval", "retrieval", config.eval.split)]
+    if experiment_lib.task_label(config):
+      found.append(Declared("classification", "classification", config.eval.split))
+    return found
+  found = []
+  for name, block in evals.items():
+    block = dict(block)
+    found.append(Declared(name, block.pop("type"), block.pop("split", config.eval.split),
+                          block.pop("every_steps", None), block))
+  return found
+
+
+@dataclasses.dataclass
+class Evaluators:
+  """The built evaluators of one run, in declaration order."""
+  built: list[tuple[Declared, Any]]
+
+  def periodic(self, step: int) -> list[tuple[Declared, Any]]:
+    """Those due at `step` of training (`every_steps` divides it)."""
+    return [(d, e) for d, e in self.built if d.every_steps and step % d.every_steps == 0]
+
+  def run(self, variables, step: int) -> dict[str, dict]:
+    """Every evaluator on `variables`: results written, printed and returned by name."""
+    results = {}
+    for declaration, evaluator in self.built:
+      results[declaration.name] = evaluator.evaluate(variables, step)
+      evaluator.report(results[declaration.name])
+    return results
+
+  def scalars(self, variables, step: int) -> dict[str, float]:
+    """The due evaluators' scalars, `<name>/<metric>`, for the training log."""
+    scalars = {}
+    for declaration, evaluator in self.periodic(step):
+      results = evaluator.evaluate(variables, step)
+      scalars.update({f"{declaration.name}/{key}": value
+                      for key, value in evaluator.scalars(results).items()})
+    if scalars:
+      say(f"step {step}: " + "  ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+    return scalars
+
+
+def build(exp: experiment_lib.Experiment) -> Evaluators:
+  """Builds every declared evaluator once (unknown types were refused by settings.check)."""
+  return Evaluators([(d, EVALUATORS[d.type](exp, split=d.split, **d.kwargs))
+                     for d in declared(exp.config)])

@@ -1,0 +1,73 @@
+"""The train state of a run: its optimizer, its initial value and its restore.
+
+A train state is `{params, opt_state, step[, model_state]}`, what a checkpoint
+holds; `model_state` holds non-trained collections (BatchNorm's running
+statistics) and is absent for models that have none. Why here and not in the
+run context: eval and search only need the variables, which `restore_variables`
+hands them, so nothing below the train layer knows about optimizers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mmalign import experiment as experiment_lib
+from mmalign import settings
+from mmalign.errors import UsageError
+from mmalign.train.checkpoint import Checkpointer
+from mmalign.train.optimizer import adamw, learning_rate_schedule
+
+
+def optimizer(config):
+  """(optimizer, learning-rate schedule) from config.train."""
+  tc = config.train
+  schedule = learning_rate_schedule(peak=tc.learning_rate, warmup_steps=tc.warmup_steps,
+                                    total_steps=tc.steps)
+  return adamw(schedule, weight_decay=tc.weight_decay, grad_clip_norm=tc.grad_clip_norm,
+               frozen=tuple(tc.get("frozen", ())),
+               moments_dtype=settings.value(config, "train.optimizer_moments_dtype")), schedule
+
+
+def init_train_state(exp: experiment_lib.Experiment) -> dict:
+  """The state before step 1, from `train.seed`."""
+  variables = exp.init_variables(exp.config.train.seed)
+  params = variables.pop("params")
+  state = {"params": params, "opt_state": optimizer(exp.config)[0].init(params),
+           "step": jnp.zeros((), jnp.int32)}
+  if variables:
+    state["model_state"] = variables
+  return state
+
+
+def abstract_train_state(exp: experiment_lib.Experiment):
+  """Shapes and dtypes of `init_train_state(exp)`, computed without running it."""
+  return jax.eval_shape(lambda: init_train_state(exp))
+
+
+def variables_of(state: dict) -> dict:
+  """The model variables ({"params", ...state collections}) of a train state."""
+  return {"params": state["params"], **state.get("model_state", {})}
+
+
+def restore_variables(exp: experiment_lib.Experiment, step: int | None = None):
+  """(variables, step) of the latest good (or the given) checkpoint in the workdir.
+
+  Without `step`, a corrupt latest checkpoint is moved aside with a warning and the
+  previous one restored, as in training."""
+  checkpointer = Checkpointer(exp.workdir, keep=exp.config.train.keep_checkpoints,
+                              async_save=False)
+  try:
+    if checkpointer.latest_step() is None:
+      raise UsageError(f"--workdir {exp.workdir!r} has no checkpoint: run --mode=train first")
+    abstract = abstract_train_state(exp)
+    if step is None:
+      state, _ = checkpointer.restore_latest_good(abstract, exp.meta())
+      if state is None:
+        raise UsageError(f"--workdir {exp.workdir!r}: no checkpoint could be read (the "
+                         "unreadable ones were moved aside); run --mode=train again")
+    else:
+      state, _ = checkpointer.restore(abstract, exp.meta(), step)
+  finally:
+    checkpointer.close()
+  return variables_of(state), int(state["step"])
