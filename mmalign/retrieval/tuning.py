@@ -41,17 +41,13 @@ class SweepPoint:
 
 def exact_neighbours(gallery: np.ndarray, queries: np.ndarray, k: int,
                      chunk: int = 256) -> np.ndarray:
-  """Positions [q, min(k, n)] of the true top-k by dot product (numpy, float32 matmul).
+  """Positions [q, min(k, n)] of the true top-k by dot product, best first.
 
-  gallery: [n, d], queries: [q, d], both unit rows. Chunked over queries so only
-  [chunk, n] scores exist at once; the order within a row does not matter for recall.
+  gallery: [n, d], queries: [q, d], both unit rows; `retrieval_metrics.exact_top_k`
+  (the kernels' tiled top-k), `chunk` queries at a time.
   """
-  k = min(k, gallery.shape[0])
-  out = np.empty((queries.shape[0], k), np.int64)
-  for start in range(0, queries.shape[0], chunk):
-    scores = queries[start:start + chunk] @ gallery.T  # [c, n]
-    out[start:start + chunk] = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-  return out
+  _, positions = rm.exact_top_k(queries, gallery, min(k, gallery.shape[0]), chunk_size=chunk)
+  return positions.astype(np.int64)
 
 
 def recall_at_k(found_ids: np.ndarray, exact_ids: np.ndarray, queries=None,
