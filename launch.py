@@ -12,7 +12,6 @@ Any config value can be overridden: --config.train.steps=100.
 from __future__ import annotations
 
 import logging as logging_std
-import os
 import sys
 
 from absl import app, flags, logging
@@ -43,18 +42,10 @@ def run(config, workdir: str, mode: str, query: str | None, k: int | None,
         query_image: str | None = None) -> None:
   """Checks flags and config, builds the run context once, then runs `mode` under the
   workdir's lock."""
-  # Imported here so that --help and flag errors answer without loading JAX.
-  import jax  # pylint: disable=import-outside-toplevel
-  from mmalign import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
-  from mmalign import run as run_lib  # pylint: disable=import-outside-toplevel
-  from mmalign import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-
   check_arguments(mode, query, k, query_image)
-  if mode not in ("all", "train") and not os.path.isdir(workdir):
-    raise UsageError(f"--workdir {workdir!r} does not exist: run --mode=train first")
-  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=mode in ("all", "train"))
-  with workdir_lib.locked(workdir, process_index=jax.process_index()):
-    run_lib.run(exp, mode, query=query, k=k, query_image=query_image)
+  # Imported here so that --help and flag errors answer without loading JAX.
+  from mmalign import run as run_lib  # pylint: disable=import-outside-toplevel
+  run_lib.execute(config, workdir, mode, query=query, k=k, query_image=query_image)
 
 
 def check_arguments(mode: str, query: str | None, k: int | None,

@@ -9,10 +9,13 @@ table cell measures is what `--mode=all` does. Every step takes the same
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 
 from mmalign import experiment as experiment_lib
+from mmalign import workdir as workdir_lib
+from mmalign.errors import UsageError
 from mmalign.eval import evaluators as evaluators_lib
 from mmalign.retrieval import cli as retrieval_cli
 from mmalign.retrieval import search as search_lib
@@ -40,6 +43,17 @@ def train_and_evaluate(exp: experiment_lib.Experiment, *, train: bool = True,
     variables, step = train_state.restore_variables(exp)
   results = evaluators.run(variables, step) if evaluators is not None else {}
   return Outcome(variables, step, results)
+
+def execute(config, workdir: str, mode: str, *, query: str | None = None,
+            k: int | None = None, query_image: str | None = None) -> Outcome | None:
+  """`launch.py`'s work once its flags are checked: the config is checked and the run
+  context built once (nothing written yet), then `run` holds the workdir's lock."""
+  if mode not in ("all", "train") and not os.path.isdir(workdir):
+    raise UsageError(f"--workdir {workdir!r} does not exist: run --mode=train first")
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=mode in ("all", "train"))
+  with workdir_lib.locked(workdir, process_index=jax.process_index()):
+    return run(exp, mode, query=query, k=k, query_image=query_image)
+
 
 def run(exp: experiment_lib.Experiment, mode: str, *, query: str | None = None,
         k: int | None = None, query_image: str | None = None) -> Outcome | None:

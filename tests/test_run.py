@@ -7,7 +7,6 @@ import os
 import ml_collections
 import pytest
 
-import launch
 from experiments.configs import tiny
 from mmalign import experiment as experiment_lib
 from mmalign import run as run_lib
@@ -39,10 +38,10 @@ def test_mode_all_builds_dataset_tokenizer_and_model_once(tiny_data_dir, tmp_pat
   _counting(monkeypatch, Tokenizer, "train", counts)
   _counting(monkeypatch, Tokenizer, "load", counts)
   _counting(monkeypatch, experiment_lib, "build_dual_encoder", counts)
-  launch.run(_config(tiny_data_dir), str(tmp_path), "all", None, None)
+  run_lib.execute(_config(tiny_data_dir), str(tmp_path), "all")  # What launch.py runs.
   assert counts == {"get_builder": 1, "train": 1, "build_dual_encoder": 1}
   counts.clear()
-  launch.run(_config(tiny_data_dir), str(tmp_path), "all", None, None)  # Resumes: loads.
+  run_lib.execute(_config(tiny_data_dir), str(tmp_path), "all")  # Resumes: loads.
   assert counts == {"get_builder": 1, "load": 1, "build_dual_encoder": 1}
 
 
