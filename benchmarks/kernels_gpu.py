@@ -23,19 +23,9 @@ sparsity), the H200 SXM datasheet figure (the same tensor cores as the H100
 SXM); `--peak_tflops` changes it. `--calibrate` (on by default) also times a
 plain bf16 `jnp.dot` on the same device as a measured ceiling.
 
-FLOP convention: 8·N·M·d = forward logits (2NMd) + their recomputation in the
-backward pass (2NMd) + dT and dI (2·2NMd), as flash-attention benchmarks
-count. It is the same for both implementations, so TFLOP/s compare like step
-times do. What actually executes differs. The reference: 6·N·M·d, in float32
-(no recomputation). The Pallas kernels as written (kernels/pallas_gpu.py):
-two forward sweeps (rows, columns: 4NMd) and two backward sweeps whose grid
-has an axis over d chunks of the output, each program recomputing its full-d
-logit tile, so each sweep costs (2·n_chunks + 2)·NMd. With 128-row blocks
-the chunk is 128 wide (6 chunks at d = 768): 32·N·M·d executed, 4× the
-count above; with 64-row blocks, 3 chunks and 20·N·M·d (2.5×). So the
-throughput target asks the hardware for ≥ 4 × 494.5 ≈ 1978 TFLOP/s at the
-default blocks (≈ 1236 at 64-row blocks), above the 989 peak either way: it
-cannot be met without changing the kernels' tiling, whatever the timings.
+FLOP convention: 8·N·M·d per step, as flash-attention benchmarks count, the same
+for both implementations; why the throughput target cannot be met with today's
+tiling is in the README ("Kernel benchmark").
 
 `--dry_run` runs a tiny size (N = 256, d = 128 unless --n/--d are given) on
 whatever backend exists, with `interpret=True` off the GPU, to check the

@@ -13,33 +13,15 @@ The protocol: a FIXED budget of training images per cell (EXAMPLES), so a larger
 batch takes proportionally fewer steps (16 at B = 16,384), and the rows answer
 "what does the same compute buy at each batch size". The learning rate follows the
 square-root rule for Adam (Malladi et al. 2022, "On the SDEs and scaling rules for
-adaptive gradient algorithms") from quickstart's 2e-3 at B = 256, capped at 4e-3:
-1e-3 at 64, 2e-3 at 256, 4e-3 from 1,024 on. The cap is measured, not assumed: 16
-steps of B = 1,024 (warm-up 2, as the 16,384 row has) took the loss from ln 1024 =
-6.93 to 5.85 at 4e-3, but only to 6.81 at 8e-3 and 6.89 at 1.6e-2 (collapsed:
-gradient norm 0.04), the rates the uncapped rule gives at 4,096 and 16,384.
-Warm-up is 10% of the steps (at least 1), then cosine decay to 0, as in every
-config. Metrics are logged 8 times per run, so the throughput (median of the
+adaptive gradient algorithms") from quickstart's 2e-3 at B = 256, capped at 4e-3
+(MAX_LEARNING_RATE; the README's reading of this table says why). Warm-up is 10% of
+the steps (at least 1), then cosine decay to 0, as in every config. Metrics are logged 8 times per run, so the throughput (median of the
 intervals after the first, which holds the compilation) has samples even at 16 steps.
 
 Memory: the compiled step's XLA scratch (`memory_analysis().temp_size_in_bytes`, per
-device; the trainer writes it to <workdir>/step_memory.json). It is dominated by the
-CNN's activations, not by the loss: 0.34 GiB at B = 256, 6.9 GiB at 4,096 and 27.4 GiB at
-16,384 in one pass (compile-only, 2-core CPU, jax 0.10.2), so the 16,384 row uses the
-gradient cache over 2 micro-batches (`train.gradient_cache`; same loss and gradients, one
-more forward pass), which halves it to 13.6 GiB (the largest of its programs,
-compile-only) and fits a 24 GB machine. It runs as a host loop
-(`train.gradient_cache_loop="host"`): inside one program's `lax.scan`, XLA:CPU runs the
-convolutions ~20x slower (mmalign/train/accumulation.py, "Known problem"). More
-micro-batches would need T to divide further, and T = 5,838 = 2·3·7·139; so would more
-devices (T splits over micro-batches × batch shards): that row runs on one device, the
-others (T = B) on any power of two up to 64. The loss alone (value and gradient, B =
-16,384 against T = 5,838) needs 140 MiB tiled against 1.8 GiB with
-`loss.kernel.impl=reference`, but with this CNN the step's peak lies in the image tower's
-backward pass, where the loss's buffers are already free: the whole step compiles to the
-same 27.4 GiB with either kernel. At these sizes the gradient cache, not the tiled
-kernel, is what makes the largest row fit; the kernel's saving matters once the logits
-outgrow the towers (larger T, or a lighter image tower).
+device; the trainer writes it to <workdir>/step_memory.json). The largest row would not
+fit a 24 GB machine in one pass, so it uses the gradient cache (MICRO_BATCHES) as a host
+loop; T must then divide into micro-batches × batch shards (README, batch-size reading).
 """
 
 from __future__ import annotations
