@@ -15,10 +15,11 @@ import pytest
 
 from experiments.configs import tiny
 from experiments.tables import cells
+from mmalign import experiment as experiment_lib
+from mmalign import mesh as mesh_lib
 from mmalign.errors import UsageError
 from mmalign.losses.objective import build_objective
 from mmalign.train import accumulation, trainer
-from mmalign import mesh as mesh_lib
 from mmalign.train import step as step_lib
 from tests.train import tiny_model
 from tests.train.test_accumulation import _assert_gradients_close
