@@ -1,6 +1,7 @@
-"""Shared fixtures (one tiny unicode_glyphs build per test session) and the `single_device`
-marker: such a test is skipped where JAX sees several devices, e.g. in CI's second run
-under XLA_FLAGS=--xla_force_host_platform_device_count=8."""
+"""Shared fixtures (one tiny unicode_glyphs build per test session), the `single_device`
+marker (such a test is skipped where JAX sees several devices, e.g. in CI's second run
+under XLA_FLAGS=--xla_force_host_platform_device_count=8) and the `slow` marker applied
+from measured durations (tests/durations.txt, made by tests/durations.py)."""
 
 import os
 import sys
@@ -8,6 +9,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DURATIONS = os.path.join(ROOT, "tests", "durations.txt")
+SLOW_SECONDS = 1.0  # A test measured at this or more (setup + call + teardown) is `slow`.
 if ROOT not in sys.path:  # For `experiments.configs` and `launch`.
   sys.path.insert(0, ROOT)
 
@@ -18,7 +21,19 @@ def pytest_configure(config):
       "skipped where jax.device_count() > 1")
 
 
+def _measured_slow() -> set[str]:
+  if not os.path.exists(DURATIONS):
+    return set()
+  with open(DURATIONS, encoding="utf-8") as f:
+    rows = [line.split(maxsplit=1) for line in f if line.strip()]
+  return {test.strip() for seconds, test in rows if float(seconds) >= SLOW_SECONDS}
+
+
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  slow = _measured_slow()
+  for item in items:
+    if item.nodeid in slow:
+      item.add_marker(pytest.mark.slow)
   marked = [item for item in items if item.get_closest_marker("single_device")]
   if not marked:
     return

@@ -12,6 +12,7 @@ from typing import Any
 
 import ml_collections
 
+from mmalign import settings
 from mmalign.errors import UsageError
 from mmalign.models.dual_encoder import DualEncoder
 from mmalign.models.fusion import FUSIONS
@@ -65,7 +66,7 @@ def build_dual_encoder(model_config: ml_collections.ConfigDict, vocab_size: int,
   if num_classes and resolved["fusion"] is None:
     raise UsageError("task.label trains a classifier on the fused pair: set model.fusion "
                      "(e.g. --config.model.fusion=concat)")
-  modality_dropout = float(model_config.get("modality_dropout", 0.0))
+  modality_dropout = float(settings.value(model_config, "modality_dropout", section="model"))
   if not 0.0 <= modality_dropout <= 1.0:
     raise UsageError(f"model.modality_dropout must be in [0, 1]; got {modality_dropout}")
   text_kwargs = dict(resolved.pop("text_kwargs"), vocab_size=vocab_size)

@@ -34,6 +34,7 @@ class Index:
   """A searchable gallery of unit vectors; subclasses implement the `_backend_*` hooks."""
 
   name: ClassVar[str]  # The registry name, stored in the manifest.
+  config_class: ClassVar[type]  # Its settings (a dataclass with `num_neighbors`).
 
   def __init__(self, dim: int, ids: np.ndarray, params: dict[str, Any],
                provenance: Provenance = Provenance(), tuning: dict | None = None):

@@ -45,6 +45,7 @@ class ExactIndex(Index):
   """All rows scored for every query: recall 1 by construction, cost O(q · n · d)."""
 
   name = "exact"
+  config_class = ExactConfig
 
   def __init__(self, gallery: np.ndarray, ids, params, provenance, tuning=None):
     super().__init__(gallery.shape[1], ids, params, provenance, tuning)

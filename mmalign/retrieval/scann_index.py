@@ -87,6 +87,7 @@ class ScannIndex(Index):
   """A ScaNN searcher (tree + AH + reorder, or brute force) behind the `Index` API."""
 
   name = "scann"
+  config_class = ScannConfig
 
   def __init__(self, searcher: Any, dim: int, ids: np.ndarray, params: dict[str, Any],
                provenance: Provenance = Provenance(), tuning: dict | None = None):

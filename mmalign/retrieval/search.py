@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from mmalign import experiment as experiment_lib
+from mmalign import settings
 from mmalign.data import pipeline, sources
 from mmalign.errors import UsageError
 from mmalign.retrieval import searchers
@@ -94,19 +95,19 @@ def _gallery(modality: str) -> Gallery:
 def scann_config(config) -> ScannConfig:
   """The ScaNN settings of `config.retrieval` (k, num_leaves, leaves to search, reorder)."""
   rc = config.retrieval
-  return ScannConfig(num_neighbors=rc.k, num_leaves=rc.get("num_leaves"),
-                     num_leaves_to_search=rc.get("num_leaves_to_search"),
-                     reorder=rc.get("reorder", ScannConfig.reorder))
+  return ScannConfig(num_neighbors=rc.k, num_leaves=settings.value(config, "retrieval.num_leaves"),
+                     num_leaves_to_search=settings.value(config, "retrieval.num_leaves_to_search"),
+                     reorder=settings.value(config, "retrieval.reorder"))
 
 
 def searcher_of(config, name: str | None = None) -> tuple[str, object]:
   """(searcher name, its config): `name`, else `config.retrieval.searcher` (else "scann"),
   with k (and for ScaNN the tree knobs) from `config.retrieval`."""
-  name = name or config.retrieval.get("searcher", "scann")
-  searchers.SEARCHERS.get(name, config_key="retrieval.searcher")
+  name = name or settings.value(config, "retrieval.searcher")
+  searcher = searchers.SEARCHERS.get(name, config_key="retrieval.searcher")
   if name == "scann":
     return name, scann_config(config)
-  return name, searchers.CONFIGS[name](num_neighbors=config.retrieval.k)
+  return name, searcher.config_class(num_neighbors=config.retrieval.k)
 
 
 def embedding_config_hash(exp: experiment_lib.Experiment) -> str:

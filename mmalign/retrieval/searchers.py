@@ -14,7 +14,6 @@ from mmalign.retrieval import exact_index, manifest as manifest_lib, scann_index
 from mmalign.retrieval.base import SEARCHERS, Index
 from mmalign.retrieval.manifest import Provenance
 
-CONFIGS = {"scann": scann_index.ScannConfig, "exact": exact_index.ExactConfig}
 DISPLAY_NAMES = {"scann": "ScaNN", "exact": "Exact index"}  # As reports print them.
 
 
@@ -33,5 +32,5 @@ def load_index(directory: str | os.PathLike, *, dim: int | None = None,
   return searcher.load(directory, dim=dim, expect=expect, verify=verify)
 
 
-__all__ = ["SEARCHERS", "CONFIGS", "DISPLAY_NAMES", "build_index", "load_index", "Index", "Provenance",
+__all__ = ["SEARCHERS", "DISPLAY_NAMES", "build_index", "load_index", "Index", "Provenance",
            "exact_index", "scann_index"]

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmalign import settings
 from mmalign.errors import UsageError
 from mmalign.train import accumulation, precision, sharding
 from mmalign import mesh as mesh_lib
@@ -230,10 +231,11 @@ def build_train_step(train_config, model, objective, optimizer, mesh, state):
   `mesh` should come from `mesh.make_mesh(train_config.get("mesh"))`, and the
   objective be built with `mesh.loss_mesh(mesh)` when `loss.distributed` is set.
   """
-  micro_batches = int(train_config.get("micro_batches", 1))
-  gradient_cache = bool(train_config.get("gradient_cache", False))
-  gradient_cache_loop = str(train_config.get("gradient_cache_loop", "scan"))
-  dtype = precision.dtype_of(train_config.get("compute_dtype", "float32"),
+  value = lambda key: settings.value(train_config, key, section="train")
+  micro_batches = int(value("micro_batches"))
+  gradient_cache = bool(value("gradient_cache"))
+  gradient_cache_loop = str(value("gradient_cache_loop"))
+  dtype = precision.dtype_of(value("compute_dtype"),
                              "train.compute_dtype")
   shards = mesh_lib.batch_devices(mesh) * max(micro_batches, 1)
   if train_config.batch_size % shards:
@@ -242,12 +244,12 @@ def build_train_step(train_config, model, objective, optimizer, mesh, state):
         f"train.micro_batches={micro_batches} micro-batches over the "
         f"{mesh_lib.batch_devices(mesh)} batch shards of train.mesh "
         f"({dict(mesh.shape)}): make it a multiple of {shards}")
-  on_nonfinite = train_config.get("on_nonfinite", "stop")
+  on_nonfinite = value("on_nonfinite")
   if on_nonfinite not in NONFINITE_POLICIES:
     raise UsageError(f"train.on_nonfinite={on_nonfinite!r}; allowed: "
                      f"{', '.join(NONFINITE_POLICIES)}")
   shardings = sharding.state_shardings(
-      state, mesh, int(train_config.get("fsdp_min_size", sharding.DEFAULT_MIN_SIZE)))
+      state, mesh, int(value("fsdp_min_size")))
   step = make_train_step(precision.with_compute_dtype(model, dtype), objective, optimizer, mesh,
                          train_config.seed, state_shardings=shardings,
                          micro_batches=micro_batches, gradient_cache=gradient_cache,

@@ -71,8 +71,8 @@ def _check_image_batches(train_config, text_rows: int, mesh) -> None:
   the whole batch at once, so it is exact here too, given that the T text rows
   split like the images do.
   """
-  micro_batches = int(train_config.get("micro_batches", 1))
-  if micro_batches > 1 and not train_config.get("gradient_cache", False):
+  micro_batches = int(settings.value(train_config, "micro_batches", section="train"))
+  if micro_batches > 1 and not settings.value(train_config, "gradient_cache", section="train"):
     raise UsageError(f"data.sampling='images' with train.micro_batches={micro_batches} "
                      "needs train.gradient_cache=True (plain micro-batches would score "
                      "images against another slice's texts)")
