@@ -12,6 +12,7 @@ Any config value can be overridden: --config.train.steps=100.
 from __future__ import annotations
 
 import logging as logging_std
+import os
 import sys
 
 from absl import app, flags, logging
@@ -91,7 +92,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Progress is printed; libraries' INFO logs (orbax, TFDS) only with --verbosity=0.
     logging.set_verbosity(logging.WARNING)
-  from mmalign.train import distributed, preemption, trainer  # pylint: disable=import-outside-toplevel
+  from mmalign.train import checkpoint, distributed, preemption, trainer  # pylint: disable=import-outside-toplevel
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     run(_CONFIG.value, _WORKDIR.value, _MODE.value, _QUERY.value, _K.value, _QUERY_IMAGE.value)
@@ -102,15 +103,30 @@ def main(argv):
     sys.exit(0)
   except (trainer.NonFiniteLossError, trainer.RunEndedError) as e:
     _fail(str(e), status=1)
+  except checkpoint.CheckpointWriteError as e:
+    # orbax's writer threads may still print their own copies of the error while the
+    # interpreter shuts down; the state on disk is settled, so leave without that.
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)  # pylint: disable=protected-access
 
 
 class _DropNoise(logging_std.Filter):
-  """TFDS warns on every run that OpenCV is absent; PIL decodes these images fine."""
+  """TFDS warns on every run that OpenCV is absent (PIL decodes these images fine); a
+  failed checkpoint write is logged by every orbax writer thread and task, while the
+  launcher reports it once (checkpoint.CheckpointWriteError)."""
+
+  NOISE = ("OpenCV is not installed", "No space left on device", "RESOURCE_EXHAUSTED",
+           "Task exception was never retrieved")
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    return "OpenCV is not installed" not in record.getMessage()
+    message = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+      message += str(record.exc_info[1])
+    return not any(noise in message for noise in self.NOISE)
 
 
 if __name__ == "__main__":
-  logging_std.getLogger("absl").addFilter(_DropNoise())
+  for name in ("absl", "asyncio"):
+    logging_std.getLogger(name).addFilter(_DropNoise())
   app.run(main, flags_parser=parse_flags)

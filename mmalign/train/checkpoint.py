@@ -18,6 +18,7 @@ saved with the state is the whole iterator state.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +39,11 @@ class CheckpointMismatchError(UsageError):
 
 class NonFiniteStateError(FloatingPointError):
   """A state about to be saved holds NaN or infinite values; nothing was written."""
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (a full disk, a failing filesystem); the earlier
+  complete checkpoints are untouched."""
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -111,9 +117,28 @@ class Checkpointer:
           f"{', ...' if len(bad) > 3 else ''}); it was not saved, so the latest checkpoint "
           "is the last good state")
     meta = {**meta, "checksums": checksums(state)}
-    return self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      meta=ocp.args.JsonSave(meta)), force=True)
+    with self._write_errors():
+      return self._manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave(meta)), force=True)
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    """Turns an orbax write failure (raised here or by an earlier asynchronous save) into
+    one CheckpointWriteError naming the latest complete checkpoint."""
+    try:
+      yield
+    except (OSError, ValueError, RuntimeError) as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      cause = ("no space left on device" if "No space left" in str(e) or
+               "RESOURCE_EXHAUSTED" in str(e) else first[:200])
+      self._manager.reload()
+      latest = self._manager.latest_step()
+      raise CheckpointWriteError(
+          f"could not write a checkpoint in {self.directory} ({cause}); the latest "
+          "complete checkpoint is "
+          f"{'none' if latest is None else f'step {latest}'}: fix the cause and rerun to "
+          "resume") from None
 
   def restore(self, abstract_state, meta: dict, step: int | None = None):
     """Restores into the structure of `abstract_state` after checking it fits.
@@ -196,7 +221,8 @@ class Checkpointer:
             f"model expects {tuple(np.shape(leaf))}")
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._write_errors():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()

@@ -14,6 +14,7 @@ or, with "skip", the step leaves the state unchanged and a warning names it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -31,6 +32,7 @@ from mmalign.losses.objective import build_objective
 from mmalign.plots import plot_training_curves
 from mmalign import mesh as mesh_lib
 from mmalign.train import step as step_lib
+from mmalign.train import checkpoint as checkpoint_lib
 from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.metrics_log import MetricsLog
 from mmalign.train.preemption import Preempted, SigtermWatch
@@ -191,8 +193,10 @@ def _train(exp: experiment_lib.Experiment, stop_after: int | None, evaluators) -
           if not saved:
             checkpointer.save(step, state, meta, force=True)
           raise Preempted(step, checkpointer.directory)
+    checkpointer.wait()  # CheckpointWriteError if the last save failed.
   finally:  # Pending asynchronous saves of good states complete even on an error.
-    checkpointer.wait()
+    with contextlib.suppress(checkpoint_lib.CheckpointWriteError):  # Already raised.
+      checkpointer.wait()
     checkpointer.close()
     metrics_log.close()
   if jax.process_index() == 0 and os.path.exists(metrics_log.path):

@@ -221,3 +221,35 @@ def test_keep_one_never_deletes_the_resumed_checkpoint_before_a_newer_one_is_wri
   with pytest.raises(OSError):
     trainer.train(experiment_lib.for_training(_config(tiny_data_dir, steps=6, keep_checkpoints=1), str(tmp_path)))
   assert os.listdir(os.path.join(tmp_path, "checkpoints")) == ["3"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1.2 MB tmpfs: room for the tokenizer and about one tiny checkpoint (needs root)."""
+  mount_point = tmp_path / "small_disk"
+  mount_point.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs",
+                            str(mount_point)], capture_output=True, check=False)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+  yield mount_point
+  subprocess.run(["umount", str(mount_point)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_run_with_one_line_naming_the_last_checkpoint(tiny_data_dir,
+                                                                         small_disk):
+  command = [sys.executable, os.path.join(ROOT, "launch.py"),
+             f"--config={os.path.join(ROOT, 'experiments', 'configs', 'tiny.py')}",
+             f"--workdir={small_disk / 'w'}", "--mode=train",
+             f"--config.data.data_dir={tiny_data_dir}", "--config.train.steps=30",
+             "--config.train.checkpoint_every=3", "--config.train.keep_checkpoints=5"]
+  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 1, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: could not write a checkpoint") and "no space left" in last
+  latest = Checkpointer(str(small_disk / "w")).latest_step()
+  assert latest is not None and f"latest complete checkpoint is step {latest}" in last
+  assert result.stderr.count("error:") == 1
