@@ -86,6 +86,19 @@ def decode_images(source, indices: np.ndarray) -> np.ndarray:
   return np.stack([source[int(i)]["image"] for i in indices])
 
 
+def process_rows(rows: int, context: str, noun: str = "rows", process_index: int | None = None,
+                 process_count: int | None = None) -> slice:
+  """This process's contiguous share of a batch's `rows` (process i holds the i-th block,
+  as `mesh.global_batch` assembles them); a UsageError starting with `context` unless
+  they divide."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if rows % process_count:
+    raise UsageError(f"{context}: the {rows} {noun} of a batch do not divide among the "
+                     f"{process_count} processes")
+  return slice(process_index * rows // process_count, (process_index + 1) * rows // process_count)
+
+
 class TrainBatches:
   """Maps step → this process's share of the global batch, as numpy arrays.
 
@@ -106,11 +119,6 @@ class TrainBatches:
     """`labels` [examples] int: each example's class, served as batch["labels"]
     (multi-task training). `noisy_pair_fraction` of every batch's pairs get
     another row's image (`noisy_rows`), to study training on mismatched pairs."""
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if global_batch % process_count:
-      raise UsageError(f"train.batch_size={global_batch} is not divisible by the "
-                       f"{process_count} processes")
     if global_batch > index.num_groups:
       raise UsageError(f"train.batch_size={global_batch} exceeds the {index.num_groups} "
                        "distinct captions of the training split")
@@ -118,8 +126,8 @@ class TrainBatches:
     self._index = index
     self._tokens = tokenizer.encode(index.captions)  # [examples, length], own wording
     self._global_batch = global_batch
-    self._local = slice(process_index * global_batch // process_count,
-                        (process_index + 1) * global_batch // process_count)
+    self._local = process_rows(global_batch, f"train.batch_size={global_batch}",
+                               process_index=process_index, process_count=process_count)
     self._seed = seed
     self._normalization = normalization
     self._max_shift = max_shift

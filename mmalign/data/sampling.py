@@ -16,7 +16,6 @@ the global batch, so resuming and multi-process training work the same way.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from mmalign.data import pipeline
@@ -72,8 +71,6 @@ class ImageBatches:
                process_index: int | None = None, process_count: int | None = None,
                max_shift: int = 0, labels: np.ndarray | None = None,
                noisy_pair_fraction: float = 0.0):
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
     if labels is not None:
       raise UsageError("data.sampling='images' does not serve task labels (task.label): "
                        "a text row has no single example whose label it could carry; "
@@ -86,11 +83,6 @@ class ImageBatches:
       raise UsageError(f"train.batch_size={global_batch} exceeds the {num_images} images of "
                        "the training split (data.sampling='images')")
     self.text_rows = min(global_batch, index.num_groups)
-    for rows, what in ((global_batch, "images"), (self.text_rows, "text rows")):
-      if rows % process_count:
-        raise UsageError(f"data.sampling='images' with train.batch_size={global_batch}: the "
-                         f"{rows} {what} of a batch do not divide among the {process_count} "
-                         "processes")
     self._source = source
     self._index = index
     self._tokens = tokenizer.encode(index.captions)  # [examples, length], own wording
@@ -98,10 +90,11 @@ class ImageBatches:
     # [examples] position of each example's group in index.group_ids.
     self._group_position = np.searchsorted(index.group_ids, index.groups)
     self._global_batch = global_batch
-    self._local = slice(process_index * global_batch // process_count,
-                        (process_index + 1) * global_batch // process_count)
-    self._local_text = slice(process_index * self.text_rows // process_count,
-                             (process_index + 1) * self.text_rows // process_count)
+    where = f"data.sampling='images' with train.batch_size={global_batch}"
+    self._local = pipeline.process_rows(global_batch, where, "images", process_index,
+                                        process_count)
+    self._local_text = pipeline.process_rows(self.text_rows, where, "text rows", process_index,
+                                             process_count)
     self._seed = seed
     self._normalization = normalization
     self._max_shift = max_shift
