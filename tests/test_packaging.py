@@ -82,12 +82,9 @@ def test_ci_installs_the_project_only_with_the_pins():
 
 
 def test_ci_python312_run_selects_some_test():
-  """pytest exits 5 when -m deselects every test, and .ci/run would fail on that."""
-  path, marker = re.search(r'python -m pytest -q (\S+) -m "not (\w+)"', _read(".ci", "run")).groups()
+  """pytest exits 5 when -m deselects every test, and .ci/run would fail on that; `slow`
+  comes from measured durations (tests/conftest.py), so the 3.12 run selects by file only."""
+  path = re.search(r'python -m pytest -q (\S+)$', _read(".ci", "run"), re.M).group(1)
   module = ast.parse(_read(path))
-  assert not any(isinstance(node, ast.Assign) and "pytestmark" in ast.unparse(node)
-                 for node in module.body), path
-  unmarked = [node.name for node in module.body
-              if isinstance(node, ast.FunctionDef) and node.name.startswith("test")
-              and not any(f"mark.{marker}" in ast.unparse(d) for d in node.decorator_list)]
-  assert unmarked, f"every test in {path} is marked {marker}"
+  assert [node.name for node in module.body
+          if isinstance(node, ast.FunctionDef) and node.name.startswith("test")], path
