@@ -24,12 +24,16 @@ from mmalign.train import state as train_state
 from mmalign.train import trainer
 from mmalign.utils import say
 
+
 @dataclasses.dataclass
+
+
 class Outcome:
   """What a run produced: the variables it ended with, their step, each evaluator's results."""
   variables: dict
   step: int
   results: dict[str, dict] = dataclasses.field(default_factory=dict)
+
 
 def train_and_evaluate(exp: experiment_lib.Experiment, *, train: bool = True,
                        evaluate: bool = True) -> Outcome:
@@ -43,6 +47,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, *, train: bool = True,
     variables, step = train_state.restore_variables(exp)
   results = evaluators.run(variables, step) if evaluators is not None else {}
   return Outcome(variables, step, results)
+
 
 def execute(config, workdir: str, mode: str, *, query: str | None = None,
             k: int | None = None, query_image: str | None = None) -> Outcome | None:
@@ -83,6 +88,7 @@ def run(exp: experiment_lib.Experiment, mode: str, *, query: str | None = None,
     _print_hits(f"{searchers.DISPLAY_NAMES.get(name, name)} search over the "
                 f"{config.eval.split} images for {query!r}", hits, sheet)
   return outcome
+
 
 def _print_hits(title: str, hits, sheet: str) -> None:
   say(f"\n{title}:")
