@@ -26,8 +26,6 @@ from mmalign.utils import say
 
 
 @dataclasses.dataclass
-
-
 class Outcome:
   """What a run produced: the variables it ended with, their step, each evaluator's results."""
   variables: dict
