@@ -126,7 +126,21 @@ class _DropNoise(logging_std.Filter):
     return not any(noise in message for noise in self.NOISE)
 
 
+def _drop_closed_loop_callbacks(unraisablehook):
+  """After a failed async checkpoint write, tensorstore's I/O threads still complete their
+  futures into orbax's event loop, which has closed; each reports it as unraisable. Those
+  tracebacks say nothing the launcher's one line does not."""
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      unraisablehook(unraisable)
+
+  return hook
+
+
 if __name__ == "__main__":
   for name in ("absl", "asyncio"):
     logging_std.getLogger(name).addFilter(_DropNoise())
+  sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
   app.run(main, flags_parser=parse_flags)

@@ -65,20 +65,35 @@ def test_two_processes_building_one_dataset_both_succeed(tmp_path):
   assert not leftovers  # No half-written (incomplete) directories left behind.
 
 
-def test_read_only_data_dir_is_named(tmp_path):
-  data_dir = tmp_path / "read_only"
-  data_dir.mkdir()
-  data_dir.chmod(0o555)
+@pytest.fixture
+def read_only_dir(tmp_path):
+  """A directory nobody may write to: chmod 0o555, or for root (whom modes do not stop) a
+  read-only tmpfs mounted there."""
+  path = tmp_path / "read_only"
+  path.mkdir()
+  path.chmod(0o555)
+  mounted = False
+  if os.access(path, os.W_OK):
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
+                            capture_output=True, check=False)
+    if result.returncode:
+      path.chmod(0o755)
+      pytest.skip(f"root, and cannot mount a read-only tmpfs: {result.stderr.decode().strip()}")
+    mounted = True
   try:
-    if os.access(data_dir, os.W_OK):
-      pytest.skip("running as root: chmod 0o555 does not make a directory read-only")
-    builder = sources.get_builder("unicode_glyphs", "tiny", str(data_dir))
-    with pytest.raises(UsageError) as excinfo:
-      sources.ensure_built(builder)
-    _one_line(excinfo, str(data_dir), "not writable", "writable data.data_dir",
-              "build it elsewhere")
+    yield path
   finally:
-    data_dir.chmod(0o755)
+    if mounted:
+      subprocess.run(["umount", str(path)], check=False)
+    path.chmod(0o755)
+
+
+def test_read_only_data_dir_is_named(read_only_dir):
+  builder = sources.get_builder("unicode_glyphs", "tiny", str(read_only_dir))
+  with pytest.raises(UsageError) as excinfo:
+    sources.ensure_built(builder)
+  _one_line(excinfo, str(read_only_dir), "not writable", "writable data.data_dir",
+            "build it elsewhere")
 
 
 def test_data_dir_that_cannot_be_created_is_named(tmp_path):

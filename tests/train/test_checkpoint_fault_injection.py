@@ -154,12 +154,15 @@ def test_no_flipped_checkpoint_is_restored_silently(pristine, tmp_path):
   print(f"  unused offsets in the array data files: {unused_in_data or 'none'}")
   data_files = [f for f in pristine.files if pristine.size(f) >= DATA_FILE_BYTES]
   assert data_files, "no file holds the arrays' data"
-  for relpath in data_files:  # Most flips land in the arrays' data and are caught (the
-    # bytes never read are OCDBT nodes superseded by the merged ones, near the file's end;
-    # how many depends on the layout: 72% were caught with 8 devices, 94% with one) ...
-    assert outcomes[relpath]["detected"] >= 0.5 * sum(outcomes[relpath].values()), (
-        relpath, outcomes[relpath])
-  for name in ("meta/metadata", "state/_METADATA", "state/manifest.ocdbt"):  # ... and all
+  # Most of the arrays' bytes are read, so most flips there are caught. Weighting each
+  # file's caught fraction by its size makes this independent of how orbax happened to
+  # split the data into files: some files are wholly or partly OCDBT nodes that the merged
+  # tree superseded, and which files those are changes from run to run.
+  caught_bytes = sum(pristine.size(f) * outcomes[f]["detected"] / sum(outcomes[f].values())
+                     for f in data_files)
+  data_bytes = sum(pristine.size(f) for f in data_files)
+  assert caught_bytes >= 0.5 * data_bytes, {f: outcomes[f] for f in data_files}
+  for name in ("meta/metadata", "state/_METADATA", "state/manifest.ocdbt"):  # Every flip
     assert outcomes[name] == {"detected": OFFSETS_PER_FILE}, (name, outcomes[name])  # here.
 
 

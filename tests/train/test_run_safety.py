@@ -248,8 +248,9 @@ def test_a_full_disk_ends_the_run_with_one_line_naming_the_last_checkpoint(tiny_
   result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
   assert result.returncode == 1, result.stderr[-2000:]
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: could not write a checkpoint") and "no space left" in last
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr[-3000:]  # No traceback from orbax's writer threads.
+  assert lines[0].startswith("error: could not write a checkpoint"), lines
+  assert "no space left" in lines[0]
   latest = Checkpointer(str(small_disk / "w")).latest_step()
-  assert latest is not None and f"latest complete checkpoint is step {latest}" in last
-  assert result.stderr.count("error:") == 1
+  assert latest is not None and f"latest complete checkpoint is step {latest}" in lines[0]
