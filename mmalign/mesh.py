@@ -1,21 +1,15 @@
 """Device mesh and the batch's sharding.
 
-The mesh has two named axes, shaped by `train.mesh` ({"data": -1, "fsdp": 1}
-by default, -1 meaning "all remaining devices"):
+Two named axes, shaped by `train.mesh` ({"data": -1, "fsdp": 1} by default, -1 meaning
+"all remaining devices"):
 
   data  pure data parallelism: parameters are replicated along it.
-  fsdp  data parallelism too, but large parameters (and their optimizer
-        moments) are split along it (`sharding.py`), so memory per device
-        shrinks with its size; XLA gathers a parameter where it is used.
+  fsdp  data parallelism too, but large parameters (and their optimizer moments) are
+        split along it (`sharding.py`); XLA gathers a parameter where it is used.
 
-The batch is split over both axes jointly, `P(("data", "fsdp"))`: every device
-computes on its own rows, as in ZeRO-3/FSDP. With data only, the fsdp devices
-of a data group would all compute the same rows.
-
-The distributed contrastive losses (`kernels/distributed.py`) shard over one
-named axis, so they get `loss_mesh(mesh)`: the same devices in the same order
-on one flat axis `LOSS_AXIS`, under which the batch's layout is unchanged
-(jit accepts the two meshes together since their device order is the same).
+The batch is split over both axes jointly, `P(("data", "fsdp"))`, so every device
+computes on its own rows, as in ZeRO-3/FSDP. The distributed contrastive losses shard
+over one named axis and get `loss_mesh(mesh)`, the same devices on one flat axis.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Small jobs with one home: atomic file writes, console messages and wall-clock timing.
 
-Used by the library, the experiments and the benchmarks alike, so a results
-file is never half-written, progress prints once per job, and every timing
-loop waits for the device the same way.
+Shared by the library, experiments and benchmarks, so every timing loop waits for the
+device the same way.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """One run at a time per workdir: an exclusive lock held for the run's duration.
 
-Why: two launchers on one workdir both used to run, interleaving metrics.jsonl
-and leaving a final checkpoint that matched neither run. The lock is an
-`fcntl.flock` on `<workdir>/.lock`, which the kernel releases when the holding
-process exits or crashes, so a stale lock never blocks a rerun. The file names
-the holder (host, PID, start time) for the error message; it is never deleted,
-since deleting a lock file races with the next holder. Re-entrant within a
-process (the launcher and the trainer both take it). In a multi-process job only
-process 0 takes it: the processes of one job share the workdir by design.
+Why: two runs on one workdir interleave metrics.jsonl and leave a checkpoint matching
+neither. The lock is an `fcntl.flock` on `<workdir>/.lock`, released by the kernel when
+the holder exits or crashes, so a stale lock never blocks a rerun; the file, naming the
+holder, is never deleted (that races with the next holder). Re-entrant within a process;
+in a multi-process job only process 0 takes it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Closed-form alignment of frozen embedding spaces (no training): numpy only.
 
-The trained objectives live in `mmalign/losses`; these are the baselines they are
-compared with (`experiments/procrustes_baseline.py`).
+Baselines for the trained objectives of `mmalign/losses`.
 """
 
 from mmalign.alignment.procrustes import (

@@ -1,18 +1,11 @@
 """Orthogonal Procrustes: the closed-form rotation from one frozen embedding space to another.
 
-Given n paired rows (source_i, target_i), the orthogonal W minimising ‖source·W − target‖_F
-is W = U·Vᵀ, where U·Σ·Vᵀ is the SVD of sourceᵀ·target (Schönemann, 1966). It is the
-training-free baseline for regression alignment: a rotation cannot change distances
-inside a space, so what it recovers is how far the two spaces already share a geometry.
+The training-free baseline for regression alignment (Schönemann, 1966): a rotation keeps
+distances, so it measures how far the two spaces already share a geometry. Host-side float64
+numpy (inputs may be numpy or jax arrays); NaN/inf inputs raise ValueError.
 
-Everything here is host-side numpy in float64: the fit is one [d_s, d_t] SVD, cheap next
-to producing the embeddings, and float64 keeps W orthogonal to ~1e-15. Inputs may be
-numpy or jax arrays.
-
-Widths may differ. With d_s ≥ d_t, W: [d_s, d_t] has orthonormal columns (WᵀW = I);
-with d_s < d_t it has orthonormal rows (W·Wᵀ = I) and the mapped rows span only a
-d_s-dimensional subspace of the target space. Both equal zero-padding the narrower side
-to the wider, solving the square problem and dropping the padded columns.
+Widths may differ: with d_s ≥ d_t, W [d_s, d_t] has orthonormal columns (WᵀW = I); with
+d_s < d_t orthonormal rows, and mapped rows span only a d_s-dimensional target subspace.
 """
 
 from __future__ import annotations
@@ -44,8 +37,8 @@ def orthogonal_procrustes(source, target) -> np.ndarray:
   """W: [d_s, d_t] float64 minimising ‖source·W − target‖_F with orthonormal columns (rows).
 
   source: [n, d_s]; target: [n, d_t]; row i of each is one pair. With fewer than
-  min(d_s, d_t) independent pairs the minimiser is not unique and one of them is
-  returned. Raises ValueError on mismatched n.
+  min(d_s, d_t) independent pairs one of several minimisers is returned. Raises ValueError
+  on mismatched or zero n.
   """
   source, target = _as_matrix(source, "source"), _as_matrix(target, "target")
   _check_pairs(source, target)
@@ -72,9 +65,8 @@ class ProcrustesMap:
 def fit_procrustes_map(source, target, *, center: bool = True) -> ProcrustesMap:
   """The best rotation between paired rows, after removing each side's mean if `center`.
 
-  Centring lets the rotation act about the data's centre instead of the origin, which
-  matters for embeddings that all lie in one cone (ReLU features, raw pixels); the map
-  then adds the target mean back. source: [n, d_s]; target: [n, d_t].
+  Centring rotates about the data's centre rather than the origin, which matters for
+  embeddings in one cone (ReLU features, raw pixels). source: [n, d_s]; target: [n, d_t].
   """
   source, target = _as_matrix(source, "source"), _as_matrix(target, "target")
   _check_pairs(source, target)

@@ -15,10 +15,9 @@ import numpy as np
 from fontTools import ttLib
 from PIL import Image, ImageDraw, ImageFont
 
-# Faces drawn for every character they cover. Excluded on purpose: the
-# Computer Modern fonts (TeX encodings, so code points do not mean what
-# Unicode says), STIX size/non-Unicode variants (private-use code points),
-# the "Display" subsets, and LastResort (draws a fallback box for everything).
+# Faces drawn for every character they cover. Excluded: Computer Modern (TeX encodings,
+# not Unicode), STIX size/non-Unicode variants (private use), "Display" subsets, and
+# LastResort (a fallback box for everything).
 FACES = (
     "DejaVuSans.ttf",
     "DejaVuSans-Bold.ttf",
@@ -38,8 +37,7 @@ FACES = (
     "STIXGeneralBolIta.ttf",
 )
 
-# Categories whose members draw nothing useful on their own: controls,
-# format characters, separators, private use, surrogates, unassigned.
+# Nothing useful to draw alone: controls, format, separators, private use, surrogates, unassigned.
 _SKIPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 
 
@@ -72,10 +70,9 @@ def unicode_name(code_point: int) -> str | None:
 def render_glyph(code_point: int, face: str, size: int = 32) -> np.ndarray | None:
   """Renders one character as dark ink on white, `[size, size]` uint8.
 
-  Glyphs sit on a common baseline at a common size, so position carries
-  meaning ("comma" vs "apostrophe", "low line" vs "macron"). A glyph too big
-  for the canvas (wide arrows, ligatures, big operators) is shrunk to fit and
-  centred instead. Returns None when the glyph draws nothing.
+  Glyphs share a baseline and size, so position carries meaning ("comma" vs
+  "apostrophe"); one too big for the canvas is shrunk to fit and centred instead.
+  Returns None when the glyph draws nothing.
   """
   char = chr(code_point)
   canvas = 4 * size  # Draw large, then downsample with antialiasing.

@@ -1,10 +1,8 @@
 """Input pipeline: TFDS data sources read with grain, one batch per training step.
 
-Training batches hold distinct groups (one image per named thing), so no
-caption in a batch is a false negative for another. Batch `step` is a pure
-function of (seed, step): the pipeline position is just the step number, which
-makes resuming exact, and each process builds only its own slice of the global
-batch.
+Training batches hold distinct groups, so no caption in a batch is a false negative for
+another. Batch `step` is a pure function of (seed, step), which makes resuming exact, and
+each process builds only its own slice of the global batch.
 """
 
 from __future__ import annotations
@@ -23,9 +21,8 @@ from mmalign.errors import UsageError
 class SplitIndex:
   """What a split holds, read once without decoding images.
 
-  A group may be worded several ways (shapes: "A above B" and "B below A" name
-  the same scenes). The group's caption, used as its retrieval query, is the
-  wording of its first example; training pairs each image with its own wording.
+  A group may be worded several ways ("A above B", "B below A"): its caption (the
+  retrieval query) is its first example's wording; training uses each example's own.
   """
   groups: np.ndarray                 # [examples] int64, group of each example
   group_ids: np.ndarray              # [num_groups] int64, sorted distinct groups
@@ -88,9 +85,8 @@ def decode_images(source, indices: np.ndarray) -> np.ndarray:
 
 def process_rows(rows: int, context: str, noun: str = "rows", process_index: int | None = None,
                  process_count: int | None = None) -> slice:
-  """This process's contiguous share of a batch's `rows` (process i holds the i-th block,
-  as `mesh.global_batch` assembles them); a UsageError starting with `context` unless
-  they divide."""
+  """This process's contiguous block of a batch's `rows`, as `mesh.global_batch` assembles
+  them. Raises UsageError (prefixed by `context`) unless the processes divide `rows`."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if rows % process_count:
@@ -102,13 +98,11 @@ def process_rows(rows: int, context: str, noun: str = "rows", process_index: int
 class TrainBatches:
   """Maps step → this process's share of the global batch, as numpy arrays.
 
-  Each epoch is a fresh permutation of the groups (seeded by (seed, epoch));
-  each group contributes one of its examples, chosen by (seed, step). Epochs
-  are cut into whole batches; the last partial batch of an epoch is dropped.
+  Each epoch is a permutation of the groups, each contributing one example chosen by
+  (seed, step); an epoch's last partial batch is dropped.
   """
 
-  # Row i's caption pairs with row i's image (no "image_to_text"); the objective
-  # reads this flag (mmalign/data/sampling.py's ImageBatches sets it True).
+  # Row i's caption pairs with row i's image; the objective reads this flag.
   image_rows = False
 
   def __init__(self, source, index: SplitIndex, tokenizer: Tokenizer, *, global_batch: int,
@@ -116,9 +110,8 @@ class TrainBatches:
                process_index: int | None = None, process_count: int | None = None,
                max_shift: int = 0, labels: np.ndarray | None = None,
                noisy_pair_fraction: float = 0.0):
-    """`labels` [examples] int: each example's class, served as batch["labels"]
-    (multi-task training). `noisy_pair_fraction` of every batch's pairs get
-    another row's image (`noisy_rows`), to study training on mismatched pairs."""
+    """`labels` [examples] int: served as batch["labels"] (multi-task training).
+    `noisy_pair_fraction` in [0, 1]: share of pairs given another row's image."""
     if global_batch > index.num_groups:
       raise UsageError(f"train.batch_size={global_batch} exceeds the {index.num_groups} "
                        "distinct captions of the training split")
@@ -148,8 +141,7 @@ class TrainBatches:
   def noisy_rows(self, step: int) -> np.ndarray:
     """Rows of the global batch of `step` whose image belongs to another row: [k] sorted.
 
-    k = round(fraction · batch); the k images are rotated by one among those
-    rows, so each of them pairs its caption with a different group's image.
+    k = round(fraction · batch); their images are rotated by one among them.
     """
     k = int(round(self._noisy_pair_fraction * self._global_batch))
     if k < 2:  # One row cannot swap with itself.
@@ -158,8 +150,7 @@ class TrainBatches:
     return np.sort(rng.choice(self._global_batch, size=k, replace=False))
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
-    # Random choices are drawn for the whole global batch and then sliced, so the
-    # global batch is the same whatever the number of processes.
+    # Drawn for the global batch, then sliced: independent of the process count.
     global_positions = self.group_positions(step)
     rng = np.random.default_rng([self._seed, 1 << 20, step])
     choices = rng.random(len(global_positions))  # [global]

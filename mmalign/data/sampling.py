@@ -1,17 +1,11 @@
 """How a training batch is drawn (`data.sampling`), chosen by name.
 
-  captions  `pipeline.TrainBatches`: one image per distinct caption, so a batch holds
-            at most as many rows as the training split has captions (5,838 on
-            unicode_glyphs/full). The default, and exactly the behaviour from
-            before this option existed.
-  images    `ImageBatches`: `batch_size` distinct images (up to the 43,185 images of
-            unicode_glyphs/full) against T = min(batch_size, captions) distinct
-            captions, each image pointing at its caption's text row. This is what
-            lets the contrastive batch grow past the caption count (the
-            batch-size table, experiments/tables/batch_size.py).
+  captions  `pipeline.TrainBatches` (default): one image per distinct caption, so a batch
+            holds at most as many rows as the split has captions.
+  images    `ImageBatches`: distinct images against T = min(batch_size, captions)
+            distinct captions, so the contrastive batch can grow past the caption count.
 
-Both are pure functions of (seed, step) and build only this process's slice of
-the global batch, so resuming and multi-process training work the same way.
+Both are pure functions of (seed, step) and build only this process's slice.
 """
 
 from __future__ import annotations
@@ -41,19 +35,12 @@ def train_batches(sampling: str, source, index: pipeline.SplitIndex, tokenizer: 
 class ImageBatches:
   """Maps step → this process's share of a batch of distinct images and distinct captions.
 
-  Each epoch is a fresh permutation of all training images (seeded by (seed,
-  epoch)), cut into whole batches of `global_batch` images (the last partial
-  batch is dropped). The text rows are T = min(global_batch, number of groups)
-  distinct groups: first the groups of the batch's images, in order of first
-  appearance, each worded as its first image in the batch is; then other groups,
-  drawn by (seed, step) and worded by their group caption, as extra negatives,
-  so every step has the same shapes (one compilation).
-
-  Several images of a batch may share a group, so the batch carries
-  `image_to_text` [b] int32, the text row (an index into the GLOBAL text rows)
-  of each image's caption; the objective uses it as each image's single
-  positive and as each caption's set of positives, so no image is pushed away
-  from its own caption (mmalign/losses/objective.py).
+  Each epoch is a permutation of all training images (last partial batch dropped). The
+  T = min(global_batch, groups) text rows are the batch's groups in order of first
+  appearance, worded as their first image, then other groups drawn by (seed, step) as
+  extra negatives, so every step has the same shapes (one compilation). Images may share
+  a group, so `image_to_text` indexes the GLOBAL text rows; the objective uses it as the
+  positives, so no image is pushed away from its own caption.
 
   Batch of one process (b = global_batch / processes, t = T / processes):
     images         [b, h, w, c] float32
@@ -62,8 +49,7 @@ class ImageBatches:
     tokens         [t, length] int32, this process's slice of the text rows
   """
 
-  # Images point at text rows through "image_to_text": the objective scores them
-  # with the multi-positive `image_rows_infonce` (build_objective(image_rows=...)).
+  # The objective scores "image_to_text" with the multi-positive `image_rows_infonce`.
   image_rows = True
 
   def __init__(self, source, index: pipeline.SplitIndex, tokenizer: Tokenizer, *,
@@ -123,8 +109,7 @@ class ImageBatches:
     return tokens, image_to_text
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
-    # As in TrainBatches: every choice is made for the global batch, then sliced,
-    # so the global batch does not depend on the number of processes.
+    # As in TrainBatches: drawn for the global batch, then sliced.
     examples = self.image_examples(step)
     tokens, image_to_text = self.text_rows_of(step, examples)
     local = examples[self._local]

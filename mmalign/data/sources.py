@@ -39,13 +39,10 @@ def get_builder(name: str, config: str, data_dir: str | None = None) -> tfds.cor
 def ensure_built(builder: tfds.core.DatasetBuilder) -> None:
   """Generates the dataset unless a complete copy already exists.
 
-  TFDS writes into a temporary directory and renames it when done, so an interrupted
-  build never leaves a half-written dataset behind; but two processes building at once
-  would both generate and the later rename would fail. So a build holds an exclusive
-  lock on `<data_dir>/<name>/<config>.build.lock`: the second process waits, then finds
-  the dataset prepared and reuses it. A prepared dataset is used without locking or
-  writing anything, so a read-only data_dir can hold it; an unbuilt one there is a
-  UsageError.
+  A build holds an exclusive lock on `<data_dir>/<name>/<config>.build.lock`, because two
+  concurrent builds would both generate and the later rename would fail; the waiter then
+  reuses the result. A prepared dataset is used without locking or writing, so a read-only
+  data_dir can hold it; an unbuilt one there is a UsageError.
   """
   if builder.is_prepared():
     return
@@ -77,9 +74,8 @@ def _build_lock(builder: tfds.core.DatasetBuilder):
 def open_split(builder: tfds.core.DatasetBuilder, split: str, *, decode_images: bool = True):
   """Random-access source of one split; skip image decoding for caption-only passes.
 
-  Damaged cached files are a UsageError naming the dataset directory to delete: shard
-  files are checked here against the record counts dataset_info.json recorded (cheap:
-  only their footers are read), and a record that fails its checksum when read.
+  Damaged cached files raise UsageError naming the directory to delete: shard record
+  counts are checked here (footers only), record checksums when read.
   """
   decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
   if split not in builder.info.splits:

@@ -1,8 +1,7 @@
 """Subword tokenizer trained offline on the training captions (SentencePiece).
 
-The tokenizer is part of the experiment: it is trained once, written into the
-workdir beside the checkpoint, and reloaded unchanged by evaluation and search,
-so a query is preprocessed exactly as the training captions were.
+The tokenizer is part of the experiment: saved beside the checkpoint and reloaded by
+evaluation and search, so a query is preprocessed exactly as the training captions were.
 """
 
 from __future__ import annotations
@@ -86,10 +85,8 @@ class Tokenizer:
     return cls(model.getvalue(), settings)
 
   def save(self, directory: str) -> None:
-    """Writes the settings, then the model; each file is published atomically.
-
-    The model file comes last because `exists` looks for it: a crash in between
-    leaves no half-saved tokenizer."""
+    """Writes the settings, then the model (what `exists` checks), each atomically, so a
+    crash leaves no half-saved tokenizer."""
     os.makedirs(directory, exist_ok=True)
     utils.write_json(os.path.join(directory, SETTINGS_FILE), dataclasses.asdict(self.settings))
     utils.write_atomic(os.path.join(directory, MODEL_FILE), self._model_proto)

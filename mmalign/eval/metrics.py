@@ -1,22 +1,17 @@
 """Classification and ranking metrics as pure numpy functions of arrays.
 
-Definitions follow scikit-learn (the tests compare against it) so numbers reported here
-can be set beside published ones, but scikit-learn is not a dependency of `mmalign`.
+Definitions follow scikit-learn (the tests compare against it; it is not a dependency),
+so numbers can be set beside published ones. Ranking metrics treat equal scores as one
+threshold, so they depend only on the scores, never on input order: ROC-AUC counts a tied
+positive/negative pair 1/2; average precision credits every positive in a tied block with
+the precision at the end of that block.
 
-Tie convention of every ranking metric here (ROC-AUC, average precision): equal scores
-form one threshold, never an arbitrary order. ROC-AUC gives tied items their average rank
-(a tied positive/negative pair counts 1/2); average precision credits every positive in a
-tied block with the precision at the end of that block. Both therefore depend only on the
-scores, not on the input order.
+A binary ranking metric raises ValueError without a positive (ROC-AUC: or a negative). The
+per-class averages skip such classes, because a class missing from a small eval split says
+nothing about the model, and raise only when no class is left.
 
-Degenerate inputs raise instead of returning a number: a binary ranking metric needs at
-least one positive (and, for ROC-AUC, one negative). The per-class averages
-(`roc_auc_ovr`, `mean_average_precision`) skip classes where that fails, because a class
-missing from a small eval split says nothing about the model; they raise only when no
-class is left.
-
-First-hit retrieval metrics (Recall@K, median and mean rank) live in
-`mmalign.eval.retrieval_metrics` and are re-exported here; retrieval mAP is below.
+First-hit retrieval metrics (Recall@K, ranks) are re-exported from
+`mmalign.eval.retrieval_metrics`.
 """
 
 from __future__ import annotations
@@ -59,11 +54,6 @@ __all__ = [
 Average = Literal["macro", "micro"]
 
 
-# ----------------------------------------------------------------------------------------
-# Input checks.
-# ----------------------------------------------------------------------------------------
-
-
 def _as_labels(x, name: str, n: int | None = None) -> np.ndarray:
   """Non-empty 1-D integer array (bool is accepted as 0/1)."""
   x = np.asarray(x)
@@ -89,19 +79,13 @@ def _as_binary(x, name: str, n: int | None = None) -> np.ndarray:
 
 
 def _as_scores(x, name: str, shape: tuple[int, ...]) -> np.ndarray:
-  """float64 scores of the given shape; NaN would compare False with everything and
-  silently land at an arbitrary rank, so non-finite values are rejected."""
+  """float64 scores of the given shape; non-finite values (arbitrary rank) are rejected."""
   x = np.asarray(x, dtype=np.float64)
   if x.shape != shape:
     raise ValueError(f"{name} must have shape {shape}, got {x.shape}")
   if not np.all(np.isfinite(x)):
     raise ValueError(f"{name} contains NaN or inf")
   return x
-
-
-# ----------------------------------------------------------------------------------------
-# Classification.
-# ----------------------------------------------------------------------------------------
 
 
 def accuracy(labels, predictions) -> float:
@@ -115,15 +99,10 @@ def f1(labels, predictions, *, average: Average = "macro",
        num_classes: int | None = None) -> float:
   """F1 score of single-label predictions, as `sklearn.metrics.f1_score(zero_division=0)`.
 
-  labels, predictions: [n] int. The classes scored are those that occur in labels or
-  predictions (sklearn's default `labels=`): a class absent from both has no true
-  positive, false positive or false negative, and is left out of the macro mean rather
-  than counted as F1 = 0. `num_classes` therefore does not change the value; when given,
-  it only checks that every id lies in [0, num_classes), catching a head/label mismatch.
-
-  "macro" is the unweighted mean of per-class F1 (every class matters equally, however
-  rare); "micro" pools the counts over classes, which for single-label data equals
-  accuracy.
+  labels, predictions: [n] int. Only classes occurring in labels or predictions are scored
+  (sklearn's default), so `num_classes` does not change the value; when given, it checks
+  that every id lies in [0, num_classes), catching a head/label mismatch. "macro": the
+  unweighted mean of per-class F1; "micro": pooled counts (for single-label data, accuracy).
   """
   labels = _as_labels(labels, "labels")
   predictions = _as_labels(predictions, "predictions", labels.shape[0])
@@ -144,15 +123,8 @@ def f1(labels, predictions, *, average: Average = "macro",
     tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
   elif average != "macro":
     raise ValueError(f"average must be 'macro' or 'micro', got {average!r}")
-  # 2tp / (2tp + fp + fn) is F1 without forming precision and recall, so a class never
-  # predicted (precision 0/0) needs no special case; the denominator is > 0 for every
-  # class scored, since each occurs in labels or predictions.
+  # 2tp / (2tp + fp + fn) has no 0/0 for a never-predicted class; > 0 for every class scored.
   return float(np.mean(2 * tp / (2 * tp + fp + fn)))
-
-
-# ----------------------------------------------------------------------------------------
-# Ranking: ROC-AUC.
-# ----------------------------------------------------------------------------------------
 
 
 def average_ranks(x) -> np.ndarray:
@@ -164,11 +136,7 @@ def average_ranks(x) -> np.ndarray:
 
 
 def _roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
-  """Mann–Whitney AUC = P(score of a positive > score of a negative), ties counting 1/2.
-
-  positive: [n] bool, scores: [n] float64. None when a class is missing, since the
-  probability is then undefined.
-  """
+  """Mann–Whitney AUC (ties count 1/2) of positive: [n] bool; None when a class is missing."""
   num_pos = int(np.count_nonzero(positive))
   num_neg = positive.size - num_pos
   if num_pos == 0 or num_neg == 0:
@@ -181,7 +149,7 @@ def roc_auc(binary_labels, scores) -> float:
   """Binary ROC-AUC, as `sklearn.metrics.roc_auc_score` (ties count 1/2).
 
   binary_labels: [n] 0/1 or bool; scores: [n] float, higher = more positive. Raises
-  ValueError when the labels hold only one class (AUC is undefined there).
+  ValueError when the labels hold only one class.
   """
   scores = np.asarray(scores)
   positive = _as_binary(binary_labels, "binary_labels")
@@ -196,13 +164,10 @@ def roc_auc(binary_labels, scores) -> float:
 def roc_auc_ovr(labels, scores) -> float:
   """Macro one-vs-rest ROC-AUC of multiclass scores.
 
-  labels: [n] int in [0, c); scores: [n, c] float (logits or probabilities: only the
-  order within each column matters). Each class k is scored by column k against all
-  other samples, and the per-class AUCs are averaged unweighted. This equals
-  `sklearn.metrics.roc_auc_score(labels, probs, multi_class="ovr", average="macro")`,
-  which demands rows summing to 1 and every class present; here a class with no
-  positive sample (or no negative one) is skipped, and ValueError is raised only when
-  every class is skipped.
+  labels: [n] int in [0, c); scores: [n, c] float (logits or probabilities: only the order
+  within each column matters). Equals `sklearn.metrics.roc_auc_score(labels, probs,
+  multi_class="ovr", average="macro")`, except that sklearn demands every class present;
+  here a class lacking a positive or a negative is skipped.
   """
   labels = _as_labels(labels, "labels")
   scores = np.asarray(scores)
@@ -219,18 +184,10 @@ def roc_auc_ovr(labels, scores) -> float:
   return float(np.mean(aucs))
 
 
-# ----------------------------------------------------------------------------------------
-# Ranking: average precision.
-# ----------------------------------------------------------------------------------------
-
-
 def _average_precision_rows(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-  """AP of every row, tied scores forming one threshold (sklearn's definition).
+  """AP of every row: mean over positives of the precision at the end of their tie block.
 
-  scores: [r, n] float; relevant: [r, n] bool with at least one True per row (a row
-  without one gets NaN). AP = mean over positives of the precision at the threshold
-  equal to that positive's score, i.e. at the end of its tie block in the descending
-  order. Returns [r] float64.
+  scores: [r, n] float; relevant: [r, n] bool (a row without a True gets NaN). Returns [r].
   """
   num_rows, n = scores.shape
   order = np.argsort(-scores, axis=1, kind="stable")  # [r, n]
@@ -252,10 +209,8 @@ def _average_precision_rows(scores: np.ndarray, relevant: np.ndarray) -> np.ndar
 def average_precision(binary_labels, scores) -> float:
   """Average precision, as `sklearn.metrics.average_precision_score` including ties.
 
-  binary_labels: [n] 0/1 or bool; scores: [n] float, higher = more positive. AP is
-  sum_k (R_k - R_{k-1}) P_k over the distinct score thresholds, without interpolation.
-  Raises ValueError without a positive label (sklearn warns and returns 0 there, a
-  number that looks like a real, terrible result).
+  binary_labels: [n] 0/1 or bool; scores: [n] float, higher = more positive. Raises
+  ValueError without a positive label (sklearn returns 0, which looks like a real result).
   """
   positive = _as_binary(binary_labels, "binary_labels")
   if positive.ndim != 1 or positive.size == 0:
@@ -269,11 +224,8 @@ def average_precision(binary_labels, scores) -> float:
 def mean_average_precision(labels_multi_hot, scores) -> float:
   """Macro mean of per-class AP for multi-label data.
 
-  labels_multi_hot: [n, c] 0/1 or bool; scores: [n, c] float. The mean runs over the
-  classes with at least one positive sample, since AP is undefined for the others; this
-  equals `sklearn.metrics.average_precision_score(labels[:, m], scores[:, m],
-  average="macro")` with m the columns holding a positive. Raises ValueError when no
-  class has a positive.
+  labels_multi_hot: [n, c] 0/1 or bool; scores: [n, c] float. Classes without a positive
+  sample are skipped (AP is undefined there); raises ValueError when none has one.
   """
   relevant = _as_binary(labels_multi_hot, "labels_multi_hot")
   if relevant.ndim != 2 or relevant.size == 0:
@@ -284,11 +236,6 @@ def mean_average_precision(labels_multi_hot, scores) -> float:
   if not has_pos.any():
     raise ValueError("no class has a positive label")
   return float(np.mean(_average_precision_rows(scores.T[has_pos], relevant.T[has_pos])))
-
-
-# ----------------------------------------------------------------------------------------
-# Retrieval mAP over an embedding gallery.
-# ----------------------------------------------------------------------------------------
 
 
 @jax.jit
@@ -303,12 +250,9 @@ def mean_average_precision_retrieval(queries, query_groups, gallery, gallery_gro
   """Mean over queries of the AP of the whole ranked gallery; relevant = same group.
 
   queries: [q, d], query_groups: [q], gallery: [g, d], gallery_groups: [g]; scores are
-  inner products (as in `retrieval_metrics`). Where Recall@K looks at the first correct
-  item only, mAP rewards ranking all of a group's items high. Ties follow
-  `average_precision` (one threshold per distinct score). Queries are processed
-  chunk_size at a time, so at most [chunk_size, g] scores exist at once; every chunk is
-  padded to one shape so the score function compiles once. Raises ValueError when a
-  query's group has no gallery item, as `first_hit_ranks` does.
+  inner products. Unlike Recall@K, mAP rewards ranking all of a group's items high. At
+  most [chunk_size, g] scores exist at once. Raises ValueError when a query's group has no
+  gallery item.
   """
   queries = as_embeddings(queries, "queries")
   gallery = as_embeddings(gallery, "gallery")

@@ -4,15 +4,13 @@ Every query and every gallery item carries a group id (for glyphs, the code poin
 gallery item is correct for a query when their groups are equal. Scores are inner
 products, so L2-normalised embeddings give cosine similarity.
 
-The full score matrix of an eval ([queries, gallery]) may not fit in memory, so anything
-that needs it runs over chunks of queries. Each chunk has the same padded shape, so the
-jitted per-chunk function compiles once per eval, not once per chunk size.
+The full [queries, gallery] score matrix may not fit in memory, so it is computed over
+chunks of queries, padded to one shape so the jitted chunk function compiles once.
 
-Tie convention of `first_hit_ranks` (default "pessimistic"): a wrong gallery item whose
-score equals the best correct score is counted as ranked ahead of it. With that choice a
-collapsed encoder (every embedding equal) gets the worst rank instead of a perfect
-recall@1, which the optimistic convention would report. `ties="optimistic"` gives the
-other bound; the true rank under a random tie-break lies between the two.
+Ties in `first_hit_ranks` (default "pessimistic"): a wrong item scoring equal to the best
+correct one ranks ahead of it, so a collapsed encoder (all embeddings equal) gets the worst
+rank, not a perfect recall@1. "optimistic" gives the other bound; a random tie-break lies
+between the two.
 """
 
 from __future__ import annotations
@@ -34,19 +32,12 @@ TIE_CONVENTIONS: tuple[str, ...] = ("pessimistic", "optimistic")
 MATMUL_PRECISION = jax.lax.Precision.HIGHEST
 
 
-# ----------------------------------------------------------------------------------------
-# Pure math on one dense block of scores.
-# ----------------------------------------------------------------------------------------
-
-
 def ranks_from_scores(scores: jnp.ndarray, correct: jnp.ndarray,
                       ties: Ties = "pessimistic") -> jnp.ndarray:
   """1-based rank of the best-scoring correct item in each row.
 
-  scores: [q, g] float; correct: [q, g] bool, at least one True per row (a row without
-  one gets a meaningless rank; the public entry points reject such rows first).
-  Returns [q] int32. Only wrong items can score strictly higher than the best correct
-  one, so rank = 1 + #(strictly higher) [+ #(wrong items tied with it) if pessimistic].
+  scores: [q, g] float; correct: [q, g] bool, at least one True per row (else the rank is
+  meaningless). Returns [q] int32.
   """
   best = jnp.max(jnp.where(correct, scores, -jnp.inf), axis=1, keepdims=True)  # [q, 1]
   ahead = scores > best  # [q, g]
@@ -73,11 +64,6 @@ def _chunk_first_hit_ranks(queries: jnp.ndarray, query_groups: jnp.ndarray,
   scores = jnp.matmul(queries, gallery.T, precision=MATMUL_PRECISION)  # [c, g]
   correct = query_groups[:, None] == gallery_groups[None, :]  # [c, g]
   return ranks_from_scores(scores, correct, ties)
-
-
-# ----------------------------------------------------------------------------------------
-# Input checks and chunking (host side).
-# ----------------------------------------------------------------------------------------
 
 
 def as_embeddings(x, name: str) -> np.ndarray:
@@ -133,11 +119,9 @@ def check_chunk_size(chunk_size: int) -> None:
 
 
 def _map_query_chunks(fn: Callable, per_query: Sequence[np.ndarray], chunk_size: int):
-  """Calls fn(*chunk_arrays) on row chunks of every array in per_query (all [q, ...]).
+  """Calls fn on padded row chunks of every per_query array ([q, ...], same leading size).
 
-  Every call sees the same padded leading size, min(chunk_size, q), so a jitted fn
-  compiles once. Returns fn's outputs (a tuple of arrays or one array), padding removed,
-  concatenated over chunks, as numpy.
+  Returns fn's outputs (an array or tuple of them) unpadded, concatenated, as numpy.
   """
   num = per_query[0].shape[0]
   size = min(chunk_size, num)
@@ -151,18 +135,12 @@ def _map_query_chunks(fn: Callable, per_query: Sequence[np.ndarray], chunk_size:
   return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
-# ----------------------------------------------------------------------------------------
-# Public API.
-# ----------------------------------------------------------------------------------------
-
-
 def exact_top_k(queries, gallery, k: int,
                 chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
   """Exact inner-product top-k: the reference that approximate indexes are measured by.
 
-  queries: [q, d], gallery: [g, d], 1 <= k <= g. At most [chunk_size, g] scores exist
-  at once. Returns (scores [q, k] float32, indices [q, k] int32), best first; equal
-  scores are ordered by lower gallery index first (jax.lax.top_k's rule).
+  queries: [q, d], gallery: [g, d], 1 <= k <= g. Returns (scores [q, k] float32,
+  indices [q, k] int32), best first, equal scores by lower gallery index first.
   """
   queries = as_embeddings(queries, "queries")
   gallery = as_embeddings(gallery, "gallery")
@@ -182,9 +160,9 @@ def first_hit_ranks(queries, query_groups, gallery, gallery_groups,
                     chunk_size: int = 4096, ties: Ties = "pessimistic") -> np.ndarray:
   """1-based rank of the first correct gallery item for every query.
 
-  queries: [q, d], query_groups: [q], gallery: [g, d], gallery_groups: [g]; groups may
-  be any labels numpy can sort. `ties` is explained in the module docstring. Raises
-  ValueError when some query has no correct item in the gallery. Returns [q] int32.
+  queries: [q, d], query_groups: [q], gallery: [g, d], gallery_groups: [g]; groups may be
+  any labels numpy can sort. `ties`: see the module docstring. Raises ValueError when some
+  query has no correct item in the gallery. Returns [q] int32.
   """
   queries = as_embeddings(queries, "queries")
   gallery = as_embeddings(gallery, "gallery")
@@ -226,9 +204,8 @@ def retrieval_metrics(ranks, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]
 def chance_recall_at_k(query_groups, gallery_groups, k: int) -> float:
   """Expected recall@k of a uniformly random gallery ordering, averaged over queries.
 
-  With g gallery items of which m are correct for a query, the top k miss all of them
-  with probability C(g-m, k) / C(g, k) (hypergeometric). Reports print this beside the
-  measured recall, because with many correct items per group chance is far from k/g.
+  Hypergeometric: with m of g items correct, the top k miss all with probability
+  C(g-m, k) / C(g, k). Reported beside recall because with large groups chance is far from k/g.
   """
   query_groups = np.asarray(query_groups)
   gallery_groups = np.asarray(gallery_groups)
@@ -247,10 +224,7 @@ def chance_recall_at_k(query_groups, gallery_groups, k: int) -> float:
 
 
 def _probability_of_no_hit(g: int, m: np.ndarray, k: int) -> np.ndarray:
-  """C(g-m, k) / C(g, k) = prod_{i<k} (g-m-i) / (g-i), for m: [u] -> [u] float64.
-
-  The product form avoids huge binomials; a factor that reaches zero (k > g-m) zeroes it.
-  """
+  """C(g-m, k) / C(g, k) as a product (no huge binomials), for m: [u] -> [u] float64."""
   k = min(k, g)
   i = np.arange(k, dtype=np.float64)  # [k]
   factors = (g - m[:, None].astype(np.float64) - i) / (g - i)  # [u, k]
@@ -261,13 +235,11 @@ def recall_vs_exact(approx_indices, exact_indices, *, queries=None, gallery=None
                     atol: float = 1e-5) -> float:
   """ANN recall: the share of the k true neighbours an approximate search found.
 
-  approx_indices, exact_indices: [q, k] integer gallery ids (missing slots: -1, never a
-  hit; a repeated id in an approximate row counts once, so padding cannot inflate it).
-  Without vectors this is the standard |approx ∩ exact| / k. With queries [q, d] and
-  gallery [n, d], an approximate id whose true score is within atol of the k-th true
-  score also counts (at most k per row): trained embeddings hold exact duplicates
-  (identical images, repeated captions), and which of two tied items an exact search
-  returns is arbitrary, so the set definition would charge a correct search for a tie.
+  approx_indices, exact_indices: [q, k] integer gallery ids (-1 = missing, never a hit; a
+  repeated approximate id counts once). Without vectors: |approx ∩ exact| / k. With queries
+  [q, d] and gallery [n, d], an id scoring within atol of the k-th true score also counts
+  (at most k per row): embeddings hold exact duplicates, and which tied item an exact
+  search returns is arbitrary.
   """
   approx = np.asarray(approx_indices).astype(np.int64)
   exact = np.asarray(exact_indices).astype(np.int64)
@@ -281,8 +253,7 @@ def recall_vs_exact(approx_indices, exact_indices, *, queries=None, gallery=None
   repeated = np.zeros_like(ordered, dtype=bool)
   repeated[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
   valid = (ordered >= 0) & ~repeated  # [q, k]
-  # One integer key per (row, id) pair turns the per-row set intersection into one
-  # vectorised np.isin over all rows.
+  # One integer key per (row, id) makes the per-row intersection a single np.isin.
   low = min(ordered.min(), exact.min())
   span = max(ordered.max(), exact.max()) - low + 1
   rows = np.arange(num, dtype=np.int64)[:, None] * span

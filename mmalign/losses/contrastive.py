@@ -1,8 +1,7 @@
 """Contrastive alignment losses, computed through the kernels API (kernels/api.py).
 
-The implementation (reference / xla_chunked / pallas, or "auto": Pallas on
-GPU and TPU, the tiled XLA path on CPU) and its block sizes come from the
-config (`loss.kernel`), so nothing here hides a knob.
+The implementation (`impl`: reference / xla_chunked / pallas, or "auto") and its block sizes
+come from the config (`loss.kernel`), so nothing here hides a knob.
 """
 
 from __future__ import annotations
@@ -34,12 +33,9 @@ def image_rows_infonce(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp
                        block_kwargs: dict[str, Any] | None = None, **unused) -> jnp.ndarray:
   """InfoNCE with rows = images, columns = texts (`data.sampling="images"` batches).
 
-  Why images as rows: each image has exactly one caption (`image_to_text`), while
-  a caption may be shared by several images of the batch, which is the kernels'
-  multi-positive column. So the loss is ½ (mean over images of CE against all T
-  texts + mean over the texts that have an image of the multi-positive CE over
-  the images); texts without an image serve only as negatives. With one image
-  per text (a permutation) it equals `symmetric_infonce`.
+  Images as rows because each image has exactly one caption, while a caption may be shared
+  by several images (the kernels' multi-positive column). Texts without an image serve only
+  as negatives. With one image per text (a permutation) it equals `symmetric_infonce`.
 
   text_emb: [T, d]; image_emb: [B, d]; scale: scalar; image_to_text: [B] int in [0, T).
   """
@@ -52,7 +48,7 @@ def image_rows_infonce(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp
 def sigmoid(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.ndarray, *,
             bias: jnp.ndarray, impl: str = "auto",
             block_kwargs: dict[str, Any] | None = None, **unused) -> jnp.ndarray:
-  """SigLIP's loss: −Σ_ij log σ(z_ij (s·t_i·i_j + b)) / n, z = +1 on the diagonal, −1 elsewhere."""
+  """SigLIP's loss: −Σ_ij log σ(z_ij (s·t_i·i_j + b)) / n; z_ij = 1 if i = j, else −1."""
   del unused
   return kernels_api.sigmoid(text_emb, image_emb, scale, bias, impl=impl,
                              **(block_kwargs or {}))

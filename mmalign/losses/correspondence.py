@@ -1,24 +1,15 @@
 """Correspondence-matrix regression: fit the batch's similarity matrix to a target A.
 
-Instead of ranking the right image above the others (InfoNCE, sigmoid), this loss
-asks every cosine t_i·i_j to equal a given A_ij, so the whole [n, n] matrix is a
-regression target: 1 where text i and image j correspond, 0 elsewhere (orthogonal,
-not merely less similar). The targets:
+Instead of ranking the right image above the others, every cosine t_i·i_j must equal A_ij:
+1 where text i and image j correspond, 0 (orthogonal, not merely less similar) elsewhere.
 
-  "identity"  A = I: pair i's text matches pair i's image only (paired data).
-  "labels"    A_ij = 1 when labels_i == labels_j: every image of the caption's group
-              is a correct answer, as in retrieval eval. The trainer draws one example
-              per group per batch, so there this equals "identity"; it differs when a
-              batch holds several examples of one group.
+  "identity"  A = I (paired data).
+  "labels"    A_ij = 1 when labels_i == labels_j, as in retrieval eval; equals "identity"
+              unless a batch holds several examples of one group.
 
-`soft=True` divides each row of A by its sum, so a caption with k correct images asks
-each of them for cosine 1/k, a fixed budget per caption; with hard targets (the
-default) it asks all k for cosine 1, which pulls those images onto one point. With
-"identity" every row already sums to 1 and `soft` changes nothing.
-
-The loss goes through `kernels.api.correspondence` (the kernel's plain sum over the
-n·n entries) and divides by n, the SigLIP convention of `kernels.reference.sigmoid_loss`:
-the per-caption sum of n squared errors, averaged over captions.
+`soft=True` divides each row of A by its sum, so a caption with k correct images asks each
+for cosine 1/k rather than pulling all k onto one point; with "identity" it changes nothing.
+The sum over n·n entries is divided by n (SigLIP's convention): per-caption sum, averaged.
 """
 
 from __future__ import annotations
@@ -37,8 +28,8 @@ def correspondence_target(n: int, labels: jnp.ndarray | None = None, *,
                           target: str = "identity", soft: bool = False) -> jnp.ndarray:
   """The target A: [n, n] float32 for a batch of n (text, image) pairs.
 
-  labels: [n] int (group of each pair), needed only for target="labels". Every row of
-  A has at least its diagonal 1, so the soft row normalisation never divides by zero.
+  labels: [n] int (group of each pair), needed only for target="labels" (ValueError if
+  missing or misshapen; UsageError for an unknown target). Soft rows never divide by zero.
   """
   if target == "identity":
     return jnp.eye(n, dtype=jnp.float32)
@@ -63,14 +54,10 @@ def correspondence(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.nda
                    soft: bool = False, impl: str = "auto", **unused) -> jnp.ndarray:
   """Σ_ij (A_ij − t_i·i_j)² / n, A from `correspondence_target(target, soft)`.
 
-  text_emb, image_emb: [n, d], unit rows (the dual encoder's output), so t_i·i_j is a
-  cosine in [−1, 1] and A is defined on that raw cosine (1: same direction, 0:
-  orthogonal), as in the kernel. `scale` (and the sigmoid bias) are therefore unused and
-  the model's log-scale gets no gradient from this loss; retrieval ranks do not depend
-  on it. labels: [n] int or None, used by target="labels" only.
-  `impl` picks the kernel. The correspondence kernels have nothing to tile (the
-  expanded square needs only A·I and two [d, d] Gram matrices), so this loss takes
-  no block sizes.
+  text_emb, image_emb: [n, d], unit rows, so A is defined on the raw cosine; `scale` (and
+  the sigmoid bias) are therefore unused and the log-scale gets no gradient from this loss.
+  labels: [n] int or None, for target="labels". `impl` picks the kernel; there is nothing
+  to tile, so no block sizes. Raises ValueError when the two batch sizes differ.
   """
   del scale, unused
   n = text_emb.shape[0]

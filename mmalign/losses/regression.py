@@ -1,19 +1,13 @@
 """Regression alignment: map one modality's embedding onto the other's, pair by pair.
 
-The learned map is the source tower's projection head (`model.projection_kwargs`:
-`hidden=()` is a linear map, `hidden=(512,)` an MLP), trained together with the tower
-below it; to learn only the map on frozen unimodal features, freeze the tower, e.g.
-`--config.train.frozen="('text_tower',)"`. The closed-form counterpart on frozen
-embeddings is the orthogonal Procrustes map (`mmalign.alignment.procrustes`).
+The learned map is the source tower's projection head (`model.projection_kwargs`), trained
+with the tower below it; to learn only the map, freeze the tower
+(`--config.train.frozen="('text_tower',)"`). The closed-form counterpart on frozen embeddings
+is `mmalign.alignment.procrustes`.
 
-The target side is held fixed with `jax.lax.stop_gradient`. Without it both towers
-could lower the loss by moving towards each other, and the cheapest way is to map
-every input to the same constant vector: zero loss, no information. With it, the
-target tower gets no gradient from this loss and stays where it is (its
-initialisation, or whatever a checkpoint or another loss made it).
-
-Only matched pairs (i, i) are compared, so there is no [n, n] similarity matrix and no
-kernel: `impl` and `block_kwargs` have nothing to choose and are ignored.
+The target side is held fixed (`stop_gradient`): otherwise both towers could collapse onto
+one constant vector, zero loss and no information. The target tower gets no gradient here.
+Only pairs (i, i) are compared, so there is no kernel: `impl` and `block_kwargs` are ignored.
 """
 
 from __future__ import annotations
@@ -30,10 +24,7 @@ _EPS = 1e-6  # Norm floor for "cosine", so a zero row gives cosine 0, not NaN.
 
 
 def _unit_rows(x: jnp.ndarray) -> jnp.ndarray:
-  """[n, d] rows scaled to unit norm.
-
-  The floor goes under the square root: the gradient of ‖x‖ itself is NaN at x = 0.
-  """
+  """[n, d] rows at unit norm; floored under the root, as ‖x‖'s gradient is NaN at 0."""
   squared = jnp.sum(jnp.square(x), axis=1, keepdims=True)  # [n, 1]
   return x * jax.lax.rsqrt(jnp.maximum(squared, _EPS ** 2))
 
@@ -44,14 +35,11 @@ def regression(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.ndarray
                labels: jnp.ndarray | None = None, **unused) -> jnp.ndarray:
   """Mean over pairs of the distance from source_i to the (fixed) target_i.
 
-  text_emb, image_emb: [n, d] float. direction "text_to_image" moves text onto image
-  (image is the fixed target), "image_to_text" the reverse. metric:
-    "mse"     mean_i ‖s_i − t_i‖² (summed over d, averaged over pairs),
-    "cosine"  mean_i (1 − cos(s_i, t_i)).
-  On the dual encoder's unit-norm outputs ‖s − t‖² = 2 (1 − cos), so the two differ by
-  a factor of 2 there; they differ in kind only on unnormalised embeddings. `scale`,
-  the sigmoid bias and `labels` are unused (each pair is its own target). Returns a
-  scalar, float32 (float64 for float64 inputs).
+  text_emb, image_emb: [n, d] float. direction "text_to_image" moves text onto the fixed
+  image, "image_to_text" the reverse. metric: "mse" mean_i ‖s_i − t_i‖², "cosine"
+  mean_i (1 − cos(s_i, t_i)); on unit rows they differ by a factor of 2. `scale`, the
+  sigmoid bias and `labels` are unused. Returns a scalar, float32 (float64 for float64
+  inputs). Unknown names raise UsageError; unequal shapes raise ValueError.
   """
   del scale, labels, unused
   if direction not in DIRECTIONS:

@@ -1,8 +1,7 @@
 """Exact one-to-one maximum-weight assignment (Hungarian-style), host-side via scipy.
 
-Host-side, not jit-able: scores are copied to the host and solved by
-`scipy.optimize.linear_sum_assignment`. scipy is only a test extra of mmalign, so it is
-imported on first use and a missing install says how to get it.
+Not jit-able: solved on the host by `scipy.optimize.linear_sum_assignment`. scipy is only a
+test extra, so it is imported on first use and a missing install says how to get it.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ def _scipy_linear_sum_assignment():
 def linear_assignment(scores) -> np.ndarray:
   """One-to-one matching that maximises the total score; returns [n] int32 numpy.
 
-  Rectangular problems are allowed: with n > m, the n - m rows left without a column
-  get -1; with n < m every row is matched. Not jit-able (see module docstring).
+  Rectangular is fine: with n > m the n - m unassigned rows get -1. Empty or non-finite
+  scores raise UsageError.
   """
   scores = np.asarray(scores, dtype=np.float64)  # [n, m]
   if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:

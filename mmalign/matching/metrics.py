@@ -10,10 +10,8 @@ from mmalign.errors import UsageError
 def matching_accuracy(predicted, truth) -> float:
   """Fraction of rows whose predicted column equals the true one.
 
-  Both are [n] int with -1 meaning "no partner". A row with truth -1 (its partner is
-  absent from the gallery) counts as correct only if the matcher also said -1, so a
-  matcher that always answers something is penalised on such rows, and one that abstains
-  (-1) on a row that has a partner is wrong there too.
+  Both are [n] int with -1 meaning "no partner"; a row with truth -1 is correct only if the
+  matcher also abstained (-1), so always answering is penalised as much as abstaining.
   """
   predicted = np.asarray(predicted)
   truth = np.asarray(truth)

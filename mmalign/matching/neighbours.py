@@ -1,7 +1,6 @@
 """Greedy matchers: each row picks its best column, optionally confirmed by that column.
 
-Both are jit-able and cost one argmax per axis. Ties go to the lowest index (jnp.argmax),
-so results are deterministic but may differ from a random tie-break.
+Both are jit-able, one argmax per axis; ties go to the lowest index (deterministic).
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ def nearest_neighbour(scores: jnp.ndarray) -> jnp.ndarray:
 def mutual_nearest_neighbours(scores: jnp.ndarray) -> jnp.ndarray:
   """Row i keeps its best column j only if i is also j's best row, else -1.
 
-  The result is one-to-one by construction (a column has one best row), which makes it
-  a cheap, high-precision but lower-recall alternative to an exact assignment.
+  One-to-one by construction: a cheap, high-precision, lower-recall alternative to exact
+  assignment.
   """
   scores = jnp.asarray(scores)
   check_scores(scores)

@@ -1,15 +1,11 @@
 """Entropic optimal transport (Sinkhorn) in log space, with an optional dustbin.
 
-Everything stays in log space (log-sum-exp updates of the dual potentials), so scores
-far larger than epsilon neither overflow nor underflow; a plain-space Sinkhorn would
-exp(scores / epsilon) and produce inf or 0 rows.
+Log space, so scores far larger than epsilon neither overflow nor underflow.
 
-The returned plan is a joint distribution (total mass 1). Without a dustbin its row
-marginals are 1/n and column marginals 1/m. With a dustbin (SuperGlue-style) the scores
-gain one extra row and column filled with `dustbin_score`, and the marginals are
-proportional to [1, ..., 1, m] over rows and [1, ..., 1, n] over columns, both divided by
-n + m: every real point has unit mass, and each dustbin can absorb all points of the other
-side. `log_marginals` gives them exactly, for callers and tests.
+The plan is a joint distribution (total mass 1): marginals 1/n over rows and 1/m over
+columns. A dustbin (SuperGlue-style) adds a row and column of `dustbin_score`, with marginals
+[1, ..., 1, m] / (n + m) over rows and [1, ..., 1, n] / (n + m) over columns, so each dustbin
+can absorb every point of the other side. `log_marginals` gives them exactly.
 """
 
 from __future__ import annotations
@@ -47,9 +43,8 @@ def sinkhorn(scores: jnp.ndarray, *, epsilon: float = 0.1, num_iters: int = 100,
              dustbin: bool = False, dustbin_score: float = 0.0) -> jnp.ndarray:
   """Log transport plan [n(+1), m(+1)] maximising <plan, scores> + epsilon * entropy.
 
-  Smaller epsilon gives a sharper plan (closer to the exact assignment) but needs more
-  iterations to converge. Column marginals are exact after every iteration (the column
-  update runs last); row marginals converge with num_iters.
+  Smaller epsilon: sharper plan, more iterations. Column marginals are exact after every
+  iteration; row marginals converge with num_iters.
   """
   check_scores(scores)
   scores = jnp.asarray(scores, jnp.float32)
@@ -75,9 +70,8 @@ def sinkhorn_matching(scores: jnp.ndarray, *, epsilon: float = 0.1, num_iters: i
                       dustbin: bool = False, dustbin_score: float = 0.0) -> jnp.ndarray:
   """[n] matches from the Sinkhorn plan: mutual argmax, dustbin or no agreement -> -1.
 
-  Row i is matched to column j when j is the argmax of plan row i, i is the argmax of
-  plan column j, and neither is a dustbin. Both argmaxes include the dustbin entries, so
-  a point whose mass mostly flows to the dustbin stays unmatched.
+  Both argmaxes include the dustbin entries, so a point whose mass mostly flows to the
+  dustbin stays unmatched.
   """
   scores = jnp.asarray(scores)
   n, m = scores.shape if scores.ndim == 2 else (0, 0)

@@ -1,9 +1,8 @@
 """Builds the model a config describes.
 
-Configs keep one kwargs block per registered name (`model.text_kwargs.lstm`,
-`model.image_kwargs.resnet`, `model.fusion_kwargs.cross_attention`, ...), so
-switching a component is one override (`--config.model.text_encoder=lstm`) and
-tuning it another (`--config.model.text_kwargs.lstm.bidirectional=True`).
+Configs keep one kwargs block per registered name (`model.text_kwargs.lstm`, ...), so
+switching a component is one override (`--config.model.text_encoder=lstm`) and tuning it
+another (`--config.model.text_kwargs.lstm.bidirectional=True`).
 """
 
 from __future__ import annotations
@@ -59,8 +58,9 @@ def build_dual_encoder(model_config: ml_collections.ConfigDict, vocab_size: int,
                        max_length: int, num_classes: int = 0) -> DualEncoder:
   """The text tower gets the tokenizer's vocabulary size (and length where it has one).
 
-  `model.modality_dropout` is a training setting, not part of the checkpointed
-  architecture, so it is passed beside the resolved config.
+  Raises UsageError for a task label without fusion or a modality_dropout outside [0, 1].
+  `model.modality_dropout` is a training setting, not checkpointed architecture, so it is
+  passed beside the resolved config.
   """
   resolved = resolved_model_config(model_config, num_classes)
   if num_classes and resolved["fusion"] is None:

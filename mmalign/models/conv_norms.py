@@ -1,17 +1,14 @@
 """Normalisation layers for convolutional encoders, chosen by name ("batch", "group", "none").
 
-Shared by VGG and ResNet so that both spell BatchNorm the same way
-(torchvision's momentum and epsilon) and a config can swap it for GroupNorm
-without touching the model code.
+Shared by VGG and ResNet so both spell BatchNorm the same way (torchvision's momentum and
+epsilon) and a config can swap it for GroupNorm.
 
-BatchNorm keeps running statistics in the `batch_stats` collection: `init`
-returns `{"params", "batch_stats"}`, and a training step must call
-`apply(variables, images, train=True, mutable=["batch_stats"])` and carry the
-returned statistics forward. Eval (`train=False`) uses the running averages,
-so an example's output does not depend on its batch mates. Under `jax.jit`
-with a batch-sharded input the statistics are those of the global batch.
-The running variance averages the biased batch variance (flax's choice;
-torchvision's uses the unbiased one), which differs only for tiny batches.
+BatchNorm keeps running statistics in the `batch_stats` collection: `init` returns
+`{"params", "batch_stats"}`, and a training step must call
+`apply(variables, images, train=True, mutable=["batch_stats"])` and carry the returned
+statistics forward. Eval (`train=False`) uses the running averages, so an example's output
+does not depend on its batch mates. Under `jax.jit` with a batch-sharded input the statistics
+are the global batch's. The running variance averages the biased batch variance (flax's).
 """
 
 from __future__ import annotations
@@ -31,12 +28,8 @@ Initializer = Callable[..., Any]
 
 @dataclasses.dataclass(frozen=True)
 class NormKind:
-  """How to build one normalisation layer, and whether the conv before it needs a bias.
-
-  A conv followed by a norm with its own offset has no use for a bias (it
-  would be subtracted away), which is also how torchvision counts ResNet
-  parameters; without a norm the conv keeps its bias.
-  """
+  """How to build one normalisation layer, and whether the conv before it needs a bias
+  (not before a norm with its own offset, which would subtract it away)."""
   make: Callable[..., Callable[[jnp.ndarray], jnp.ndarray]]
   conv_bias: bool
 
@@ -57,8 +50,7 @@ def _batch_norm(*, channels: int, train: bool, groups: int, scale_init: Initiali
 
 def _group_norm(*, channels: int, train: bool, groups: int, scale_init: Initializer, dtype,
                 param_dtype, name: str):
-  """gcd(groups, channels) groups: `groups=32` on every standard width, and still valid
-  on the 8-channel models of the tests."""
+  """gcd(groups, channels) groups, so `groups=32` stays valid on narrow test models."""
   del train
   return nn.GroupNorm(num_groups=math.gcd(groups, channels), epsilon=1e-5,
                       scale_init=scale_init, dtype=dtype, param_dtype=param_dtype, name=name)

@@ -1,9 +1,8 @@
 """Dual encoder: two towers projected into one L2-normalised space, plus optional fusion.
 
-With `fusion` set, the model also scores image–text matching (ITM): a fusion
-module combines each caption with its own image (label 1) and with the next
-example's image (label 0), and a one-logit classifier head says whether they
-match. Batches hold distinct captions, so the rolled pairs are true negatives.
+With `fusion` set, the model also scores image–text matching (ITM): each caption is fused
+with its own image (label 1) and the next example's (label 0), and a one-logit head says
+whether they match. Batches hold distinct captions, so the rolled pairs are true negatives.
 """
 
 from __future__ import annotations
@@ -24,8 +23,8 @@ from mmalign.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS
 class DualEncoder(nn.Module):
   """Text and image towers chosen by name, projection heads, learnable scale.
 
-  The scale (the InfoNCE inverse temperature) is learned as its log, so it
-  stays positive; it is clipped at `max_scale` as in CLIP.
+  The scale (InfoNCE inverse temperature) is learned as its log, so it stays positive,
+  and clipped at `max_scale` as in CLIP. `num_classes > 0` without fusion raises ValueError.
   """
   text_encoder: str
   text_kwargs: dict[str, Any]

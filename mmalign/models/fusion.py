@@ -1,18 +1,12 @@
 """Fusion modules: one vector per example from a text encoding and an image encoding.
 
-Every module registered in `FUSIONS` takes one `FusionInputs` and returns
-`fused [batch, out_dim]` in its compute dtype, so a config swaps the fusion
-strategy by name: `build_fusion(config.fusion, **config.fusion_kwargs)`.
-The formulas follow the design survey (§4.2): concatenation m = [t; i],
-weighted sum m = α t + (1 − α) i, information fusion x = A·m; the two attention
-modules add token-level interaction on top.
+Every module in `FUSIONS` takes one `FusionInputs` and returns `fused [batch, out_dim]` in its
+compute dtype, so a config swaps the strategy by name (formulas: design survey §4.2).
 
-Missing modalities are part of the interface, not an afterthought:
-`present [batch, 2]` says per example whether its text / image exists, and
-every module then uses the other modality alone. Values a module must not use
-(padding, a missing modality) are replaced by zeros with `where` before any
-arithmetic, so even NaN there cannot reach the output or the gradients. An
-example with neither modality gets a finite default (zeros or learned).
+Missing modalities are part of the interface: `present [batch, 2]` says per example whether
+its text / image exists, and every module then uses the other modality alone. Values a module
+must not use (padding, a missing modality) are zeroed with `where` first, so even NaN there
+cannot reach the output or the gradients. Neither modality gives a finite default.
 """
 
 from __future__ import annotations
@@ -42,9 +36,8 @@ def build_fusion(name: str, *, config_key: str | None = None, **kwargs) -> nn.Mo
 class FusionInputs:
   """Both encoders' outputs for one batch, with what is valid in them.
 
-  A pytree (flax.struct, frozen), so it passes through `jax.jit` as one
-  argument. Token/patch masks mark valid positions; `present` marks whether
-  an example has the modality at all. Nothing at an invalid position is read.
+  A frozen pytree, so it passes through `jax.jit` as one argument. Masks mark valid
+  positions; `present` marks whether an example has the modality at all.
   """
   text_pooled: jnp.ndarray  # [b, dt]
   text_seq: jnp.ndarray  # [b, lt, dt]
@@ -90,11 +83,9 @@ class FusionInputs:
                        f"got {wrong}, expected { {k: expected[k] for k in wrong} }")
 
   def sanitized(self) -> FusionInputs:
-    """Masks folded with presence; every value a module must not read set to zero.
+    """Masks folded with presence (so sequence modules need only the masks); unread values zeroed.
 
-    After this, `text_mask`/`image_mask` mean "valid position of a present
-    modality", so sequence modules need only look at the masks. `where`
-    rather than a multiply, so NaN or inf in ignored places disappears too.
+    `where` rather than a multiply, so NaN or inf in ignored places disappears too.
     """
     self.check_shapes()
     text_mask = self.text_mask.astype(bool) & self.has_text[:, None]  # [b, lt]
@@ -122,8 +113,7 @@ class _Fusion(nn.Module):
     return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
   def _to_width(self, x: jnp.ndarray, width: int, name: str) -> jnp.ndarray:
-    """A learned linear map to `width`, skipped when `x` already has it (so fixed-weight
-    fusion of equal-width inputs is exactly the survey's formula, no hidden projection)."""
+    """A learned linear map to `width`, skipped when `x` already has it (no hidden projection)."""
     return x if x.shape[-1] == width else self._dense(width, name)(x)
 
   def _pooled(self, inputs: FusionInputs) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -135,9 +125,9 @@ class _Fusion(nn.Module):
 class Concat(_Fusion):
   """m = [t; i]: nothing is lost, the downstream head learns the interaction.
 
-  A missing modality is replaced by a learned "missing" vector (or zeros), so
-  the head can tell "absent" from "present but small". out_dim = wt + wi
-  (+ 2 with `indicator`), where w = `width` or the input's own width.
+  A missing modality becomes a learned "missing" vector (or zeros), so the head can tell
+  "absent" from "present but small". out_dim = wt + wi (+ 2 with `indicator`), where
+  w = `width` or the input's own width.
   """
   width: int | None = None  # Common width both are mapped to first; None keeps their own.
   missing: str = "learned"  # "learned" | "zeros": what stands in for a missing modality.
@@ -170,12 +160,9 @@ class Concat(_Fusion):
 class WeightedSum(_Fusion):
   """m = α t + (1 − α) i over a common width; out_dim = width.
 
-  `alpha_mode`: "fixed" (α = `alpha`), "scalar" (one learned α = sigmoid(θ),
-  θ initialised so that α = `alpha`), "gate" (per example and dimension,
-  α = sigmoid(W[t; i] + b)). Without `width` the common width is the larger
-  input width, and an input already that wide is used unprojected. A missing
-  modality sets α to 1 (image missing) or 0 (text missing) for that example;
-  neither present gives zeros.
+  `alpha_mode`: "fixed" (α = `alpha`), "scalar" (one learned α, initially `alpha`), "gate"
+  (per example and dimension, α = sigmoid(W[t; i] + b)). `width` defaults to the larger input
+  width. A missing image sets α to 1, a missing text to 0; neither present gives zeros.
   """
   alpha_mode: str = "scalar"
   alpha: float = 0.5
@@ -220,16 +207,12 @@ class WeightedSum(_Fusion):
 class CrossAttention(_Fusion):
   """Tokens of one modality attend to the other's; out_dim = width ("both": 2 × width).
 
-  For direction "text_to_image" the text tokens are queries over the valid
-  image patches; the attention output is mean-pooled over valid text tokens
-  and added to the text's own pooled vector (a residual on the pooled
-  vector). So an example without an image (or whose image has no valid
-  patch) gets exactly its own pooled text, with no softmax over an empty
-  set, and one without text gets its own pooled image. "image_to_text" swaps
-  the roles; "both" concatenates the two directions. A pooled vector is
-  linearly mapped to `width` (default: the larger input width) only when its
-  width differs, so with unequal widths one of those maps serves only the
-  fallback and gets no gradient from examples that have both modalities.
+  "text_to_image": text tokens query the valid image patches; the output, mean-pooled over
+  valid text tokens, is added to the text's own pooled vector. So an example without an image
+  (or without a valid patch) gets exactly its pooled text, and one without text its pooled
+  image. "image_to_text" swaps the roles; "both" concatenates the two. `width` defaults to the
+  larger input width; with unequal widths the narrower pooled vector's projection serves only
+  that fallback, so examples with both modalities give it no gradient.
   """
   direction: str = "text_to_image"  # "text_to_image" | "image_to_text" | "both"
   width: int | None = None
@@ -246,7 +229,7 @@ class CrossAttention(_Fusion):
     inputs = inputs.sanitized()
     t, i = self._pooled(inputs)
     width = self.width or max(t.shape[-1], i.shape[-1])
-    streams = {  # modality → (own pooled [b, w], sequence [b, l, d], mask [b, l], present [b])
+    streams = {  # modality → (pooled [b, w], sequence [b, l, d], mask [b, l], present [b])
         "text": (self._to_width(t, width, "text_proj"), inputs.text_seq.astype(self.dtype),
                  inputs.text_mask, inputs.has_text),
         "image": (self._to_width(i, width, "image_proj"), inputs.image_seq.astype(self.dtype),
@@ -275,13 +258,10 @@ class CrossAttention(_Fusion):
 class JointTransformer(_Fusion):
   """A small Transformer over [text tokens; image patches]; out_dim = width.
 
-  Both sequences are mapped to `width` (default: the larger input width;
-  skipped when already that wide) and tagged with a learned modality-type
-  embedding; padding and a missing modality are removed from the joint
-  attention mask. Pooling: masked mean over the valid joint tokens ("mean";
-  neither modality → zeros) or a learned fusion token ("cls"; neither
-  modality → the token attending to itself, a learned default). Positions
-  are not added: the text encoder already encodes word order.
+  Both sequences are mapped to `width` (default: the larger input width) and tagged with a
+  learned modality embedding; padding and missing modalities are masked out. `pool`: masked
+  mean over valid tokens ("mean"; neither modality → zeros) or a learned fusion token ("cls";
+  neither → a learned default). No positions are added: the text encoder has word order.
   """
   width: int | None = None
   depth: int = 2
@@ -322,18 +302,11 @@ class JointTransformer(_Fusion):
 class Correspondence(_Fusion):
   """The survey's information fusion x = A·m + b with m = [t; i]; out_dim = `out_dim`.
 
-  What A is here: a learned [out_dim, dt + di] matrix (parameter
-  "correspondence"), trained end to end by whatever loss consumes x. Its
-  column blocks A[:, :dt] and A[:, dt:] say how each text and image feature
-  contributes to each fused feature. The survey's other use of the letter,
-  the correspondence loss L = Σ_ij (A_ij − t_i·i_j)², fits a [dt, di] matrix
-  to the text–image outer product; that matrix cannot multiply the
-  (dt + di)-vector m, so it is a different object and is not trained here
-  (it would belong in mmalign/losses, computed from t and i).
-
-  A missing modality's half of m is zeroed and, with `rescale`, the present
-  half is multiplied by 2 (inverted dropout over the two modalities), so x
-  keeps its scale when trained with modality dropout. Neither present → b.
+  A is a learned [out_dim, dt + di] matrix (parameter "correspondence") trained by whatever
+  loss consumes x; not the survey's [dt, di] correspondence-loss matrix, which cannot
+  multiply m. A missing modality's half of m is zeroed and, with `rescale`, the present half
+  doubled (inverted dropout over modalities), so x keeps its scale under modality dropout.
+  Neither present → b.
   """
   out_dim: int = 256
   rescale: bool = True

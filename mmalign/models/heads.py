@@ -1,8 +1,7 @@
 """Heads: what turns a fused or pooled vector into the quantity a loss wants.
 
-Every head maps `x [batch, dim]` to `[batch, out]` in float32 whatever the
-compute dtype, because normalisation, softmax and sigmoid losses lose too
-much in bfloat16.
+Every head maps `x [batch, dim]` to `[batch, out]` in float32 whatever the compute dtype:
+normalisation, softmax and sigmoid losses lose too much in bfloat16.
 """
 
 from __future__ import annotations
@@ -42,9 +41,8 @@ class MLP(nn.Module):
 class Projection(nn.Module):
   """Into the shared embedding space: [b, dim] → [b, out_dim] float32.
 
-  With `l2_normalize` the rows have unit norm, as contrastive losses with a
-  learned scale expect. No bias by default, as in CLIP's projections: a bias
-  would shift every embedding the same way and cancel in the similarities.
+  With `l2_normalize` rows have unit norm. No bias by default, as in CLIP: it would shift
+  every embedding the same way.
   """
   out_dim: int
   hidden: Sequence[int] = ()

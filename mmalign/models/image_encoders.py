@@ -14,10 +14,9 @@ from mmalign.models.registry import register_image_encoder
 class SmallCNN(nn.Module):
   """VGG-like stages of 3×3 convolutions, each stage halving the resolution.
 
-  GroupNorm instead of BatchNorm: no running statistics to carry, and the
-  result does not depend on which examples share a batch. The pooled vector
-  sees the whole final map (its mean and its flattening), so position is kept;
-  the sequence is the final map projected per position to `width`.
+  GroupNorm, so there are no running statistics and no dependence on batch mates. `pooled
+  [b, width]` sees the whole final map (its mean and flattening), so position is kept;
+  `sequence [b, patches, width]` is the final map projected per position.
   """
   channels: Sequence[int] = (64, 128, 256)
   convs_per_stage: int = 1

@@ -1,9 +1,8 @@
 """Recurrent text encoders (LSTM, GRU), uni- or bidirectional, over right-padded tokens.
 
-Padding is honoured through `nn.RNN(seq_lengths=...)`: the forward direction's
-final state is read at each row's last real token, and the backward direction
-starts there, not at the padding. Lengths are counted as the number of non-pad
-tokens, so the tokens must be padded on the right only (what the tokenizer does).
+Padding is honoured through `nn.RNN(seq_lengths=...)`: the forward final state is read at
+each row's last real token, and the backward direction starts there. Lengths count non-pad
+tokens, so tokens must be padded on the right only (as the tokenizer does).
 """
 
 from __future__ import annotations
@@ -25,11 +24,9 @@ def last_valid(x: jnp.ndarray, lengths: jnp.ndarray) -> jnp.ndarray:
 
 
 def _final_states(sequence: jnp.ndarray, lengths: jnp.ndarray, width: int) -> jnp.ndarray:
-  """Final hidden state(s) [b, d * width] from per-step outputs [b, l, d * width], zero at pads.
+  """Final hidden state(s) [b, d * width] from outputs [b, l, d * width]; 0 for all-pad rows.
 
-  Both cells output their hidden state, so the forward final state is the
-  output at the last real token, and the backward one (order restored by
-  `keep_order`) is the output at position 0; both are 0 for all-padding rows.
+  Forward: the output at the last real token; backward: the output at position 0.
   """
   forward = last_valid(sequence[..., :width], lengths)
   if sequence.shape[-1] == width:
@@ -47,16 +44,12 @@ POOLINGS = {
 class RecurrentEncoder(nn.Module):
   """Stacked RNN over token embeddings; subclasses choose the cell.
 
-  Bidirectional layers concatenate both directions (`2 * width` features)
-  for the next layer; after the last layer one shared `output` Dense maps
-  `[forward, backward]` to `width`, for every position (`sequence`) and for the
-  concatenated final states (pooled, `pooling="final"`). Unidirectional
-  encoders have no projection: pooled is the final hidden state itself.
-  `pooling="mean"` is the masked mean of `sequence` instead. Dropout acts on
-  the embeddings and between layers. With `dtype=bfloat16` the cell matmuls
-  run in bfloat16 while the carried state stays in `param_dtype` (flax
-  initialises the carry there), so long captions do not accumulate bf16 error;
-  each layer's outputs are cast back to `dtype`.
+  Bidirectional layers feed `2 * width` features to the next; after the last, one shared
+  `output` Dense maps `[forward, backward]` to `width` for `sequence` and for the final states
+  (pooled, `pooling="final"`). Unidirectional: pooled is the final hidden state itself.
+  `pooling="mean"` is the masked mean of `sequence`. Dropout acts on the embeddings and
+  between layers. With `dtype=bfloat16` the carried state stays in `param_dtype`, so long
+  captions do not accumulate bf16 error.
   """
   cell_type: ClassVar[type[nn.RNNCellBase]]
 

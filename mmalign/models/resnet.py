@@ -1,16 +1,10 @@
 """ResNet image encoder (He et al. 2016, torchvision's "v1.5" layout).
 
-v1.5 puts the stride of a downsampling bottleneck on its 3×3 conv rather than
-on the first 1×1 (which would skip three quarters of the input); the
-parameter count is the same as v1, so torchvision's numbers apply exactly:
-ResNet-18 11,689,512, ResNet-34 21,797,672, ResNet-50 25,557,032 with a
-1000-way head. Paddings are explicit (3 for the 7×7 stem, 1 for 3×3 convs and
-the max-pool) rather than "SAME", so the feature maps line up with
-torchvision's and ported weights would give the same outputs.
-
-With `norm="batch"` the module has running statistics: see
-`mmalign/models/conv_norms.py` for what a training step must do
-(`mutable=["batch_stats"]`).
+v1.5 puts a downsampling bottleneck's stride on its 3×3 conv rather than the first 1×1
+(which would skip three quarters of the input); parameter counts equal torchvision's.
+Paddings are explicit rather than "SAME", so feature maps line up with torchvision's and
+ported weights would give the same outputs. With `norm="batch"` a training step needs
+`mutable=["batch_stats"]` (see conv_norms.py).
 """
 
 from __future__ import annotations
@@ -89,11 +83,8 @@ class Bottleneck(nn.Module):
 
 
 def _shortcut(x, features: int, stride: int, norm_kwargs: dict[str, Any], train: bool):
-  """Identity, or a 1×1 conv + norm projection when the shape changes (option B).
-
-  Called from inside a block's compact `__call__`, so the projection's
-  parameters belong to that block (as "shortcut").
-  """
+  """Identity, or a 1×1 conv + norm projection ("shortcut" in the calling block) when the
+  shape changes (option B)."""
   if stride == 1 and x.shape[-1] == features:
     return x
   return _ConvNorm(features, 1, stride, relu=False, **norm_kwargs, name="shortcut")(
@@ -114,21 +105,12 @@ RESNET_LAYOUTS: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
 class ResNet(nn.Module):
   """ResNet-18/34/50/101/152; `(pooled, sequence)` per the image encoder contract.
 
-  Outputs: `sequence [b, h'·w', C]` is the last stage's feature map (C = 8·width
-  for basic blocks, 32·width for bottlenecks: 512 and 2048 at `width=64`;
-  h' = h/32, or h/8 with `small_input`), and `pooled [b, C]` its spatial mean.
-
-  `num_classes`: when set, a Dense head is applied to the pooled features and
-  `pooled` becomes the logits `[b, num_classes]` (a classifier; also what the
-  torchvision parameter counts include). Leave it None inside a dual encoder,
-  which has its own projection.
-
-  `small_input` replaces the 7×7/2 stem and the max-pool with one 3×3/1 conv, the
-  usual adaptation for 32×32 images (CIFAR), where /32 would leave 1×1 maps.
-
-  `zero_init_residual` initialises the last norm scale of every block to zero,
-  so each block starts as the identity (helps large-batch training; off by
-  default, as in torchvision).
+  `sequence [b, h'·w', C]` is the last stage's feature map (C = 8·width for basic blocks,
+  32·width for bottlenecks; h' = h/32, or h/8 with `small_input`); `pooled [b, C]` its mean.
+  With `num_classes`, `pooled` becomes logits `[b, num_classes]`; a dual encoder leaves it None.
+  `small_input` replaces the 7×7/2 stem and max-pool with one 3×3/1 conv, for 32×32 images
+  where /32 would leave 1×1 maps. `zero_init_residual` starts every block as the identity.
+  Raises ValueError for a depth not in RESNET_LAYOUTS.
   """
   depth: int = 18
   width: int = 64  # Stem and first-stage channels; 64 is the standard ResNet.

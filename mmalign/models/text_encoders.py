@@ -1,9 +1,8 @@
 """Text encoders over subword tokens, and the masking pieces every text encoder shares.
 
-Contract (see `registry.py`): `tokens [b, l] int32`, 0 = padding, padded on the
-right as the tokenizer emits them. Padding is masked everywhere: appending pads
-never changes the pooled vector, and `sequence` is exactly zero at padded
-positions, so a fusion module may sum or attend over it without its own mask.
+Contract (see `registry.py`): `tokens [b, l] int32`, 0 = padding on the right. Appending pads
+never changes the pooled vector, and `sequence` is exactly zero at padded positions, so a
+fusion module may sum or attend over it without its own mask.
 """
 
 from __future__ import annotations
@@ -39,8 +38,8 @@ def masked_mean(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
 def masked_max(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   """Max over valid positions: x [b, l, w], mask [b, l] → [b, w]; all-pad rows give 0.
 
-  Padded positions are filled with the dtype's lowest finite value rather than
-  -inf, so neither the output nor its gradient can become -inf or NaN.
+  Pads are filled with the lowest finite value, not -inf, so neither output nor gradient
+  can become -inf or NaN.
   """
   mask = mask[..., None]  # [b, l, 1]
   best = jnp.where(mask, x, jnp.finfo(x.dtype).min).max(axis=1)  # [b, w]
@@ -56,8 +55,7 @@ POOLINGS: dict[str, Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]] = {
 def load_embedding_table(path: str, shape: tuple[int, int]) -> np.ndarray:
   """Reads a saved `[vocab_size, width]` float table (e.g. GloVe rows in tokenizer id order).
 
-  The file is checked before it is read in full, so a table built for another
-  tokenizer or width fails at init with both shapes rather than deep in a matmul.
+  Raises UsageError, naming both shapes, for an unreadable file or another shape or dtype.
   """
   try:
     table = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -72,14 +70,10 @@ def load_embedding_table(path: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 class TokenEmbedding(nn.Module):
-  """Token id → vector table, optionally read from a `.npy` file and optionally frozen.
+  """Token id → vector table `embedding [vocab_size, width]`, optionally from a `.npy` file.
 
-  The parameter is `embedding [vocab_size, width]`, as in `nn.Embed`, with the
-  same default initialiser, so existing checkpoints and seeds are unchanged.
-  The file is read only when parameters are initialised; a restored checkpoint
-  never needs it again. Frozen means the lookup is under `stop_gradient`: the
-  table's gradient is exactly zero, but an optimizer with weight decay still
-  shrinks it unless the trainer masks it out.
+  The file is read only at init; a restored checkpoint never needs it. `frozen` gives a zero
+  gradient, but weight decay still shrinks the table unless the trainer masks it out.
   """
   vocab_size: int
   width: int
@@ -108,12 +102,9 @@ class TokenEmbedding(nn.Module):
 class BagOfWords(nn.Module):
   """Pooled token embeddings followed by a residual MLP: the classic strong baseline.
 
-  Word order is ignored, which is right for names that compose from parts
-  ("latin small letter a" + "with grave") and makes the encoder cheap.
-  `pooling="max"` keeps the strongest evidence per feature instead of the
-  average, which suits pretrained tables (`init_embeddings`) whose rare content
-  words would otherwise be diluted by frequent ones. `sequence` is the token
-  embeddings, zero at padding.
+  Word order is ignored, which suits names composed of parts ("latin small letter a" +
+  "with grave"). `pooling="max"` suits pretrained tables, whose rare content words a mean
+  would dilute. `sequence` is the token embeddings, zero at padding.
   """
   vocab_size: int
   width: int = 256
@@ -143,11 +134,7 @@ class BagOfWords(nn.Module):
 
 
 def sinusoidal_positions(length: int, width: int) -> np.ndarray:
-  """Fixed encodings of Vaswani et al. (2017), `[length, width]` float32.
-
-  PE[p, 2i] = sin(p / 10000^(2i / width)) and PE[p, 2i + 1] = cos(same angle).
-  They need no table, so any length works and nothing is learned.
-  """
+  """Fixed sin/cos encodings of Vaswani et al. (2017), `[length, width]` float32; any length."""
   angles = np.arange(length)[:, None] / 10000.0 ** (np.arange(0, width, 2) / width)
   table = np.zeros((length, width), np.float64)
   table[:, 0::2] = np.sin(angles)
@@ -206,15 +193,12 @@ TransformerBlock = _Block
 class TextTransformer(nn.Module):
   """Pre-LN Transformer over tokens; masked mean or CLS pooling.
 
-  `positions="sinusoidal"` uses the fixed Vaswani encodings and ignores
-  `max_length`; `"learned"` owns a `positions [max_length, width]` table.
+  `positions="sinusoidal"` ignores `max_length`; `"learned"` owns a
+  `positions [max_length, width]` table (longer inputs raise UsageError).
 
-  `pooling="cls"` adds a learned `cls [width]` token, without a position. It is
-  placed after the last (padded) position rather than first: attention is
-  order-free apart from the position encodings, so this is the same model as a
-  prepended CLS when `causal=False`, and with `causal=True` it is the only slot
-  from which the CLS can read every token while no token reads it. `sequence`
-  never includes the CLS: it stays aligned with `tokens`, `[b, l, width]`.
+  `pooling="cls"` appends a learned `cls [width]` token, without a position, after the last
+  (padded) position: without `causal` that equals a prepended CLS, and with it the CLS reads
+  every token while no token reads it. `sequence [b, l, width]` never includes the CLS.
 
   `causal=True` lets each token attend only to itself and earlier tokens.
   """

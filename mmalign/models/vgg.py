@@ -1,16 +1,9 @@
 """VGG image encoder (Simonyan & Zisserman 2015), with optional normalisation.
 
-A layout is the classic list of 3×3 conv widths and "M" (2×2 max-pool), e.g.
-VGG-11 `(64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")`;
-the standard ones are named ("11", "13", "16", "19") and `stage_layout` builds
-one from per-stage conv counts. With `norm="none"` and `pooling="fc"` the
-parameter count is torchvision's (VGG-11 132,863,336 with a 1000-way head on
-224×224); with a norm the convs drop their bias (the norm's offset replaces
-it), so `vgg*_bn` counts are lower than torchvision's by those biases.
-
-With `norm="batch"` the module has running statistics: see
-`mmalign/models/conv_norms.py` for what a training step must do
-(`mutable=["batch_stats"]`).
+A layout is a list of 3×3 conv widths and "M" (2×2 max-pool); the standard ones are named
+("11", "13", "16", "19"). With `norm="none"` and `pooling="fc"` parameter counts equal
+torchvision's; with a norm the convs drop their bias (the norm's offset replaces it).
+With `norm="batch"` a training step needs `mutable=["batch_stats"]` (see conv_norms.py).
 """
 
 from __future__ import annotations
@@ -28,10 +21,7 @@ POOL = "M"
 
 
 def stage_layout(channels: Sequence[int], convs: Sequence[int]) -> tuple[int | str, ...]:
-  """Per-stage widths and conv counts → a layout with a max-pool after every stage.
-
-  `stage_layout((64, 128, 256, 512, 512), (1, 1, 2, 2, 2))` is VGG-11.
-  """
+  """Per-stage widths and conv counts → a layout with a max-pool after every stage."""
   if len(channels) != len(convs):
     raise ValueError(f"{len(channels)} stage widths but {len(convs)} conv counts")
   layout: list[int | str] = []
@@ -56,11 +46,8 @@ def _global_average(module: VGG, features, *, train: bool):
 
 
 def _fc_stack(module: VGG, features, *, train: bool):
-  """The classic classifier body: flatten → (Dense, ReLU, Dropout) × fc_layers → [b, fc_width].
-
-  The flattened size, hence the first kernel, depends on the input size
-  (7·7·512 on 224×224 with five pools).
-  """
+  """Flatten → (Dense, ReLU, Dropout) × fc_layers → [b, fc_width]; the first kernel's shape
+  depends on the input size."""
   x = features.reshape(features.shape[0], -1)  # [b, h·w·c]
   for i in range(module.fc_layers):
     x = nn.Dense(module.fc_width, dtype=module.dtype, param_dtype=module.param_dtype,
@@ -78,14 +65,11 @@ VGG_POOLINGS: dict[str, Callable[..., jnp.ndarray]] = {"mean": _global_average,
 class VGG(nn.Module):
   """Stacks of 3×3 convs (+ norm) + ReLU separated by 2×2 max-pools.
 
-  `layout`: a name from VGG_LAYOUTS or an explicit sequence of widths and "M".
-  `norm`: "batch" | "group" | "none" (conv_norms.NORMS); `groups` for GroupNorm.
-  `pooling`: "mean" is the global average (pooled [b, last width]); "fc" is the
-  classic flatten + `fc_layers` Dense(`fc_width`) with ReLU and `dropout`
-  (pooled [b, fc_width]).
-  `num_classes`: when set, a Dense head turns pooled into logits
-  `[b, num_classes]`; a dual encoder leaves it None.
-  Sequence [b, h'·w', C]: the final feature map (after the last pool), flattened.
+  `layout`: a name from VGG_LAYOUTS or a sequence of widths and "M". `norm`: see
+  conv_norms.NORMS. `pooling`: "mean" (pooled [b, last width]) or "fc" (pooled
+  [b, fc_width]). With `num_classes`, pooled becomes logits `[b, num_classes]`; a dual
+  encoder leaves it None. `sequence [b, h'·w', C]`: the final feature map, flattened.
+  Unknown layout or pooling names raise ValueError.
   """
   layout: str | Sequence[int | str] = "11"
   norm: str = "batch"

@@ -1,13 +1,9 @@
 """Vision Transformer image encoder (Dosovitskiy et al. 2021).
 
-Laid out like the original ViT / timm `vit_base_patch16_224` (patch conv with
-bias, CLS token, learned position embeddings that include the CLS slot,
-pre-LN blocks with biases everywhere, final LayerNorm), so ViT-B/16 with a
-1000-way head has exactly 86,567,656 parameters. LayerNorm epsilon 1e-6 and
-exact (erf) GELU follow timm, so ported weights would give the same outputs.
-
-Position embeddings are sized by the image shape seen at `init` and are not
-interpolated: a model initialised on 32×32 images only accepts 32×32.
+Laid out like timm's `vit_base_patch16_224` (parameter counts equal), with its LayerNorm
+epsilon and exact GELU, so ported weights would give the same outputs. Position embeddings
+are sized by the image shape seen at `init` and not interpolated: a model initialised on
+32×32 images only accepts 32×32.
 """
 
 from __future__ import annotations
@@ -30,11 +26,7 @@ LAYER_NORM_EPSILON = 1e-6
 
 
 class ViTBlock(nn.Module):
-  """Pre-LN Transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
-
-  Dropout sits where the original ViT has it: on the attention weights, after
-  the attention output projection and after each MLP layer.
-  """
+  """Pre-LN Transformer block: x + Attn(LN(x)), then x + MLP(LN(x)); dropout as in ViT."""
   heads: int
   mlp_dim: int
   dropout: float = 0.0
@@ -60,21 +52,13 @@ class ViTBlock(nn.Module):
 class ViT(nn.Module):
   """ViT-Ti/S/B/L by `variant`, or any size through `width`/`depth`/`heads`.
 
-  Explicit `width`, `depth`, `heads` or `mlp_dim` override the variant's
-  (`mlp_dim` defaults to 4·width), so a test can ask for `width=16, depth=1,
-  heads=2`.
-
-  Outputs, after the final LayerNorm:
-    sequence [b, patches, width]: the patch tokens (the CLS token excluded, so
-      its length does not depend on `pooling`);
-    pooled [b, width]: the CLS token (`pooling="cls"`), or the mean of
-      `sequence` (`pooling="mean"`, no CLS token at all).
-  `num_classes`: when set, pooled goes through a Dense head and becomes the
-  logits `[b, num_classes]` (for classifiers; a dual encoder has its own
-  projection and leaves it None).
-
-  `dropout` applies after the position embeddings and inside every block, only
-  with `train=True` and a `"dropout"` rng.
+  Explicit `width`, `depth`, `heads` or `mlp_dim` (default 4·width) override the variant's.
+  Outputs, after the final LayerNorm: `sequence [b, patches, width]`, the patch tokens
+  without CLS; `pooled [b, width]`, the CLS token (`pooling="cls"`) or the mean of
+  `sequence` (`"mean"`, no CLS token at all). With `num_classes`, pooled becomes logits
+  `[b, num_classes]`; a dual encoder leaves it None. `dropout` needs `train=True` and a
+  `"dropout"` rng. Raises ValueError for an unknown variant or pooling, or an image size
+  that is not a multiple of `patch_size`.
   """
   variant: str = "Ti"
   patch_size: int = 16

@@ -1,16 +1,12 @@
 """What every searcher shares: checked inputs, item ids, updates, save and load.
 
 A backend (ScaNN, exact top-k) only stores unit rows at positions 0..count-1 and answers
-"best positions for these queries". This class owns everything around that, so each
-trap is handled in one place for all of them:
-
-* item ids: position p holds item `ids[p]` (any distinct non-negative int64; by default
-  the gallery row number). Results are item ids, never positions.
-* updates: `delete` moves the last row into the freed position (ScaNN's own rule, so
-  positions stay dense); `upsert` replaces rows of known ids in place and appends new ones.
-* save: the backend's files, `ids.npy` and the manifest (written last) go to a
-  temporary sibling directory that then replaces the target, so a crash mid-save never
-  leaves a half-written index behind a valid manifest.
+"best positions for these queries"; this class owns the rest, once for all backends:
+* item ids: position p holds item `ids[p]` (distinct non-negative int64; default the
+  gallery row number). Results are item ids, never positions.
+* `delete` moves the last row into the freed position (ScaNN's rule: positions stay dense).
+* `save` writes to a temporary sibling directory, manifest last, that then replaces the
+  target, so a crash mid-save never leaves a half-written index behind a valid manifest.
 """
 
 from __future__ import annotations
@@ -47,8 +43,6 @@ class Index:
     self.tuning = tuning
     self.default_k = int(params.get("num_neighbors", 10))
 
-  # ------------------------------------------------------------------- public API
-
   @property
   def count(self) -> int:
     return int(self._ids.shape[0])
@@ -73,13 +67,11 @@ class Index:
   def search(self, queries, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k items by cosine, best first.
 
-    queries: [q, d] (batched search) or [d] (one query, the low-latency path).
-    k: a positive int (UsageError otherwise), clamped to `count`: the result has
-    min(k, count) columns, so a huge k costs no memory and an empty index gives [q, 0].
-    Returns (scores, ids): [q, min(k, count)] (or [min(k, count)] for one query),
-    float32 and int64. Slots a tree probe could not fill hold id `vectors.MISSING_ID`
-    (-1) and score -inf, never a real item.
-    Raises ValueError naming the rows of queries with NaN, inf or zero norm.
+    queries: [q, d], or [d] for one query (the low-latency path). k: a positive int
+    (UsageError otherwise; None: `num_neighbors`), clamped to `count`.
+    Returns (scores float32, ids int64), each [q, min(k, count)] ([min(k, count)] for one
+    query). Slots a tree probe could not fill hold id -1 (`vectors.MISSING_ID`) and score
+    -inf, never a real item. Raises ValueError naming query rows with NaN, inf or zero norm.
     """
     k = min(vectors.check_k(self.default_k if k is None else k), self.count)
     single = np.ndim(queries) == 1
@@ -96,10 +88,9 @@ class Index:
     return (scores[0], ids[0]) if single else (scores, ids)
 
   def upsert(self, ids, embeddings) -> None:
-    """Replaces the vectors of known ids and adds the others: ids [m], embeddings [m, d].
+    """Replaces the vectors of known ids and appends the others: ids [m], embeddings [m, d].
 
-    ids must be distinct non-negative integers (UsageError otherwise).
-    """
+    ids: distinct non-negative ints (UsageError otherwise)."""
     rows = vectors.unit_rows(embeddings, "embeddings", self.dim)  # [m, d]
     ids = vectors.item_ids(ids, rows.shape[0])
     position = self._positions()
@@ -192,8 +183,6 @@ class Index:
       raise IndexFileError(f"{directory!r}: backend holds {index.count} items, manifest "
                            f"says {manifest['count']}")
     return index
-
-  # ------------------------------------------------------------------- internals
 
   def _positions(self) -> dict[int, int]:
     if self._position is None:

@@ -1,11 +1,7 @@
 """What launch.py's `--mode=index` and `--query_image=path.png` do, as plain functions.
 
-`build_index_for_workdir` embeds the held-out split with the latest checkpoint and
-saves both galleries (images, for text→image; captions, for image→text), replacing
-indexes saved there before. `search_image_query` embeds one PNG and returns the nearest
-captions with a contact sheet. Both load only an index whose manifest matches the
-workdir's model and config (see `search.gallery_index`); a mismatch is a UsageError
-whose message gives the reason, so the launcher prints it as one line.
+Both use only an index whose manifest matches the workdir's model and config; a mismatch
+is a UsageError giving the reason, which the launcher prints as one line.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One PNG per query showing what retrieval returned: the quickest check a human can do.
 
-Uses matplotlib's object API with the Agg canvas directly, so writing a sheet neither
-needs a display nor changes the process-wide pyplot backend of the caller.
+Drawn on matplotlib's Agg canvas directly: no display needed, the caller's pyplot backend
+is left alone.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Exact cosine search with the project's tiled top-k, behind the same `Index` API as ScaNN.
 
 Why a second searcher: exact search is the ground truth approximate search is measured
-by, and for galleries up to a few hundred thousand items (or on an accelerator) it is
-fast enough to use directly. `kernels.api.top_k` tiles the gallery, so memory stays
-O(queries · block) whatever the gallery size. The gallery is kept as float32 unit rows
-on the host and copied to the device once per change; saving writes it as `gallery.npy`.
+by, and for moderate galleries (or on an accelerator) fast enough to use directly.
+`kernels.api.top_k` tiles the gallery, so memory stays O(queries · block) at any size.
 """
 
 from __future__ import annotations
@@ -49,8 +47,8 @@ class ExactIndex(Index):
 
   def __init__(self, gallery: np.ndarray, ids, params, provenance, tuning=None):
     super().__init__(gallery.shape[1], ids, params, provenance, tuning)
-    self._gallery = gallery  # [count, d] float32 unit rows
-    self._device_gallery = None
+    self._gallery = gallery  # [count, d] float32 unit rows, on the host
+    self._device_gallery = None  # Copied to the device on the first search after a change.
 
   @property
   def config(self) -> ExactConfig:

@@ -1,15 +1,10 @@
 """The manifest of a saved index: what it holds, what it was built from, and checksums.
 
-An index directory is only useful with the model that made its embeddings, so the
-manifest records where they came from (`Provenance`: checkpoint step, a hash of the
-config that determines the embeddings, the tokenizer's sha256, dataset, split and
-modality) and loading compares that with what the caller expects, refusing a mismatch
-with the reason instead of returning neighbours from another embedding space.
-
-Every file of the directory is listed with its sha256 and every path is relative, so
-a copied or moved directory loads and a changed or truncated file is caught before any
-backend reads it. The manifest is JSON and arrays are `.npy` read with
-`allow_pickle=False`: nothing in an index directory is ever unpickled.
+An index is only useful with the model that made its embeddings, so the manifest records
+their `Provenance` and loading refuses a mismatch with the reason, instead of returning
+neighbours from another embedding space. Every file is listed by relative path with its
+sha256, so a moved directory loads and a changed file is caught before any backend reads
+it. Nothing in an index directory is ever unpickled (JSON, `.npy` without pickle).
 """
 
 from __future__ import annotations
@@ -43,8 +38,8 @@ class IndexMismatchError(UsageError):
 class Provenance:
   """Where the indexed embeddings came from; None fields are unknown (a raw array).
 
-  config_hash: hash of the config that determines the embeddings (model, data, text
-    settings), so an eval batch size or retrieval k change does not invalidate indexes.
+  config_hash: hash of the config settings that determine the embeddings
+    (`search.embedding_config_hash`).
   modality: what the gallery rows are ("image" or "text").
   item_key: what an item id names, e.g. "example index in unicode_glyphs/tiny:test".
   """
@@ -100,9 +95,9 @@ def _files_of(directory: str) -> list[str]:
 
 
 def write(directory: str, manifest: dict[str, Any]) -> dict[str, Any]:
-  """Adds format, versions and the checksums of every file, then writes the manifest.
+  """Adds format, versions and every file's checksum, then writes the manifest atomically.
 
-  Written last (and atomically), so a manifest marks a complete index directory.
+  Written last, so a manifest marks a complete index directory.
   """
   manifest = {"format": FORMAT, **manifest, "versions": library_versions(),
               "files": {rel: {"sha256": sha256_of(os.path.join(directory, rel)),

@@ -1,18 +1,13 @@
 """Approximate cosine search over an embedding gallery with ScaNN.
 
-ScaNN offers dot product and squared L2 but no cosine, so rows are L2-normalised
-(`vectors.unit_rows`) and searched by dot product; scores are cosine similarities.
-Large galleries use ScaNN's tree + asymmetric hashing (AH) + exact reordering; small
-ones (where k-means has too few points per leaf) are searched by brute force, so the
-same code serves unit tests and full evals.
+ScaNN has no cosine metric, so rows are L2-normalised and searched by dot product; scores
+are cosines. Large galleries use a tree + asymmetric hashing (AH) + exact reordering;
+small ones (too few points per k-means leaf) are searched by brute force.
 
-ScaNN 1.4.2 updates a built searcher in place (`upsert`, `delete`); `Index` keeps the
-id bookkeeping. Updates do not retrain the tree or the AH codebooks: new points are
-assigned to the nearest existing leaf, so after large changes rebuild (or `tune`).
-
-Loading never goes through `scann_ops_pybind.load_searcher`, which unpickles
-`scann_docids.pkl` when present: ids live in `ids.npy`, and the searcher is rebuilt
-from the checksummed `scann_assets.pbtxt` and the `.npy`/`.pb` files it names.
+Updates do not retrain the tree or the AH codebooks (new points join the nearest existing
+leaf), so after large changes rebuild (or `tune`). Loading never calls
+`scann_ops_pybind.load_searcher`, which unpickles `scann_docids.pkl`: ids live in
+`ids.npy`, and the searcher is rebuilt from the checksummed `scann_assets.pbtxt`.
 """
 
 from __future__ import annotations
@@ -36,26 +31,21 @@ _ASSETS = "scann_assets.pbtxt"
 class ScannConfig:
   """Search parameters; None fields are derived from the gallery size at build time.
 
-  Defaults, from benchmarks/results/retrieval.md (1M x 128 skewed clustered mixture):
-  1000 leaves, 50 probed, reorder 100 gave recall@10 0.968; `tune` found 20 probed
-  leaves enough for 0.95 there (1.7x the QPS). Tune for your data when speed matters.
+  The defaults are measured in benchmarks/results/retrieval.md; `tune` for your data.
 
   num_neighbors: default k of `search`.
   num_leaves: k-means tree leaves; None -> round(sqrt(n)), never more than n.
   num_leaves_to_search: leaves probed per query (the recall/speed knob); None ->
     `leaves_to_search_fraction` of the leaves, at least `min_leaves_to_search` (the
-    leaves needed for a recall grow much more slowly than sqrt(n), so a fixed fraction
-    is generous on large galleries and the floor protects small ones: with a floor of 8,
-    the 1,810-image shapes test gallery (43 leaves) gave recall@10 0.867 against exact
-    search, with 16 it gives 0.966).
-  training_sample_size: points used to train tree and quantiser; None -> all n up to
-    `max_training_sample` (k-means on a sample is as good and much faster to build).
+    leaves a recall needs grow much more slowly than sqrt(n): the fraction is generous
+    on large galleries, the floor protects small ones).
+  training_sample_size: points that train tree and quantiser; None -> all n up to
+    `max_training_sample` (a sample trains as well, much faster).
   dims_per_block, anisotropic_quantization_threshold: asymmetric hashing settings.
   reorder: candidates rescored exactly before the final top-k (raised to k if smaller).
   brute_force_below: galleries smaller than this (or than 2 * num_leaves) are searched
-    exactly instead: there brute force costs about as little as the tree, while the
-    tree, with few points per leaf, loses much recall (about 0.5 recall@10 at n = 500,
-    d = 32 on isotropic data).
+    exactly: brute force costs about as little there, and a tree with few points per
+    leaf loses much recall.
   """
   num_neighbors: int = 10
   num_leaves: int | None = None
@@ -149,8 +139,7 @@ class ScannIndex(Index):
 
   def _backend_search_one(self, query, k):
     pre_reorder, leaves = self._query_knobs(k)
-    # The raw single search returns only the results it has (no padding); `finish`
-    # pads to k.
+    # Returns only the results it has (no padding); `finish` pads to k.
     positions, scores = self._searcher.searcher.search(query, k, pre_reorder, leaves)
     return np.asarray(scores)[None], np.asarray(positions)[None]
 
@@ -161,8 +150,7 @@ class ScannIndex(Index):
     self._searcher.searcher.delete(list(slots))
 
   def _backend_save(self, directory):
-    # relative_path=True: asset paths are stored relative to the directory, so a copy
-    # elsewhere still loads (the default stores absolute paths).
+    # Relative asset paths (the default is absolute), so a copied directory still loads.
     self._searcher.serialize(directory, relative_path=True)
 
   @classmethod

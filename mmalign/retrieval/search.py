@@ -2,11 +2,9 @@
 
 A gallery is one modality of one split, embedded by one checkpoint: the split's images
 (queried by text) or its distinct captions (queried by an image). Each is indexed once
-per (checkpoint step, split) and saved in the workdir (`scann/<split>_step<step>/` for
-images, `..._text/` for captions), so later searches only embed the query. A saved index
-is loaded only if its provenance (checkpoint step, embedding config hash, tokenizer,
-dataset, split, modality) and searcher match this experiment; otherwise it is refused
-with the reason, never silently searched or overwritten.
+per (step, split) and saved in the workdir, so later searches only embed the query. A
+saved index whose provenance or searcher differs from this experiment's is refused with
+the reason, never silently searched or overwritten.
 """
 
 from __future__ import annotations
@@ -111,9 +109,8 @@ def searcher_of(config, name: str | None = None) -> tuple[str, object]:
 
 
 def embedding_config_hash(exp: experiment_lib.Experiment) -> str:
-  """sha256 of what determines the embeddings: model config, tokenizer, dataset, image
-  normalisation and text settings. Eval batch size or retrieval knobs are left out, so
-  changing them does not invalidate saved indexes."""
+  """sha256 of what determines the embeddings (model, tokenizer, dataset, image
+  normalisation, text settings): changing eval batch size or retrieval knobs keeps indexes."""
   config = exp.config
   payload = {"meta": exp.meta(), "image_mean": list(config.data.image_mean),
              "image_std": list(config.data.image_std), "text": config.text.to_dict()}

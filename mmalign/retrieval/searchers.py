@@ -1,9 +1,7 @@
 """Choose a searcher by name and load any saved index: the entry points callers use.
 
-Registered searchers (`SEARCHERS`): "scann" (ScaNN tree + AH + reorder, brute force
-for small galleries) and "exact" (tiled exact top-k from `kernels.api`). Both have the
-same `Index` API, so a config string switches between them; `load_index` reads the
-name from the manifest.
+"scann" and "exact" share the `Index` API, so a config string switches between them;
+`load_index` reads the name from the manifest.
 """
 
 from __future__ import annotations

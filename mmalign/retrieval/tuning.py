@@ -1,16 +1,9 @@
 """Choose ScaNN's speed/recall knobs against exact ground truth on held-out queries.
 
-Recall of a tree index depends on the data (how clustered, how skewed), so defaults
-cannot promise a target; `tune` measures it. For each candidate tree size (num_leaves,
-needs a rebuild) it walks the query-time knobs, leaves probed and reorder depth (no
-rebuild), measures recall@k against exact search and the batched queries per second,
-and keeps the fastest point that reaches the target. Recall is measured, not timed, so
-whether a point meets the target never depends on the machine's load; only the choice
-among points that meet it does.
-
-The queries must be held out (not gallery rows), or recall is flattered by
-self-matches. The chosen point and its measured recall go into `index.tuning`, which
-`save` writes into the manifest.
+Recall of a tree index depends on the data, so defaults cannot promise a target; `tune`
+measures it and keeps the fastest point that reaches it. Whether a point meets the target
+never depends on the machine's load (recall is counted, not timed); only the choice among
+points that meet it does. Queries must be held out, or self-matches flatter recall.
 """
 
 from __future__ import annotations
@@ -43,8 +36,7 @@ def exact_neighbours(gallery: np.ndarray, queries: np.ndarray, k: int,
                      chunk: int = 256) -> np.ndarray:
   """Positions [q, min(k, n)] of the true top-k by dot product, best first.
 
-  gallery: [n, d], queries: [q, d], both unit rows; `retrieval_metrics.exact_top_k`
-  (the kernels' tiled top-k), `chunk` queries at a time.
+  gallery: [n, d], queries: [q, d], both unit rows; `chunk` queries at a time.
   """
   _, positions = rm.exact_top_k(queries, gallery, min(k, gallery.shape[0]), chunk_size=chunk)
   return positions.astype(np.int64)
@@ -70,10 +62,8 @@ def batched_qps(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray,
                 repeats: int = 3) -> tuple[float, np.ndarray]:
   """(queries/s, ids [q, k]) of `search(queries)`: the best of `repeats` timed runs.
 
-  One small warm-up call first, so compilation and first-touch allocation are
-  not timed; the best run, not the mean, because on a shared machine the noise
-  only ever adds time. Every batched QPS figure of the project (sweep, the
-  retrieval benchmark, the retrieval-efficiency table) is measured here.
+  After an untimed warm-up; the best, not the mean, because on a shared machine noise
+  only ever adds time.
   """
   search(queries[:8])
   found, times = utils.time_calls(lambda: search(queries), repeats=max(1, repeats), warmup=0)
@@ -87,11 +77,10 @@ def sweep(index: ScannIndex, queries: np.ndarray, exact_ids: np.ndarray, k: int,
   """Measures (recall, QPS) of a tree index over its query-time knobs.
 
   queries: [q, d] unit rows; exact_ids: [q, k] true item ids. For each reorder depth,
-  leaves are walked upwards; the walk stops at the first point reaching target_recall,
-  or (with min_gain) once one more step adds less recall than that: past the plateau
-  the reorder depth, not the leaves, limits recall, and more leaves only cost time.
-  The index is left as found. gallery: [n, d] rows whose positions are the index's ids
-  (ids 0..n-1); given, items tied with the k-th true neighbour count as hits.
+  leaves are walked upwards until a point reaches target_recall, or (with min_gain) one
+  more step adds less recall than that: past that plateau more leaves only cost time.
+  The index is left as found. gallery: [n, d] rows at the index's ids 0..n-1; given,
+  items tied with the k-th true neighbour count as hits.
   """
   before = (index.params["tree"]["num_leaves_to_search"], index.params["reorder"])
   num_leaves = index.params["tree"]["num_leaves"]
@@ -129,13 +118,12 @@ def tune(index_or_embeddings, queries, *, target_recall: float = 0.95, k: int = 
          repeats: int = 3) -> tuple[ScannIndex, dict]:
   """Returns (index set to the chosen point, the tuning record also in index.tuning).
 
-  index_or_embeddings: a ScannIndex (only its query-time knobs change; pass `gallery`,
-    the [count, d] vectors in the order of `index.ids`, for the ground truth) or [n, d]
-    embeddings (then each `num_leaves` candidate, default sqrt(n) x 0.5/1/2, is built
-    with `config`, `ids` and `provenance`, and the index of the chosen point returned).
+  index_or_embeddings: a ScannIndex (only its query-time knobs change; `gallery` is then
+    required: [count, d] in `index.ids` order) or [n, d] embeddings (each `num_leaves`
+    candidate, default sqrt(n) x 0.5/1/2, is built with `config`, `ids`, `provenance`).
   queries: [q, d] held-out queries. reorders: depths to try (default k x 2, 5, 10, 25).
-  If no point reaches the target, the most accurate one is kept and record["met"] is
-  False: the caller decides whether that is acceptable.
+  If no point reaches the target, the most accurate one is kept with record["met"] False.
+  The record goes into the manifest on `save`.
   """
   if not 0 < target_recall <= 1:
     raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")

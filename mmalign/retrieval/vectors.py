@@ -1,16 +1,12 @@
 """What every searcher does to its inputs and outputs, so the traps are handled once.
 
-Inputs: ScaNN has no cosine metric and copies (silently) anything that is not float32
-C-contiguous, and its batched search answers a NaN query with garbage instead of an
-error. So every gallery and query array goes through `unit_rows`: it becomes float32,
-C-contiguous, each row scaled to unit L2 norm (cosine = dot product afterwards), and a
-row with NaN/inf or zero norm is refused with its row numbers in the message.
+Inputs go through `unit_rows`: ScaNN has no cosine metric, silently copies anything not
+float32 C-contiguous, and answers a NaN query with garbage instead of an error.
 
-Outputs: `Index.search` clamps k to the index size, but a tree search that probed
-leaves holding fewer than k points still finds fewer than k; ScaNN pads such a row
-with id 0 and score NaN, and id 0 is a real item. Searchers return such slots as
-`MISSING_ID` (-1) with score `MISSING_SCORE` (-inf) instead: -1 can never be an item id
-(ids are non-negative) and -inf sorts after every real score, so rows stay best-first.
+Outputs: a tree search that probed leaves holding fewer than k points finds fewer than k,
+and ScaNN pads with id 0 (a real item) and score NaN. `finish` marks such slots
+`MISSING_ID` (-1, never an item id) with `MISSING_SCORE` (-inf, after every real score,
+so rows stay best-first).
 """
 
 from __future__ import annotations
@@ -44,8 +40,6 @@ def unit_rows(x, name: str, dim: int | None = None) -> np.ndarray:
     raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
   if dim is not None and x.shape[1] != dim:
     raise ValueError(f"{name} has dim {x.shape[1]} but the index holds dim {dim}")
-  # One copy, one pass for the squared norms, one in-place division: galleries of a
-  # million rows are normalised in about a second.
   x = np.array(x, dtype=np.float32, order="C", copy=True)  # The caller's array is untouched.
   squares = np.einsum("ij,ij->i", x, x)  # [n]; NaN/inf entries make it non-finite
   odd = np.flatnonzero(~np.isfinite(squares))

@@ -1,15 +1,9 @@
 """Multi-label image annotation: which tags (colours, shapes, ...) an image shows.
 
-Two ways to score tags, compared on the same metrics:
-* zero-shot: the cosine of the image with each tag's text embedding (a prompt ensemble,
-  `zero_shot.prompt_ensemble`), using the text side of the shared space as the head;
-* trained: an independent sigmoid per tag (binary cross-entropy) on frozen features,
-  the same MLP machinery as `probe`.
-
-Ranking quality is mean average precision (threshold-free). Set-valued predictions
-need a threshold: 0.5 for the trained head's probabilities; cosines have no natural
-one, so `best_threshold` picks the one global cut that maximises micro-F1 on a
-labelled calibration split (the training split) and is then fixed for the test split.
+Tags are scored zero-shot (cosine with each tag's prompt-ensemble text embedding) or by a
+trained head (one sigmoid per tag on frozen features, the `probe` machinery). Ranking is
+judged by mAP; set predictions need a threshold: 0.5 for the head's probabilities, and for
+cosines, which have none, `best_threshold` fitted on the training split.
 """
 
 from __future__ import annotations
@@ -68,11 +62,8 @@ def multilabel_f1(targets, predictions, *, average: Literal["micro", "macro"] = 
                   ) -> float:
   """F1 of multi-hot predictions [n, t] against targets [n, t].
 
-  "micro" pools true/false positives and false negatives over all tags (frequent tags
-  weigh more), as `sklearn.metrics.f1_score(average="micro")` on indicator matrices.
-  "macro" averages per-tag F1 over the tags that occur in targets or predictions; like
-  `metrics.f1`, a tag absent from both is left out rather than counted as 0.
-  (`metrics.f1` is single-label, so it cannot score sets of tags.)
+  "micro" pools the counts over all tags (sklearn's micro F1 on indicator matrices);
+  "macro" averages per-tag F1 over tags occurring in targets or predictions, as `metrics.f1`.
   """
   truth = _as_targets(targets).astype(bool)
   predicted = _as_targets(predictions, truth.shape[0]).astype(bool)
@@ -95,9 +86,8 @@ def multilabel_f1(targets, predictions, *, average: Literal["micro", "macro"] = 
 def best_threshold(scores, targets) -> float:
   """The global cut `scores >= threshold` that maximises micro-F1 on (scores, targets).
 
-  scores, targets: [n, t]. Every distinct score is a candidate; with k cells at or
-  above a candidate and P positives, micro-F1 = 2 TP / (k + P), so one sort finds the
-  best. Ties go to the higher threshold (fewer tags predicted).
+  scores, targets: [n, t]. Every distinct score is a candidate; ties in F1 go to the
+  higher threshold (fewer tags predicted).
   """
   truth = _as_targets(targets)
   scores = np.asarray(scores, np.float64)
@@ -118,8 +108,8 @@ def best_threshold(scores, targets) -> float:
 def annotation_report(targets, scores, threshold: float) -> dict[str, float]:
   """mAP (threshold-free) and micro/macro F1 of `scores >= threshold`.
 
-  targets: [n, t] multi-hot; scores: [n, t], higher = more likely. mAP is
-  `metrics.mean_average_precision` (tags without a positive are skipped there).
+  targets: [n, t] multi-hot; scores: [n, t], higher = more likely. mAP skips tags
+  without a positive.
   """
   truth = _as_targets(targets)
   scores = np.asarray(scores)

@@ -1,18 +1,11 @@
 """Classifiers on frozen embeddings: linear probes and small MLPs ("SVM or DNN").
 
-A probe measures what the shared space already holds, so the encoders stay fixed and
-only a head is trained. Every input — text only, image only, or both — is laid out as
-the same fused vector `[t, i, t * i]` (`fused_features`), an absent modality's block and
-the product zeroed. One classifier can therefore be trained on pairs and evaluated with
-a modality missing; trained with `modality_dropout` it learns to fall back to the
-modality that is there. The product block lets even a linear probe compute the cosine
-similarity of a caption and an image (the sum of that block), which is what a
-matching decision needs.
-
-Training is a single jit-compiled `lax.fori_loop` of AdamW steps (full batch, or
-mini-batches drawn with replacement), so a probe costs one compile and no Python loop.
-Features are standardised with the training set's mean and std, kept in the probe so
-that evaluation applies exactly the same transform.
+The encoders stay fixed; only a head is trained. Every input (text, image or both) is laid
+out as one fused vector `[t, i, t * i]`, an absent modality's block and the product
+zeroed, so one classifier trained on pairs can be evaluated with a modality missing
+(`modality_dropout` teaches it to fall back). The product block lets even a linear probe
+compute the caption-image cosine (its sum). Training is one jitted `lax.fori_loop` of
+AdamW steps; the training set's mean/std are kept in the head and reused at evaluation.
 """
 
 from __future__ import annotations
@@ -34,11 +27,6 @@ MODALITIES = ("text", "image")  # Column order of every `present [n, 2]` mask.
 _MIN_STD = 1e-6  # Columns flatter than this (e.g. an always-absent block) are not scaled.
 
 
-# ----------------------------------------------------------------------------------------
-# Features.
-# ----------------------------------------------------------------------------------------
-
-
 def _as_matrix(x, name: str) -> np.ndarray:
   x = np.asarray(x, np.float32)
   if x.ndim != 2:
@@ -51,11 +39,9 @@ def _as_matrix(x, name: str) -> np.ndarray:
 def fused_features(text_emb, image_emb, present=None) -> np.ndarray:
   """`[t, i, t * i]` per example: [n, 3 * d] float32.
 
-  text_emb, image_emb: [n, d] or None (that modality is absent for every example).
-  present: [n, 2] bool (has text, has image), as in `models.fusion.FusionInputs`; a
-  False entry zeroes that modality's block and the product. Zeros are what "absent"
-  means to every probe here: a probe trained on fused pairs sees them only through
-  modality dropout, which is how it learns to fall back to the present modality.
+  text_emb, image_emb: [n, d] or None (absent for every example). present: [n, 2] bool
+  (has text, has image), as in `models.fusion.FusionInputs`; a False entry zeroes that
+  modality's block and the product, which is what "absent" means to every probe here.
   """
   if text_emb is None and image_emb is None:
     raise ValueError("fused_features needs text_emb or image_emb; both are None")
@@ -93,17 +79,8 @@ PROBE_INPUTS.register("fused")(fused_features)
 
 
 def probe_features(name: str, text_emb, image_emb) -> np.ndarray:
-  """Features of the probe input `name` ("text", "image", "fused"): [n, 3d].
-
-  Single-modality inputs keep the fused layout with the other block zeroed, so every
-  probe has one input width and a fused probe can be evaluated on them directly.
-  """
+  """Features of the probe input `name` ("text", "image", "fused"): [n, 3d], fused layout."""
   return PROBE_INPUTS.get(name)(text_emb, image_emb)
-
-
-# ----------------------------------------------------------------------------------------
-# The head: an MLP on standardised features.
-# ----------------------------------------------------------------------------------------
 
 
 def _init_layers(key: jax.Array, sizes: Sequence[int]) -> list[dict]:
@@ -161,11 +138,6 @@ class Probe(Head):
     return np.argmax(self.logits(features), axis=-1).astype(np.int64)
 
 
-# ----------------------------------------------------------------------------------------
-# Training.
-# ----------------------------------------------------------------------------------------
-
-
 def _softmax_loss(logits, targets):
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
@@ -183,10 +155,8 @@ def _train(layers, features, targets, mean, std, key, learning_rate, weight_deca
            embed_dim: int | None):
   """AdamW on the head; returns (layers, loss of the last step).
 
-  features: [n, f] raw (not standardised); targets: [n] int or [n, t] float. With
-  embed_dim set, each example of a step loses one modality (text or image, evenly)
-  with probability `dropout`, in raw space, before standardisation: exactly what an
-  absent modality looks like at evaluation.
+  features: [n, f] raw; targets: [n] int or [n, t] float. With embed_dim set, each example
+  loses text or image with probability `dropout` before standardisation, as at evaluation.
   """
   optimizer = optax.adamw(learning_rate, weight_decay=weight_decay,
                           mask=lambda ls: [{"w": True, "b": False} for _ in ls])
@@ -226,9 +196,9 @@ def fit_head(features, targets, out_dim: int, *, loss: str, hidden: Sequence[int
   """Trains an MLP head (linear when `hidden` is empty) on fixed features.
 
   features: [n, f]; targets: [n] int for loss="softmax", [n, out_dim] in {0, 1} for
-  loss="sigmoid". `modality_dropout` > 0 needs features in the `fused_features`
-  layout ([n, 3d]). Weight decay applies to weights, not biases (decaying a bias
-  would pull the prior towards uniform, which no regulariser is meant to do).
+  loss="sigmoid". `modality_dropout` in [0, 1); > 0 needs the `fused_features` layout
+  [n, 3d]. batch_size=None: full batch; else mini-batches drawn with replacement. Weight
+  decay skips biases (decaying them would pull the prior towards uniform).
   """
   features = _as_matrix(features, "features")
   num, width = features.shape
@@ -272,8 +242,7 @@ def train_probe(features, labels, num_classes: int, *, hidden: Sequence[int] = (
                 modality_dropout: float = 0.0) -> Probe:
   """Softmax classifier on features [n, f] with labels [n] int in [0, num_classes).
 
-  hidden=() is multinomial logistic regression (the linear probe); hidden=(h, ...)
-  an MLP with ReLU. See `fit_head` for the other arguments.
+  hidden=() is the linear probe; hidden=(h, ...) a ReLU MLP. Other arguments: `fit_head`.
   """
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
@@ -296,9 +265,8 @@ def train_probe(features, labels, num_classes: int, *, hidden: Sequence[int] = (
 def classification_report(labels, probabilities) -> dict[str, float | None]:
   """Accuracy, macro F1 and ROC-AUC of class probabilities [n, c] against labels [n].
 
-  ROC-AUC is binary (on column 1) for two classes, macro one-vs-rest otherwise; it is
-  None where undefined (a small split with a single class), rather than a made-up
-  number.
+  ROC-AUC is binary (column 1) for two classes, macro one-vs-rest otherwise, and None
+  when labels hold a single class.
   """
   labels = np.asarray(labels)
   probabilities = np.asarray(probabilities)

@@ -1,19 +1,13 @@
 """Downstream tasks on the `shapes` dataset, defined from its stored labels.
 
-* Image–text matching (`matching_pairs`): does this caption describe this image? Every
-  image appears once with its own caption (label 1) and once with another scene's
-  caption (label 0), and every caption once as each, so an input that sees only one
-  modality carries no information about the label: on any split, a text-only or an
-  image-only classifier scores exactly 50% accuracy. Only a comparison of the two can
-  do better. Negatives are hard: by default they share the number of shapes and the
-  colours of the positive (`NEGATIVE_KEYS`), so colour alone cannot tell them apart.
-* Tags (`tags_of`): the multi-hot set of shapes, colours, sizes and arrangements
-  ("stacked" = one shape above the other, "side by side") in a scene.
-* Zero-shot shape classification: the five shape names through "a {size} {color} {}"
-  prompts (`SHAPE_TEMPLATES`, every size and colour: the ensemble cancels them), on
-  one-shape scenes only (`one_shape`), where "the shape" is unambiguous.
-* Attributes (`attribute_labels`): `num_shapes`, `shape1`, `color1`, ... as classes.
-  `shape1`/`color1`/`relation` follow the caption's wording ("A below B" names A
+* Matching (`matching_pairs`): does this caption describe this image? Every image and
+  every caption appears once in a positive and once in a negative pair, so a text-only or
+  image-only classifier scores exactly 50% on any split. Negatives are hard by default:
+  same number of shapes and colours (`NEGATIVE_KEYS`).
+* Tags (`tags_of`): multi-hot shapes, colours, sizes and arrangements of a scene.
+* Zero-shot shape classification (`SHAPE_TEMPLATES`) on one-shape scenes (`one_shape`).
+* Attributes (`attribute_labels`): `num_shapes`, `shape1`, `color1`, ... as classes;
+  `shape1`/`color1`/`relation` follow the caption's word order ("A below B" names A
   first), which an image alone cannot know for two-shape scenes.
 """
 
@@ -34,11 +28,6 @@ LABEL_NAMES = {  # Stored ClassLabel features → class names (index 0 is "none"
     "relation": shapes.RELATION_NAMES,
 }
 LABEL_KEYS = ("num_shapes", *LABEL_NAMES)
-
-
-# ----------------------------------------------------------------------------------------
-# Reading a split.
-# ----------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,20 +70,14 @@ def _check_labels(labels: dict[str, np.ndarray], keys=LABEL_KEYS) -> int:
   return int(np.shape(labels[keys[0]])[0])
 
 
-# ----------------------------------------------------------------------------------------
-# (a) Image–text matching.
-# ----------------------------------------------------------------------------------------
-
-
 def _sorted_pair(labels, first: str, second: str) -> np.ndarray:
-  """[n, 2]: the two things' values in sorted order, so "A below B" and "B above A"
-  (one group) get the same key."""
+  """[n, 2] sorted, so "A below B" and "B above A" (one group) get the same key."""
   return np.sort(np.stack([labels[first], labels[second]], axis=1), axis=1)
 
 
 NEGATIVE_KEYS: dict[str, Callable[[dict], np.ndarray]] = {
-    # What a negative caption shares with the image's own: [n, k] int keys, equal for
-    # every example of a group (they depend on the scene, not on the caption's wording).
+    # What a negative caption shares with the image's own: [n, k] int keys, equal within
+    # a group.
     "random": lambda labels: np.zeros((len(labels["num_shapes"]), 1), np.int64),
     "colors": lambda labels: np.concatenate(
         [labels["num_shapes"][:, None], _sorted_pair(labels, "color1", "color2")], axis=1),
@@ -114,12 +97,11 @@ class Pairs:
 def negative_partners(groups, keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """A permutation `partner` [n] with groups[partner[i]] != groups[i], local in `keys`.
 
-  Examples are sorted by (key, a random rank per group), which makes every group one
-  contiguous run. Consecutive buckets of equal key are merged into chunks until no
-  group fills more than half of its chunk; inside a chunk of m examples whose longest
-  run has length s, position k is paired with position (k + s) mod m, which lies in a
-  different run because s >= every run and m >= 2s. Being a permutation, every
-  example's caption is used as a negative exactly once.
+  keys: [n, k], equal within a group. Every caption is used as a negative exactly once.
+  Raises ValueError with fewer than two groups, or when one holds over half the examples.
+  Why it works: sorted by (key, random group rank), each group is one run; equal-key
+  buckets merge into chunks where no run exceeds half, and shifting by the longest run
+  inside a chunk always lands in another group.
   """
   groups = np.asarray(groups)
   num = groups.shape[0]
@@ -171,11 +153,10 @@ def matching_pairs(groups, labels: dict[str, np.ndarray], rng: np.random.Generat
                    negatives: str = "colors") -> Pairs:
   """2n pairs: each image with its own caption (1) and with a hard negative's (0).
 
-  groups: [n]; labels: LABEL_KEYS → [n] (for the negative keys). `negatives` names a
-  NEGATIVE_KEYS entry: "colors" (default) pairs an image with a caption of another
-  scene with the same number of shapes and the same colours where the split has one,
-  "shapes" the same for shapes, "random" any other scene. A different group always
-  means a false caption: a group is everything a caption says.
+  groups: [n]; labels: LABEL_KEYS → [n]. `negatives` names a NEGATIVE_KEYS entry: "colors"
+  pairs an image with another scene's caption sharing shape count and colours where the
+  split has one, "shapes" likewise for shapes, "random" any other scene. Pairs are
+  interleaved: image i at rows 2i (own caption) and 2i + 1 (negative).
   """
   if negatives not in NEGATIVE_KEYS:
     raise UsageError(f"unknown negatives {negatives!r}; known: {', '.join(NEGATIVE_KEYS)}")
@@ -188,11 +169,6 @@ def matching_pairs(groups, labels: dict[str, np.ndarray], rng: np.random.Generat
   captions = np.stack([np.arange(num), partner], axis=1).reshape(-1)  # own, partner's
   label = np.tile([1, 0], num)
   return Pairs(images, captions, label.astype(np.int64))
-
-
-# ----------------------------------------------------------------------------------------
-# (b) Tags.
-# ----------------------------------------------------------------------------------------
 
 
 ARRANGEMENTS = {"stacked": ("above", "below"), "side by side": ("left of", "right of")}
@@ -223,9 +199,8 @@ def _things() -> list[str]:
 def tag_prompts(tag: str) -> list[str]:
   """Captions, in the dataset's own wording, that say the tag holds.
 
-  A shape, colour or size tag gets every one-shape caption with it ("a small red
-  circle" for "circle", "red" and "small"); an arrangement gets, for every thing, a
-  two-shape caption with each of its relations and a fixed other thing.
+  A shape, colour or size tag gets every one-shape caption naming it; an arrangement gets
+  two-shape captions with each of its relations.
   """
   if tag in ARRANGEMENTS:
     things = _things()
@@ -234,11 +209,6 @@ def tag_prompts(tag: str) -> list[str]:
   if tag not in TAGS:
     raise ValueError(f"unknown tag {tag!r}; known: {', '.join(TAGS)}")
   return [f"a {thing}" for thing in _things() if tag in thing.split()]
-
-
-# ----------------------------------------------------------------------------------------
-# (c) Zero-shot shapes, and (d) attributes.
-# ----------------------------------------------------------------------------------------
 
 
 SHAPE_TEMPLATES = tuple(f"a {size} {color} {{}}" for size in shapes.SIZES

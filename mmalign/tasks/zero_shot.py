@@ -1,11 +1,8 @@
 """Zero-shot classification: class names, through prompts, embedded by the text encoder.
 
-No classifier is trained: each class becomes a point of the shared space, the average
-direction of its prompts ("a small red circle", "a large blue circle", ...), and an
-image takes the class whose point is nearest in cosine. Averaging the L2-normalised
-prompt embeddings and normalising again (CLIP's prompt ensembling) keeps every prompt's
-vote equal whatever its norm, and cancels the words that are not the class (the colour
-and size of "a small red circle") rather than letting one prompt's wording decide.
+Each class is the normalised mean of its L2-normalised prompt embeddings (CLIP's prompt
+ensembling) and an image takes the nearest class in cosine. Normalising before averaging
+gives every prompt an equal vote and cancels the words that are not the class.
 """
 
 from __future__ import annotations
@@ -32,8 +29,8 @@ def prompt_ensemble(embed_texts: EmbedTexts,
                     prompts_per_class: Sequence[Sequence[str]]) -> np.ndarray:
   """One unit vector per class from its prompts: [c, d] float32.
 
-  prompts_per_class: c lists of prompts (their number may differ per class). All
-  prompts are embedded in one call, so the text encoder sees one large batch.
+  prompts_per_class: c non-empty lists of prompts (lengths may differ); all are embedded
+  in one `embed_texts` call.
   """
   if not prompts_per_class:
     raise ValueError("prompts_per_class is empty")
@@ -73,9 +70,8 @@ def class_embeddings(embed_texts: EmbedTexts, class_names: Sequence[str],
 def zero_shot_logits(image_emb, class_emb, *, scale: float = 1.0) -> np.ndarray:
   """Cosine similarity of every image with every class, times `scale`: [n, c] float32.
 
-  image_emb: [n, d]; class_emb: [c, d]. Both are normalised here, so embeddings that
-  are already unit-norm (the dual encoder's) and raw ones score the same way. `scale`
-  (e.g. the trained logit scale) changes softmax probabilities, never the ranking.
+  image_emb: [n, d]; class_emb: [c, d], raw or unit-norm (both are normalised here).
+  `scale` (e.g. the trained logit scale) changes softmax probabilities, never the ranking.
   """
   image_emb, class_emb = np.asarray(image_emb), np.asarray(class_emb)
   if image_emb.ndim != 2 or class_emb.ndim != 2:

@@ -2,47 +2,35 @@
 gradient cache. All three return `(loss, metrics, grads, new_model_state)`.
 
   full_batch      one forward and backward pass over the B rows (`train.micro_batches=1`).
-  micro_batched   m passes (a `lax.scan`) over micro-batches of B/m rows; the loss,
-                  metrics and gradients are their means, so activation memory is that
-                  of B/m rows. For a loss that is a mean over pairs (regression, the
-                  matching and task heads) this is the full-batch gradient up to
-                  float32 rounding. For contrastive losses (infonce, sigmoid,
-                  correspondence) it is NOT: each caption's negatives are only the
-                  B/m − 1 other rows of its micro-batch, an easier task than B − 1
-                  negatives, and the loss value is lower for it.
-  gradient_cache  the contrastive batch stays B (Gao et al. 2021, "Scaling deep
-                  contrastive learning batch size under memory limited setup"):
-                  pass 1 embeds the m micro-batches without gradients; the loss and
-                  its gradient w.r.t. the B embeddings (and scale, bias) are taken
-                  on the whole batch; pass 2 recomputes each micro-batch's embeddings
-                  and pulls its slice of that gradient back into the parameters
-                  (`jax.vjp`). Same loss and gradients as full_batch, for one extra
-                  forward pass; memory is one micro-batch of activations plus the
-                  [B, d] embeddings. Only for models whose outputs are the embeddings
-                  (+ scale, bias): fused heads (`model.fusion`, `task.label`) score
-                  pairs built inside the forward pass, which the cache cannot see.
+  micro_batched   m passes over micro-batches of B/m rows, averaged: activation memory
+                  of B/m rows. Exact (up to rounding) for losses that are a mean over
+                  pairs (regression, matching and task heads); NOT for contrastive
+                  losses: each caption's negatives are only the B/m − 1 other rows of
+                  its micro-batch, an easier task, with a lower loss.
+  gradient_cache  the contrastive batch stays B (Gao et al. 2021): pass 1 embeds the m
+                  micro-batches without gradients; the loss and its gradient w.r.t. the
+                  B embeddings (and scale, bias) are taken on the whole batch; pass 2
+                  recomputes each micro-batch and pulls its slice back into the params.
+                  Same loss and gradients as full_batch for one extra forward pass;
+                  memory is one micro-batch of activations plus the [B, d] embeddings.
+                  Not for fused heads (`model.fusion`, `task.label`), which score pairs
+                  built inside the forward pass.
 
-Micro-batch j holds rows j, j + m, j + 2m, ... of the batch. With the batch
-sharded over devices in contiguous blocks, each device then keeps its own rows
-in every micro-batch (B/m must divide by the number of batch shards): no data
-moves between devices to form them.
+Micro-batch j holds rows j, j + m, j + 2m, ...: with the batch sharded over devices in
+contiguous blocks, each device keeps its own rows in every micro-batch (B/m must divide
+by the number of batch shards), so no data moves between devices.
 
-Dropout: micro-batch j uses `fold_in(rng, j)`, in both passes of the gradient
-cache, so the recomputed embeddings are the cached ones.
+Dropout: micro-batch j uses `fold_in(rng, j)` in both gradient-cache passes, so the
+recomputed embeddings are the cached ones.
 
-BatchNorm (`model_state`): in training, each micro-batch is normalised with its
-own statistics, as a smaller batch would be (so with BatchNorm even the gradient
-cache equals the full batch only up to that: "ghost" batch norm). Every
-micro-batch starts from the same running statistics and the m updated ones are
-averaged: one moving-average update per step, with the mean of the micro-batch
-statistics, so `momentum` keeps its per-step meaning whatever m.
+BatchNorm (`model_state`): each micro-batch is normalised with its own statistics
+("ghost" batch norm, so even the gradient cache equals the full batch only up to that).
+The m updated running statistics are averaged into one update per step, so `momentum`
+keeps its per-step meaning whatever m.
 
-CPU: XLA:CPU runs convolutions inside a while loop (the `lax.scan`s below) far
-more slowly than in one pass, and unrolling keeps every micro-batch's activations
-live at once; `train.gradient_cache_loop="host"` (step.HostLoopGradientCache) runs
-the same pieces (`embed_micro_batch`, `loss_and_cotangents`, `backprop_micro_batch`)
-as separate programs instead (README, "Running on a GPU/TPU cluster", has the
-measurements).
+CPU: XLA:CPU runs convolutions inside the `lax.scan`s below far more slowly than in one
+pass; `train.gradient_cache_loop="host"` (step.HostLoopGradientCache) runs the same
+pieces as separate programs instead.
 """
 
 from __future__ import annotations
@@ -176,10 +164,9 @@ def backprop_micro_batch(forward: Forward, params, model_state, micro_batch, rng
 
 def gradient_cache(forward: Forward, objective, params, model_state, batch, rng, *,
                    micro_batches: int, mesh: Mesh | None = None):
-  """Full-batch loss and gradients, computed one micro-batch of activations at a time.
+  """Full-batch loss and gradients, one micro-batch of activations at a time.
 
-  Both passes are `lax.scan`s inside the one compiled step (`train.gradient_cache_loop=
-  "scan"`); step.HostLoopGradientCache runs the same pieces as separate programs.
+  Both passes are `lax.scan`s inside the one compiled step (`gradient_cache_loop="scan"`).
   """
   keys = jnp.arange(micro_batches)
   micro = split_rows(batch, micro_batches, mesh)

@@ -1,19 +1,13 @@
 """Checkpoints with orbax: atomic saves, automatic resume, shape checks on restore.
 
-Orbax writes each step into a temporary directory and renames it when complete,
-so a crash during a save leaves the previous checkpoint as the latest good one.
-A finished checkpoint can still go bad later (a truncated file on a full disk,
-a partial copy): `restore_latest_good` then warns, moves the bad step aside to
-`<step>.corrupt` (never deleting anything) and falls back to the previous one.
+A crash during a save leaves the previous checkpoint as the latest good one (orbax
+renames a step's directory when complete). A checkpoint that goes bad later is moved
+aside by `restore_latest_good` to `<step>.corrupt` (never deleted), with a warning.
 
-Every saved array is finite and has a SHA-256 checksum in the checkpoint's
-meta; `restore` recomputes them, so a flipped byte that still decodes to
-numbers is caught like any unreadable file. Why checksums on top of orbax:
-its files carry none, and corrupted array data restored silently.
-
-The data position and the random streams are not stored separately: batch
-`step` and the dropout key are pure functions of (seed, step), so the step
-saved with the state is the whole iterator state.
+Every saved array is finite and has a SHA-256 checksum in the meta, which `restore`
+checks: orbax's files carry none, so a flipped byte would otherwise restore silently.
+Batches and dropout keys are pure functions of (seed, step), so the saved step is the
+whole iterator state.
 """
 
 from __future__ import annotations
@@ -143,8 +137,8 @@ class Checkpointer:
   def restore(self, abstract_state, meta: dict, step: int | None = None):
     """Restores into the structure of `abstract_state` after checking it fits.
 
-    `meta` holds what must agree (model config hash, tokenizer checksum);
-    a difference raises CheckpointMismatchError naming the key.
+    `meta` holds what must agree (model config, tokenizer, dataset); a difference, or a
+    parameter shape change, raises CheckpointMismatchError naming the key.
     """
     step = self.latest_step() if step is None else step
     saved_meta = self._manager.restore(step, args=ocp.args.Composite(
@@ -182,9 +176,8 @@ class Checkpointer:
   def restore_latest_good(self, abstract_state, meta: dict):
     """`restore` of the newest readable step, moving unreadable ones aside.
 
-    A mismatch (another model) is the user's to fix and is raised at once; any
-    other failure to read a step marks it corrupt. Returns (state, meta), or
-    (None, None) when no step could be read.
+    A mismatch (another model) is raised at once; any other failure to read a step marks
+    it corrupt. Returns (state, meta), or (None, None) when no step could be read.
     """
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:

@@ -1,11 +1,8 @@
 """Joining a multi-process job: `jax.distributed.initialize` from flags or the launcher's env.
 
-Why here: every process must call it before touching a device, with the same
-coordinator. Three ways, in order:
-  1. explicit flags (`--coordinator_address`, `--num_processes`, `--process_id`),
-     e.g. for several processes on one machine or a hand-written launch script;
-  2. an environment JAX recognises on its own: Cloud TPU pods, SLURM (`srun`),
-     Open MPI (`mpirun`) — `jax.distributed.initialize()` without arguments;
+Every process must call it before touching a device, with the same coordinator. In order:
+  1. explicit flags (`--coordinator_address`, `--num_processes`, `--process_id`);
+  2. an environment JAX detects on its own (Cloud TPU pods, SLURM, Open MPI);
   3. neither: a single process, nothing to do.
 On CPU the cross-process collectives go through gloo.
 """

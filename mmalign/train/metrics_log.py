@@ -1,11 +1,9 @@
 """Progress and metrics: steps/s and ETA on the console, one JSON line per log in the
 workdir (`metrics.jsonl`), and TensorBoard event files (`<workdir>/tensorboard/`).
 
-Progress goes to stdout with `say` rather than to absl's INFO log, which the
-launcher keeps at WARNING so that library chatter (orbax, TFDS) stays quiet.
-Only process 0 writes anything. Beside the step's metrics each record holds
-steps/s, examples/s and, where the backend reports it (GPU, TPU; not CPU), the
-device memory in use and its peak.
+Progress goes to stdout with `say`, not absl's INFO log, which the launcher keeps at
+WARNING to quiet library chatter. Only process 0 writes. Each record also holds steps/s,
+examples/s and, where the backend reports it (not CPU), device memory in use and peak.
 """
 
 from __future__ import annotations

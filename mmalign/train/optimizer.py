@@ -8,14 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmalign.errors import UsageError
-
 
 def learning_rate_schedule(*, peak: float, warmup_steps: int, total_steps: int,
                            end_fraction: float = 0.0) -> optax.Schedule:
-  if not 0 <= warmup_steps < total_steps:
-    raise UsageError(f"train.warmup_steps={warmup_steps} must be in [0, train.steps="
-                     f"{total_steps})")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
       decay_steps=total_steps, end_value=peak * end_fraction)
@@ -68,9 +63,6 @@ def adamw(schedule: optax.Schedule, *, weight_decay: float, b1: float = 0.9, b2:
   two moments in bfloat16, halving the optimizer's memory; the parameters
   (master weights) stay float32. The state has the same tree either way.
   """
-  if moments_dtype not in MOMENT_DTYPES:
-    raise UsageError(f"train.optimizer_moments_dtype={moments_dtype!r}; allowed: "
-                     f"{', '.join(MOMENT_DTYPES)}")
   chain = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
   if moments_dtype == "float32":
     chain.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay,

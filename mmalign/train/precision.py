@@ -17,17 +17,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from mmalign.errors import UsageError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def dtype_of(name: str | None, config_key: str):
-  """jnp dtype for a config value ("float32" | "bfloat16"; None means float32)."""
-  name = "float32" if name is None else str(name)
-  if name not in DTYPES:
-    raise UsageError(f"{config_key}={name!r}; allowed: {', '.join(DTYPES)}")
-  return DTYPES[name]
 
 
 def _with_dtype(kwargs: dict[str, Any] | None, dtype) -> dict[str, Any]:

@@ -1,10 +1,8 @@
 """SIGTERM as a request to checkpoint and stop, agreed on by every process.
 
-Why: schedulers (Kubernetes, Slurm, TPU maintenance) send SIGTERM some seconds
-before killing a job. The trainer then saves the state of the step it just
-finished and exits 0, so the rerun resumes there instead of at the last
-periodic checkpoint. With several processes each one may see the signal at a
-different step; they stop together once any of them has it, because a
+Why: schedulers send SIGTERM some seconds before killing a job; saving the step just
+finished lets the rerun resume there, not at the last periodic checkpoint. Processes
+may see the signal at different steps; they stop together once any has it, because a
 checkpoint is written collectively.
 """
 

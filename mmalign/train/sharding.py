@@ -4,11 +4,9 @@ Rule (a function of the shape alone): an array with at least `min_size`
 elements is split along its largest dimension that the fsdp axis size
 divides (the last such one on ties); every other array is replicated.
 
-Because the rule looks only at shapes, the optimizer's moments (same shapes
-as their parameters) get exactly their parameter's sharding without knowing
-the optimizer's state layout, and scalars (step, Adam's count, log-scale) are
-replicated. Small arrays stay whole: splitting them saves little memory and
-costs a gather each.
+Why shapes alone: optimizer moments get their parameter's sharding without knowing the
+optimizer's state layout, and scalars are replicated. Small arrays stay whole: splitting
+them saves little memory and costs a gather each.
 """
 
 from __future__ import annotations

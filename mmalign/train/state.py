@@ -1,10 +1,9 @@
 """The train state of a run: its optimizer, its initial value and its restore.
 
-A train state is `{params, opt_state, step[, model_state]}`, what a checkpoint
-holds; `model_state` holds non-trained collections (BatchNorm's running
-statistics) and is absent for models that have none. Why here and not in the
-run context: eval and search only need the variables, which `restore_variables`
-hands them, so nothing below the train layer knows about optimizers.
+A train state is `{params, opt_state, step[, model_state]}`, what a checkpoint holds;
+`model_state` holds non-trained collections (BatchNorm statistics), absent when none.
+Eval and search get only the variables (`restore_variables`), so nothing below the
+train layer knows about optimizers.
 """
 
 from __future__ import annotations

@@ -2,26 +2,13 @@
 
 Kept apart from the loop (trainer.py) so that how a step is computed (shardings,
 precision, accumulation) can change without touching checkpointing or logging.
-
-`build_train_step` reads those choices from `config.train` (each key optional,
-with the default that reproduces the plain data-parallel float32 step):
-  mesh                     {"data": -1, "fsdp": 1}: the device mesh (mesh.py)
-  fsdp_min_size            arrays of at least this many elements are split over
-                           the fsdp axis (sharding.py)
-  micro_batches            1; m > 1 accumulates gradients over m micro-batches
-  gradient_cache           False; True keeps the contrastive batch whole across
-                           micro-batches (accumulation.py)
-  gradient_cache_loop      "scan": the micro-batch loops are `lax.scan`s inside the
-                           one compiled step | "host": a Python loop over separately
-                           compiled micro-batch programs (HostLoopGradientCache; for
-                           XLA:CPU, where convolutions in a scan run ~20x slower)
-  compute_dtype            "float32" | "bfloat16" (precision.py)
-  optimizer_moments_dtype  "float32" | "bfloat16", read by `optimizer.adamw`
-  on_nonfinite             "stop" (the loop raises; metrics["state_finite"] says
-                           whether the updated state is finite) | "skip" (the step
-                           keeps the old params, optimizer and model state when the
-                           loss, the gradient norm or the updated state is NaN/inf;
-                           metrics["skipped"] = 1)
+`build_train_step` reads from `config.train` (defaults in `settings.RULES`): `mesh`,
+`fsdp_min_size` (sharding.py), `micro_batches`, `gradient_cache` (accumulation.py),
+`gradient_cache_loop` ("host" runs the micro-batch loop in Python over separately
+compiled programs: on XLA:CPU convolutions inside a `lax.scan` are far slower),
+`compute_dtype` (precision.py) and `on_nonfinite`: "stop" (the loop raises on
+`metrics["state_finite"]`) or "skip" (a step whose loss, gradient norm or updated
+state is NaN/inf keeps the old state and reports `metrics["skipped"] = 1`).
 """
 
 from __future__ import annotations
@@ -44,10 +31,6 @@ def train_forward(model) -> accumulation.Forward:
     return model.apply({"params": params, **model_state}, batch["tokens"], batch["images"],
                        train=True, rngs={"dropout": rng}, mutable=list(model_state))
   return forward
-
-
-NONFINITE_POLICIES = ("stop", "skip")
-GRADIENT_CACHE_LOOPS = ("scan", "host")
 
 
 def _update(optimizer, state_shardings, skip_nonfinite: bool):
@@ -103,11 +86,6 @@ def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shard
   With `gradient_cache` and `gradient_cache_loop="host"` the step is a
   HostLoopGradientCache: the same keys and the same result, in 2m + 2 program calls.
   """
-  if micro_batches < 1:
-    raise UsageError(f"train.micro_batches={micro_batches} must be >= 1")
-  if gradient_cache_loop not in GRADIENT_CACHE_LOOPS:
-    raise UsageError(f"train.gradient_cache_loop={gradient_cache_loop!r}; allowed: "
-                     f"{', '.join(GRADIENT_CACHE_LOOPS)}")
   if gradient_cache:
     accumulation.check_gradient_cache(model)
   state_sharding = mesh_lib.replicated(mesh) if state_shardings is None else state_shardings
@@ -235,8 +213,7 @@ def build_train_step(train_config, model, objective, optimizer, mesh, state):
   micro_batches = int(value("micro_batches"))
   gradient_cache = bool(value("gradient_cache"))
   gradient_cache_loop = str(value("gradient_cache_loop"))
-  dtype = precision.dtype_of(value("compute_dtype"),
-                             "train.compute_dtype")
+  dtype = precision.DTYPES[value("compute_dtype")]
   shards = mesh_lib.batch_devices(mesh) * max(micro_batches, 1)
   if train_config.batch_size % shards:
     raise UsageError(
@@ -244,15 +221,10 @@ def build_train_step(train_config, model, objective, optimizer, mesh, state):
         f"train.micro_batches={micro_batches} micro-batches over the "
         f"{mesh_lib.batch_devices(mesh)} batch shards of train.mesh "
         f"({dict(mesh.shape)}): make it a multiple of {shards}")
-  on_nonfinite = value("on_nonfinite")
-  if on_nonfinite not in NONFINITE_POLICIES:
-    raise UsageError(f"train.on_nonfinite={on_nonfinite!r}; allowed: "
-                     f"{', '.join(NONFINITE_POLICIES)}")
-  shardings = sharding.state_shardings(
-      state, mesh, int(value("fsdp_min_size")))
+  shardings = sharding.state_shardings(state, mesh, int(value("fsdp_min_size")))
   step = make_train_step(precision.with_compute_dtype(model, dtype), objective, optimizer, mesh,
                          train_config.seed, state_shardings=shardings,
                          micro_batches=micro_batches, gradient_cache=gradient_cache,
                          gradient_cache_loop=gradient_cache_loop,
-                         skip_nonfinite=on_nonfinite == "skip")
+                         skip_nonfinite=value("on_nonfinite") == "skip")
   return step, jax.device_put(state, shardings)

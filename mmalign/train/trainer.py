@@ -1,15 +1,13 @@
 """The one training loop: any registered model and loss, chosen by the config.
 
-Resumes on its own from the latest good checkpoint in the workdir; since batch
-`step` is a pure function of (seed, step), the resumed run sees the same data
-it would have seen without the interruption, and ends bitwise identical to an
-uninterrupted run on CPU.
+Resumes on its own from the latest good checkpoint in the workdir; batches are a pure
+function of (seed, step), so on CPU a resumed run ends bitwise identical to an
+uninterrupted one.
 
-Faults: SIGTERM checkpoints the step just finished and raises `Preempted`
-(the launcher exits 0); a non-finite loss or gradient raises
-`NonFiniteLossError` naming the step before anything of that step is saved,
-so the last checkpoint stays the last good one (`train.on_nonfinite="stop"`),
-or, with "skip", the step leaves the state unchanged and a warning names it.
+Faults: SIGTERM checkpoints the step just finished and raises `Preempted` (the launcher
+exits 0). A non-finite loss or gradient raises `NonFiniteLossError` naming the step
+before anything of it is saved (`train.on_nonfinite="stop"`), or, with "skip", leaves
+the state unchanged with a warning.
 """
 
 from __future__ import annotations
@@ -68,10 +66,9 @@ STEP_MEMORY = "step_memory.json"
 def _check_image_batches(train_config, text_rows: int, mesh) -> None:
   """Refuses micro-batching that would break `data.sampling="images"` batches.
 
-  Plain micro-batches cut the images and the texts into separate slices while
-  `image_to_text` indexes the whole batch's text rows; the gradient cache scores
-  the whole batch at once, so it is exact here too, given that the T text rows
-  split like the images do.
+  Plain micro-batches would score images against another slice's texts, since
+  `image_to_text` indexes the whole batch's text rows; the gradient cache scores the
+  whole batch at once, so it is exact, given that the text rows split like the images.
   """
   micro_batches = int(settings.value(train_config, "micro_batches", section="train"))
   if micro_batches > 1 and not settings.value(train_config, "gradient_cache", section="train"):
@@ -89,10 +86,8 @@ def _check_image_batches(train_config, text_rows: int, mesh) -> None:
 def _record_step_memory(train_step, state, batch, workdir: str) -> None:
   """Writes XLA's memory account of the compiled step (per device) to STEP_MEMORY.
 
-  Why: CPU reports no device memory, and the batch-size table shows memory per
-  step beside recall; `temp_bytes` is the step's scratch (activations, loss
-  tiles), the same figure benchmarks/kernels.py reports. Lowered with the loop's
-  own arguments, so jit reuses this compilation for the first step.
+  Why: CPU reports no device memory; `temp_bytes` is the step's scratch (activations,
+  loss tiles). Lowered with the loop's own arguments, so jit reuses this compilation.
   """
   memory = step_lib.compiled_memory(train_step, state, batch)
   if memory is None or jax.process_index() != 0:
@@ -106,11 +101,10 @@ def train(exp: experiment_lib.Experiment, *, stop_after: int | None = None,
           evaluators=None) -> dict:
   """Trains the run `exp` until `config.train.steps`; returns the final state.
 
-  `stop_after` ends this run early at that step, with a checkpoint, as a
-  preemption would; the schedule still spans `config.train.steps`, so a later
-  run resumes the same trajectory. `evaluators` (eval.evaluators.Evaluators):
-  those with `every_steps` run on the live state at those steps, into the
-  metrics log. Holds the workdir's lock while it runs.
+  `stop_after` ends this run early at that step with a checkpoint, as a preemption
+  would; the schedule still spans `config.train.steps`, so a later run resumes the same
+  trajectory. `evaluators` (eval.evaluators.Evaluators) with `every_steps` run on the
+  live state at those steps, into the metrics log. Holds the workdir's lock.
   """
   with workdir_lib.locked(exp.workdir, process_index=jax.process_index()):
     return _train(exp, stop_after, evaluators)

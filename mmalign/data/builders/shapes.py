@@ -93,8 +93,7 @@ class Scene:
             f"a {self.things[1].words(colours)}")
 
   def canonical(self) -> tuple[tuple[Thing, ...], str]:
-    """The things and relation in the one wording kept of "A below B" /
-    "B above A" (and "right of" / "left of")."""
+    """Things and relation in the kept wording of "A below B" / "B above A" (and right/left)."""
     if self.relation in _MIRROR:
       return self.things[::-1], _MIRROR[self.relation]
     return self.things, self.relation
@@ -112,8 +111,7 @@ class Scene:
     return self.group_of(colours=True)
 
   def group_of(self, colours: bool) -> int:
-    """Mixed-radix code of the canonical labels the wording names; one per canonical
-    caption (colours count as NONE when the wording leaves them out)."""
+    """Mixed-radix code of the canonical labels the wording names: one per canonical caption."""
     things, relation = self.canonical()
     code = 0
     for i in range(2):
@@ -142,9 +140,8 @@ def _place_two(rng: np.random.Generator, relation: str,
                extents: tuple[float, float]) -> tuple[tuple[float, float], ...]:
   """Centres for two things so that `relation` is plain to see.
 
-  Along the relation's axis ("above": y) the boxes are apart by at least _GAP;
-  across it they are offset by at most a third of the distance along it, so
-  "above" is never mistaken for "left of".
+  The boxes are at least _GAP apart along the relation's axis and offset across it by at
+  most a third of that distance, so "above" is never mistaken for "left of".
   """
   lead_first = relation in ("above", "left of")  # Is things[0] at the smaller coordinate?
   e_lead, e_next = extents if lead_first else extents[::-1]
@@ -164,11 +161,10 @@ def _place_two(rng: np.random.Generator, relation: str,
 
 
 def sample_scene(seed: int, index: int, colours: bool = True) -> Scene:
-  """The scene numbered `index`: a function of (seed, index) only, so any
-  example can be regenerated on its own and splits can be drawn in any order.
+  """The scene numbered `index`, a function of (seed, index) only.
 
-  colours: whether captions will name colours; without them, the two things must
-  differ in shape or size (else "left of" and "right of" would both be true).
+  colours: whether captions will name colours; without them, the two things differ in
+  shape or size (else "left of" and "right of" would both be true).
   """
   rng = np.random.default_rng([seed, index])
   if rng.random() < P_ONE_SHAPE:

@@ -20,8 +20,8 @@ from mmalign.data.registry import register_dataset
 from mmalign.data.split import split_of
 
 IMAGE_SIZE = 32
-# The tiny config: Latin-1 Supplement and Latin Extended-A (accented letters,
-# whose names compose from few words), drawn by two faces. A few hundred pairs.
+# The tiny config: Latin-1 Supplement and Latin Extended-A (accented letters, whose names
+# compose from few words), drawn by two faces.
 TINY_CODE_POINTS = range(0x00C0, 0x0180)
 TINY_FACES = ("DejaVuSans.ttf", "DejaVuSerif.ttf")
 
