@@ -1,9 +1,8 @@
-"""What every experiment script's `main` does around its own work.
+"""What every experiment script's `main` does around its own work, as `launch.py` does.
 
-Why one place: each script should quiet library INFO logs unless asked, reject
-stray arguments, record the exact command it was run with (results files quote
-it), and print a user's mistake as one `error:` line with exit status 2, as
-`launch.py` does.
+Library INFO logs stay quiet unless --verbosity is given, stray arguments are refused, the
+exact command is recorded (results files quote it), and a UsageError prints as one `error:`
+line with exit status 2.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ def run_script(module: str, argv: list[str], body: Callable[[str], object]) -> N
   """Calls body(command), where command is `python -m <module> <the flags given>`."""
   from absl import flags, logging  # pylint: disable=import-outside-toplevel
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Progress is printed; library INFO is noise.
+    logging.set_verbosity(logging.WARNING)
   command = " ".join([f"python -m {module}"] + [shlex.quote(a) for a in sys.argv[1:]])
   try:
     if len(argv) > 1:

@@ -3,12 +3,11 @@
   python -m experiments.noisy_pairs --config=experiments/configs/quickstart.py \
       --fractions=0,0.2,0.4,0.6 --steps=500
 
-The design survey asks how alignment copes with noisy data. For each fraction
-f, the same model is trained for `--steps` steps with `data.noisy_pair_fraction
-= f` (that share of every batch pairs a caption with another row's image, see
-`TrainBatches.noisy_rows`) and evaluated on the clean held-out split. Writes
-results.json, results.md and recall.png to --out_dir; each run keeps its
-workdir under --workdir_root, so a rerun resumes or reuses finished runs.
+For each fraction f, the config's model trains `--steps` steps with
+`data.noisy_pair_fraction=f` (that share of every batch pairs a caption with another row's
+image) and is evaluated on the clean held-out split. Writes results.json, results.md and
+recall.png to --out_dir; each run's workdir under --workdir_root is kept, so a rerun
+resumes or reuses finished runs.
 """
 
 from __future__ import annotations

@@ -3,21 +3,16 @@
   python -m experiments.procrustes_baseline --config=experiments/configs/quickstart.py \
       --contrastive_eval=experiments/results/quickstart/eval_test.json
 
-Two kinds of frozen unimodal embeddings, neither trained on pairs:
-  frozen random encoders  the config's text and image towers and projection heads at
-                          initialisation (seed config.train.seed), never trained;
-  TF-IDF / pixel PCA      text: TF-IDF over the tokenizer's pieces, image: raw pixels,
-                          each reduced by PCA to the same width (default model.embed_dim).
-For each, the orthogonal Procrustes map (mmalign.alignment) is fitted on the train
-split's (caption, image) pairs and moves the held-out captions into the image space;
-"no alignment" compares the two spaces as they are. Retrieval is scored exactly as
-the evaluator does (distinct captions → images, images → captions, any image of the
-caption's group is correct), so the trained contrastive model's eval JSON
-(--contrastive_eval, written by `launch.py --mode=eval`) sits in the same table.
+Two kinds of frozen embeddings, neither trained on pairs: the config's towers and
+projection heads at initialisation (seed config.train.seed), and TF-IDF over the tokenizer's
+pieces / raw pixels, each PCA-reduced to --pca_dim (default model.embed_dim). For each, an
+orthogonal Procrustes map fitted on the train pairs moves the held-out captions into the
+image space; "no alignment" compares the spaces as they are. Retrieval is scored as the
+evaluator scores it, so a trained model's eval JSON (--contrastive_eval, from
+`launch.py --mode=eval`) sits in the same table.
 
-Writes results.json, results.md (command, date, JAX version, table) and recall.png
-(recall@k bars) to --out_dir. The tokenizer is trained on the train captions into
---workdir/tokenizer unless one is there.
+Writes results.json, results.md and recall.png to --out_dir. The tokenizer is trained on
+the train captions into --workdir/tokenizer unless one is there.
 """
 
 from __future__ import annotations
@@ -43,11 +38,6 @@ from mmalign.utils import say
 DIRECTIONS = ("text_to_image", "image_to_text")
 
 
-# ----------------------------------------------------------------------------------------
-# Data: one split's distinct captions and all its images.
-# ----------------------------------------------------------------------------------------
-
-
 @dataclasses.dataclass
 class Split:
   name: str
@@ -65,11 +55,6 @@ def load_split(exp: experiment_lib.Experiment, split: str) -> Split:
   source = sources.open_split(exp.builder, split)
   pixels = pipeline.decode_images(source, np.arange(len(source)))
   return Split(split, index, pixels)
-
-
-# ----------------------------------------------------------------------------------------
-# Frozen unimodal embeddings: (train captions, train images, test captions, test images).
-# ----------------------------------------------------------------------------------------
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -108,10 +93,8 @@ def tfidf(train_counts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def pca(train: np.ndarray, dim: int, max_rows: int, seed: int):
-  """(mean [f], components [f, dim]) from the SVD of at most `max_rows` train rows.
-
-  A random subset is enough for the leading directions and keeps the SVD cheap.
-  """
+  """(mean [f], components [f, dim]) from the SVD of at most `max_rows` random train rows
+  (enough for the leading directions, and cheap)."""
   if len(train) > max_rows:
     train = train[np.random.default_rng(seed).choice(len(train), max_rows, replace=False)]
   mean = train.mean(axis=0)
@@ -134,11 +117,6 @@ def classical_embeddings(exp, train: Split, test: Split, dim: int, max_rows: int
           project(pixels_train, image_mean, image_basis),
           project(text_test, text_mean, text_basis),
           project(pixels_test, image_mean, image_basis))
-
-
-# ----------------------------------------------------------------------------------------
-# Alignment and scoring.
-# ----------------------------------------------------------------------------------------
 
 
 def score(test: Split, captions: np.ndarray, images: np.ndarray, ks) -> dict:
@@ -183,11 +161,6 @@ def chance_row(test: Split, ks) -> dict:
                             for k in ks},
           "image_to_text": {f"recall@{k}": rm.chance_recall_at_k(groups, group_ids, k)
                             for k in ks}}
-
-
-# ----------------------------------------------------------------------------------------
-# Reports.
-# ----------------------------------------------------------------------------------------
 
 
 def format_markdown(report: dict) -> str:
@@ -241,11 +214,6 @@ def write_outputs(report: dict, out_dir: str) -> None:
   write_results(out_dir, report, format_markdown(report), plot_recall_bars, "recall.png")
 
 
-# ----------------------------------------------------------------------------------------
-# The run.
-# ----------------------------------------------------------------------------------------
-
-
 def run(config, *, workdir: str, out_dir: str, split: str = "test",
         contrastive_eval: str | None = None, pca_dim: int | None = None,
         pca_rows: int = 10_000, command: str = "") -> dict:
@@ -254,7 +222,7 @@ def run(config, *, workdir: str, out_dir: str, split: str = "test",
     raise UsageError("--split=train would score the map on the pairs it was fitted on; "
                      "use a held-out split (validation, test)")
   started = time.perf_counter()
-  timings: dict[str, float] = {}  # Seconds per stage, saved in the report.
+  timings: dict[str, float] = {}  # Seconds per stage.
   since = lambda t: time.perf_counter() - t
 
   exp = experiment_lib.for_training(config, workdir)

@@ -4,24 +4,19 @@
   python -m experiments.tasks_shapes --workdir=workdirs/shapes --split=validation \
       --out_dir=/tmp/shapes_tasks --config=experiments/configs/shapes.py
 
-The model and its latest checkpoint are loaded as the evaluator does (the config,
-default experiments/configs/shapes.py, must be the one the workdir was trained with;
-a different model is refused by the checkpoint). Both splits are embedded once; heads
-are trained on the train split and scored on --split (held-out captions):
+--config (default experiments/configs/shapes.py) must be the one the workdir was trained
+with: the checkpoint refuses a different model. Heads are trained on the train split's
+embeddings and scored on --split (held-out captions):
 
-  (i)   image–text matching (mmalign.tasks.shapes_tasks.matching_pairs): text-only,
-        image-only and fused probes, linear and MLP; every image and every caption
-        occurs once as a match and once as a mismatch, so single-modality probes are at
-        exactly 50% by construction. The fused probe trained with modality dropout is
-        also scored with the text absent and with the image absent. "cosine" is the
-        dual encoder's own similarity, made a classifier by a 1-feature logistic fit.
-  (ii)  zero-shot shape classification of one-shape scenes (prompt ensembles of
-        "a {size} {color} <shape>"), against chance and a linear probe on the images;
+  (i)   image–text matching: text-only, image-only and fused probes, linear and MLP (every
+        image and caption occurs once matched and once mismatched, so single-modality
+        probes sit at 50%); the fused probe trained with modality dropout is also scored
+        with text or image absent; "cosine" is the embeddings' own similarity;
+  (ii)  zero-shot shape classification of one-shape scenes, against a linear image probe;
   (iii) multi-label tags: zero-shot tag prompts vs trained heads on the image;
   (iv)  attributes (num_shapes, shape1, color1, relation) from text / image / fused.
 
-Writes results.json, results.md (command, date, JAX version, checkpoint step) and
-tasks.png to --out_dir.
+Writes results.json, results.md and tasks.png to --out_dir.
 """
 
 from __future__ import annotations
@@ -93,11 +88,6 @@ def embed_split(exp: experiment_lib.Experiment, variables, split: str) -> Embedd
 def _fused(text, image, absent: str = "both") -> np.ndarray:
   present = np.broadcast_to(np.array(ABSENT[absent]), (len(image), 2))
   return probe_lib.fused_features(text, image, present)
-
-
-# ----------------------------------------------------------------------------------------
-# The four tasks.
-# ----------------------------------------------------------------------------------------
 
 
 def _probe_row(train_x, train_y, test_x, test_y, num_classes, settings, hidden=(),
@@ -216,11 +206,6 @@ def attributes(train: Embedded, test: Embedded, settings: Settings) -> dict:
                                          for a, r in result["fused+dropout"].items()))
     out[name] = result
   return out
-
-
-# ----------------------------------------------------------------------------------------
-# Run and report.
-# ----------------------------------------------------------------------------------------
 
 
 def run(config, workdir: str, *, out_dir: str, split: str = "test",

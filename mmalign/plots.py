@@ -30,19 +30,19 @@ def plot_training_curves(metrics_jsonl: str, path: str) -> None:
   save_figure(figure, path)
 
 
-def plot_recall_curves(ranks_by_direction: dict[str, np.ndarray], chance: dict[str, np.ndarray],
-                       path: str, title: str, max_k: int = 50) -> None:
-  """Recall@k for k = 1..max_k per direction (solid) and its chance level (dotted).
+def plot_recall_curves(curves: dict[str, dict[str, list[float]]], path: str,
+                       title: str) -> None:
+  """Recall@k per direction (solid) and its chance level (dotted), for k = 1, 2, ...
 
-  ranks_by_direction: name → first-hit ranks [queries]; chance: name → [max_k].
+  curves: direction → {"recall": [max_k], "chance": [max_k]} (an evaluator's
+  "recall_curves").
   """
   figure = Figure(figsize=(5.5, 3.8), layout="constrained")
   axes = figure.add_subplot()
-  ks = np.arange(1, max_k + 1)
-  for name, ranks in ranks_by_direction.items():
-    line, = axes.plot(ks, [(np.asarray(ranks) <= k).mean() for k in ks],
-                      label=name.replace("_", " "))
-    axes.plot(ks, chance[name], linestyle=":", color=line.get_color())
+  for name, curve in curves.items():
+    ks = np.arange(1, len(curve["recall"]) + 1)
+    line, = axes.plot(ks, curve["recall"], label=name.replace("_", " "))
+    axes.plot(ks, curve["chance"], linestyle=":", color=line.get_color())
   axes.set_xscale("log")
   axes.set_xlabel("k")
   axes.set_ylabel("recall@k")

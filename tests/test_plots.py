@@ -28,9 +28,10 @@ def test_training_curves_refuse_empty_log(tmp_path):
 
 
 def test_recall_curves_png(tmp_path):
-  ranks = {"text_to_image": np.array([1, 2, 30]), "image_to_text": np.array([1, 1, 4])}
-  chance = {k: np.linspace(0, 1, 10) for k in ranks}
+  curves = {direction: {"recall": list(np.linspace(0.2, 1, 10)),
+                        "chance": list(np.linspace(0, 0.5, 10))}
+            for direction in ("text_to_image", "image_to_text")}
   out = tmp_path / "nested" / "recall.png"
-  plots.plot_recall_curves(ranks, chance, str(out), "title", max_k=10)
+  plots.plot_recall_curves(curves, str(out), "title")
   with Image.open(out) as image:
     assert image.format == "PNG"

@@ -22,13 +22,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.image_mean = (0.9,)  # Glyphs: mostly white paper.
   c.data.image_std = (0.25,)
   c.data.max_shift = 0  # Random translation in pixels (training only).
-  # Robustness to noisy pairs: this fraction of every training batch is paired with
-  # another row's image (mmalign/data/pipeline.py, TrainBatches.noisy_rows).
+  # Share of every training batch whose caption is paired with another row's image.
   c.data.noisy_pair_fraction = 0.0
   # How a training batch is drawn (mmalign/data/sampling.py): "captions", one image per
-  # distinct caption (at most 5,838 rows here); "images", train.batch_size distinct
-  # images against min(batch, captions) distinct captions (InfoNCE only), which is
-  # what lets the batch grow past the caption count.
+  # distinct caption (at most 5,838 rows here); "images" (InfoNCE only), train.batch_size
+  # distinct images against min(batch, captions) captions, so the batch can pass that count.
   c.data.sampling = "captions"
 
   c.text = ml_collections.ConfigDict()  # mmalign.data.tokenizer.TextSettings
@@ -49,8 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
   c.model.image_encoder = "cnn"
   c.model.image_kwargs = ml_collections.ConfigDict({
-      # Narrow at full resolution, wide at low resolution: the best of the 2-core
-      # budget (README, "Quickstart result").
+      # Narrow at full resolution, wide at low resolution (README, "Quickstart result").
       "cnn": {"channels": (16, 64, 256), "width": 256},
       "vgg": {"layout": "11", "norm": "batch", "pooling": "mean"},
       "resnet": {"depth": 18, "width": 32, "small_input": True, "norm": "batch"},
@@ -60,8 +57,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.projection_kwargs = ml_collections.ConfigDict({"hidden": (), "dropout": 0.0})
   c.model.init_scale = 10.0
   c.model.fusion = ml_collections.FieldReference(None, field_type=str)
-  # Missing modalities: the chance, in training, that an example's task classifier sees
-  # only its caption or only its image (needs task.label; DualEncoder).
+  # Chance, in training, that the task classifier sees only the caption or only the image
+  # (needs task.label).
   c.model.modality_dropout = 0.0
   c.model.fusion_kwargs = ml_collections.ConfigDict({
       "concat": {"missing": "learned"},
@@ -89,8 +86,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Modality imbalance: multiplies the gradient the alignment loss sends into each tower.
   c.loss.modality_weights = ml_collections.ConfigDict({"text": 1.0, "image": 1.0})
 
-  # Multi-task training (the design survey's alignment + task loss): a class-label
-  # feature of the dataset (e.g. shapes' "color1"), classified from the fused pair.
+  # Multi-task: a class-label feature of the dataset (e.g. shapes' "color1"), classified
+  # from the fused pair.
   c.task = ml_collections.ConfigDict()
   c.task.label = ml_collections.FieldReference(None, field_type=str)
 
@@ -115,7 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.micro_batches = 1
   c.train.gradient_cache = False
   # How the cache's micro-batches run: "scan" (inside the one compiled step) or "host"
-  # (separate programs; for CPU, where XLA runs convolutions in a scan ~20x slower).
+  # (separate programs; for CPU, where XLA runs convolutions in a scan far slower).
   c.train.gradient_cache_loop = "scan"
   c.train.compute_dtype = "float32"  # "bfloat16": bf16 towers, float32 master weights.
   c.train.optimizer_moments_dtype = "float32"  # "bfloat16": Adam moments stored in bf16.

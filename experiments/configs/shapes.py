@@ -1,11 +1,10 @@
-"""shapes/full: a dual encoder whose embeddings feed the downstream tasks of issue 5.
+"""shapes/full: a dual encoder whose embeddings feed experiments/tasks_shapes.py.
 
   python launch.py --config=experiments/configs/shapes.py --workdir=workdirs/shapes
   python -m experiments.tasks_shapes --workdir=workdirs/shapes
 
-Captions are compositional ("a small red circle above a large blue square"),
-so word order matters: the text tower is a small transformer, not a bag of
-words. Everything else is the quickstart's.
+Captions are compositional ("a small red circle above a large blue square"), so word
+order matters: the text tower is a small transformer. Everything else is the quickstart's.
 """
 
 import ml_collections

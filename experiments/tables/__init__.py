@@ -1,11 +1,9 @@
-"""Reproducible tables of issue 8: one command each, several seeds, cached cells.
+"""Reproducible tables: one command each, several seeds, cached cells.
 
   python -m experiments.tables <table> [--quick] [--seeds=N] [--parallel=N]
 
-TABLES maps a name to its `spec.Table` (one module per table); runner.py expands
-a table into cells and caches them, report.py and plots.py write the results.
-Adding a table: a module with `TABLE = spec.Table(...)`, one line below, and its
-quick run is picked up by tests/tables/test_quick.py.
+TABLES maps a name to its `spec.Table`. Adding a table: a module with
+`TABLE = spec.Table(...)` and one entry below; tests/tables/test_quick.py runs its quick grid.
 """
 
 from experiments.tables import (batch_size, encoders, fusion, matching, objectives,

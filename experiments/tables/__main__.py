@@ -1,15 +1,13 @@
 """Runs one table: `python -m experiments.tables <table> [--quick] [--seeds=N] [--parallel=N]`.
 
-  python -m experiments.tables objectives --quick       # tiny data, a minute or two
+  python -m experiments.tables objectives --quick       # tiny data, a few steps
   python -m experiments.tables objectives --dry_run     # which cells are cached
   python -m experiments.tables robustness --sections=noisy_pairs   # a share of the grid
 
-Writes <out_dir>/results.md, results.json and <table>.png; the default out_dir is
-experiments/results/<table>/ (experiments/results/quick/<table>/ with --quick).
-Finished cells are cached under --workdir_root (see runner.py), and cells the cache
-lacks are read from the out_dir's committed results.json when their key is unchanged,
-so a rerun (in a fresh clone too) only computes what changed; a failed cell is reported, the others are kept, and the
-exit status is 1.
+Writes results.md, results.json and <table>.png to --out_dir (default
+experiments/results/[quick/]<table>/). A rerun, in a fresh clone too, computes only the cells
+that neither the cache (--workdir_root) nor the out_dir's committed results.json hold under
+an unchanged key. A failed cell is reported, the others are kept, and the exit status is 1.
 """
 
 from __future__ import annotations

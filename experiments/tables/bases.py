@@ -1,13 +1,9 @@
 """The base configs the tables share, full and quick.
 
-Shared on purpose: a row that means the same model in two tables (InfoNCE on
-glyphs in "objectives" and the noise-free row elsewhere; the plain concat model
-in "fusion" and "robustness") resolves to the same config, hence the same cell
-key, and is trained once (runner.cached_result looks in every table's folder).
-
-Step counts are chosen so that a table's full grid (3 seeds) fits in about two
-hours on the 2-core CPU machine (quickstart ≈ 0.35 s per step there, shapes at
-batch 64 ≈ 0.3 s; see each table's full_run_estimate).
+Shared on purpose: a row that means the same model in two tables (e.g. InfoNCE on glyphs in
+"objectives" and "robustness") resolves to the same cell key and is trained once. Step
+counts keep a table's full grid (3 seeds) near two hours on 2 CPU cores (each table's
+full_run_estimate).
 """
 
 from __future__ import annotations
@@ -20,14 +16,13 @@ TINY = "experiments/configs/tiny.py"
 
 GLYPH_STEPS = 800  # Of quickstart's 1500: most of its recall, half the time.
 SHAPES_STEPS = 600
-# openmoji/full: 3,186 training emoji at 64×64 RGB, 12 steps of 256 an epoch; a
-# quickstart step there takes 2.6 s on 2 cores (7× a glyph step), so 16 epochs.
+# 16 epochs of openmoji/full (12 steps of 256 an epoch); a step costs ~7 glyph steps.
 OPENMOJI_STEPS = 200
 SHAPES_BATCH = 64  # Shapes' CNN at 64×64×3 is ~4× a glyph step per example.
 QUICK_STEPS = 6
 
-# The multi-task setting of issue 8's shapes tables: classify the first shape's colour
-# from the fused (caption, image) pair, with image–text matching on the same fusion.
+# The shapes tables' multi-task setting: classify the first shape's colour from the fused
+# (caption, image) pair, with image–text matching on the same fusion.
 MULTITASK = {"model.fusion": "concat", "task.label": "color1", "loss.task_weight": 1.0,
              "loss.matching_weight": 1.0}
 
@@ -40,8 +35,9 @@ def glyphs(quick: bool, steps: int = GLYPH_STEPS) -> Base:
 
 
 def openmoji(quick: bool, steps: int = OPENMOJI_STEPS) -> Base:
-  """openmoji on quickstart's model (emoji on white, so its grey normalisation fits):
-  openmoji/full at `steps`, or tiny.py on openmoji/tiny."""
+  """openmoji/full on quickstart's model at `steps`, or tiny.py on openmoji/tiny.
+
+  Emoji are on white, so quickstart's grey normalisation fits."""
   data = {"data.name": "openmoji", "data.config": "tiny" if quick else "full"}
   if quick:
     return Base(TINY, {**data, "train.steps": QUICK_STEPS})

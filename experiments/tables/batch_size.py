@@ -1,27 +1,17 @@
 """Table 6, contrastive batch size: retrieval vs batch size from 64 to 16k images on CPU.
 
-Why it needs `data.sampling="images"` (mmalign/data/sampling.py): the default batch
-holds one image per distinct caption, so on unicode_glyphs/full (5,838 training
-captions, 43,185 images) it can never pass 5,838. Here a batch is B distinct images
-scored against T = min(B, 5,838) distinct captions; an image's only positive is its
-own caption and a caption shared by several images has all of them as positives
-(the kernels' multi-positive columns), so repeated captions are never false
-negatives. The InfoNCE runs through the tiled kernel (`loss.kernel.impl=xla_chunked`),
-which never forms the [B, T] logits.
+It needs `data.sampling="images"` (mmalign/data/sampling.py): the default batch holds one
+image per distinct caption, so on unicode_glyphs/full it can never pass 5,838. Here a batch
+is B distinct images against T = min(B, 5,838) distinct captions, with every image of a
+caption as its positives (no false negatives), and InfoNCE runs through the tiled kernel
+(`loss.kernel.impl=xla_chunked`), which never forms the [B, T] logits.
 
-The protocol: a FIXED budget of training images per cell (EXAMPLES), so a larger
-batch takes proportionally fewer steps (16 at B = 16,384), and the rows answer
-"what does the same compute buy at each batch size". The learning rate follows the
-square-root rule for Adam (Malladi et al. 2022, "On the SDEs and scaling rules for
-adaptive gradient algorithms") from quickstart's 2e-3 at B = 256, capped at 4e-3
-(MAX_LEARNING_RATE; the README's reading of this table says why). Warm-up is 10% of
-the steps (at least 1), then cosine decay to 0, as in every config. Metrics are logged 8 times per run, so the throughput (median of the
-intervals after the first, which holds the compilation) has samples even at 16 steps.
-
-Memory: the compiled step's XLA scratch (`memory_analysis().temp_size_in_bytes`, per
-device; the trainer writes it to <workdir>/step_memory.json). The largest row would not
-fit a 24 GB machine in one pass, so it uses the gradient cache (MICRO_BATCHES) as a host
-loop; T must then divide into micro-batches × batch shards (README, batch-size reading).
+Every cell trains on the same number of images (EXAMPLES), so the rows compare what the
+same compute buys at each batch size. The learning rate follows the square-root rule for
+Adam (Malladi et al. 2022) from quickstart's 2e-3 at B = 256, capped at MAX_LEARNING_RATE.
+Step memory is the compiled step's XLA scratch per device (<workdir>/step_memory.json); rows
+in MICRO_BATCHES run the gradient cache as a host loop, so T must divide into
+micro-batches × batch shards.
 """
 
 from __future__ import annotations
@@ -43,8 +33,8 @@ QUICK_EXAMPLES = 2 ** 9
 MICRO_BATCHES = {16384: 2}
 QUICK_MICRO_BATCHES = {128: 2}
 BASE_BATCH, BASE_LEARNING_RATE = 256, 2e-3  # experiments/configs/quickstart.py.
-MAX_LEARNING_RATE = 4e-3  # Above it, short large-batch runs collapse (module docstring).
-LOGS_PER_RUN = 8
+MAX_LEARNING_RATE = 4e-3  # Above it, short large-batch runs collapse (README's reading).
+LOGS_PER_RUN = 8  # So throughput has intervals after the first (compilation) at 16 steps.
 
 COLUMNS = tuple(c for c in RETRIEVAL_COLUMNS if c.key.endswith(("recall@1", "recall@10"))) + (
     Column("train/examples_per_s", "train images/s", fmt="int"),

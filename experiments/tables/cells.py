@@ -1,11 +1,9 @@
 """Cell kinds: what computes one (config, seed) cell of a table, chosen by name.
 
-A kind is a function `run(cell) -> flat metrics` plus how a reader reruns one
-cell by hand. The training kind goes through exactly what `launch.py
---mode=all` does (trainer, retrieval evaluator, classification evaluator when
-`task.label` is set), so a table's numbers are the launcher's numbers. Bump a
-kind's `version` when its metrics change meaning: cached cells of the old
-version are then recomputed.
+A kind is a function `run(cell) -> flat metrics` plus the command that reruns one cell by
+hand. The training kind goes through what `launch.py --mode=all` does, so a table's numbers
+are the launcher's. Bump a kind's `version` when its metrics change meaning: cached cells of
+the old version are then recomputed.
 """
 
 from __future__ import annotations
@@ -47,8 +45,7 @@ class Cell:
 @dataclasses.dataclass(frozen=True)
 class CellKind:
   run: Callable[[Cell], dict[str, float]]
-  # Rerun by hand: {config} the base config path, {overrides} the base's --config.x=y
-  # flags, {workdir} a fresh directory.
+  # Rerun by hand, with {config} the base config, {overrides} its flags, {workdir} a new dir.
   command: str
   version: int = 1
   note: str = ""  # What the command does not cover.
@@ -78,8 +75,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
 
 
 def training_throughput(workdir: str) -> dict[str, float]:
-  """Median training examples/s and steps/s of the logged intervals after the first
-  (the first holds compilation); empty without a metrics log."""
+  """Median examples/s and steps/s of the logged intervals after the first (compilation)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
@@ -94,8 +90,7 @@ def training_throughput(workdir: str) -> dict[str, float]:
 
 
 def step_memory(workdir: str) -> dict[str, float]:
-  """{"step_temp_bytes"}: XLA's scratch memory of the compiled train step, per device, as
-  the trainer recorded it (mmalign/train/trainer.py, STEP_MEMORY); empty without it."""
+  """{"step_temp_bytes"}: the train step's XLA scratch per device (trainer.STEP_MEMORY)."""
   path = os.path.join(workdir, "step_memory.json")
   if not os.path.exists(path):
     return {}
@@ -106,8 +101,7 @@ def step_memory(workdir: str) -> dict[str, float]:
 @register_kind("train_eval", command="python launch.py --config={config} "
                "--workdir={workdir} {overrides}")
 def train_and_evaluate(cell: Cell) -> dict[str, float]:
-  """launch.py --mode=all without the example search: `run.train_and_evaluate`, the same
-  sequence and evaluators. "train/seconds" includes the evaluators' time."""
+  """launch.py --mode=all without the example search; "train/seconds" includes evaluation."""
   from mmalign import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
   from mmalign import run as run_lib  # pylint: disable=import-outside-toplevel
 
@@ -130,8 +124,9 @@ def _procrustes_family(embeddings: str) -> str:
 @register_kind("procrustes", command="python -m experiments.procrustes_baseline "
                "--config={config} {overrides}")
 def procrustes(cell: Cell) -> dict[str, float]:
-  """experiments/procrustes_baseline.py's rows, keyed `<family>/<alignment>/<direction>/...`
-  with family "frozen" (random towers) or "tfidf_pca", alignment "none" or "procrustes"."""
+  """experiments/procrustes_baseline.py's rows as `<family>/<alignment>/<direction>/...`.
+
+  family: "frozen" (random towers) or "tfidf_pca"; alignment: "none" or "procrustes"."""
   from experiments import procrustes_baseline  # pylint: disable=import-outside-toplevel
   report = procrustes_baseline.run(cell.config, workdir=cell.workdir,
                                    out_dir=os.path.join(cell.workdir, "procrustes"),

@@ -1,18 +1,11 @@
 """Table 5, encoders: retrieval and training speed per text and per image tower.
 
 One factor at a time around the quickstart model (bag of words + CNN, InfoNCE on
-unicode_glyphs/full): the text tower varies with the CNN fixed (GLYPH_STEPS, so
-its bag-of-words row is objectives' InfoNCE cell), then the image tower with the
-bag of words fixed, at IMAGE_STEPS: on 2 CPU cores a ResNet-18 step costs ~7 CNN
-steps and a ViT-Ti step ~14 (measured: 481, 65 and 34 training examples/s), so the
-image section trains shorter and has its own CNN row. Even so its 9 cells take
-~3.2 h, over the 2-hour guideline, so it runs split by seeds (`--seeds=1`, then 2,
-then 3, ~1.1 h each: a report keeps every seed the cache or the committed results
-hold); the text section fits in one go. The full 3 × 3 cross would not fit at all.
-
-Throughput is the median training examples/s of the logged intervals after the
-first (compilation), from the trainer's metrics.jsonl; it is only comparable
-between cells run one at a time (--parallel=1) on an otherwise idle machine.
+unicode_glyphs/full): the text tower varies with the CNN fixed, at GLYPH_STEPS (so its
+bag-of-words row is objectives' InfoNCE cell); the image tower with the bag of words fixed,
+at the shorter IMAGE_STEPS, since ResNet and ViT steps cost many CNN steps on CPU (hence
+the section's own CNN row). Throughput is only comparable between cells run one at a time
+(--parallel=1) on an otherwise idle machine.
 """
 
 from __future__ import annotations

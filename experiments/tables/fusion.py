@@ -1,23 +1,15 @@
 """Table 1, fusion ablation (design document §3.2.2, §6.1): classification on shapes.
 
-Every registered fusion module (models/fusion.py) in the multi-task shapes model:
-classify the first shape's colour (`task.label=color1`) from the fused (caption,
-image) pair, with image–text matching on the same fusion; scored by the
-classification evaluator on the held-out test split.
+Every registered fusion module (models/fusion.py) in the multi-task shapes model
+(bases.MULTITASK), scored by the classification evaluator on the held-out test split.
+The single-modality rows come from one more model, concat fusion trained with
+`model.modality_dropout=1` (every example hides its caption or its image), so its
+classifier has learned each modality alone; the plain concat model never saw a missing
+modality, so its own text-only score is not used.
 
-The single-modality rows come from one more model: concat fusion trained with
-`model.modality_dropout=1`, i.e. every training example hides its caption or its
-image (even odds), so its classifier has learned each modality alone; the rows are
-its evaluator's text-only and image-only scores (the other input hidden at test
-time). The plain concat model's own text-only column is not used: it never saw a
-missing modality in training.
-
-Two sections, the same rows on two wordings of the same kind of scenes:
-  fusion       shapes/full: the caption names every colour, so text alone is a
-               ceiling and the section shows only that fusion keeps it.
-  colourless   shapes/full_colourless: the caption leaves colours out, so only
-               the caption says which shape is first and only the pixels show its
-               colour; this is the section where fusing can beat both modalities.
+Sections: "fusion" on shapes/full, whose captions name every colour (text alone is a
+ceiling), and "colourless" on shapes/full_colourless, where only the caption says which
+shape is first and only the pixels show its colour, so fusing can beat both modalities.
 """
 
 from __future__ import annotations
@@ -64,9 +56,9 @@ ROWS = (
 QUICK_ROWS = ("text only (concat, dropout 1, image hidden)",
               "image only (concat, dropout 1, text hidden)", "concatenation",
               "weighted sum, gate α(t, i)")
-# The colourless section's quick grid: the two unimodal rows share one model, so
-# 2 cells (the quick table stays at 5 cells, tests/tables/test_runner.py).
-QUICK_COLOURLESS_ROWS = QUICK_ROWS[:2] + QUICK_ROWS[3:]  # Both unimodal rows and the gate.
+# Both unimodal rows (one model) and the gate: 2 cells, so the quick table stays at 5
+# (tests/tables/test_runner.py).
+QUICK_COLOURLESS_ROWS = QUICK_ROWS[:2] + QUICK_ROWS[3:]
 
 
 LABEL_NOTE = ("The label is the colour of the shape the caption names first (6 colours; "

@@ -1,14 +1,11 @@
 """Table 3, matching (design document §3.2.3): n captions ↔ n images, one-to-one.
 
-A model (quickstart's InfoNCE on unicode_glyphs/full; the checkpoint of
-objectives' InfoNCE cell when that one is finished, else trained here) embeds the
-held-out test split; a matching problem of size n takes n random caption groups and one random
-image of each, shuffled, and every matcher of `mmalign.matching.MATCHERS` pairs
-them from the cosine similarities [n, n]. Accuracy is `matching_accuracy`: the
-share of captions given their own image; a matcher that abstains (-1: mutual NN
-and Sinkhorn's mutual argmax) is wrong on that row, and its "matched" column says
-how often it answered. Nearest neighbour may give one image to several captions;
-Hungarian and Sinkhorn enforce one-to-one, which is what helps as n grows.
+Quickstart's InfoNCE model embeds the held-out test split; a problem of size n takes n
+random caption groups and one random image of each, shuffled, and every matcher of
+`mmalign.matching.MATCHERS` pairs them from the cosine similarities [n, n]. Accuracy is the
+share of captions given their own image; a matcher that abstains (-1: mutual NN, Sinkhorn's
+mutual argmax) is wrong on that row, and its "answered" column says how often it answered.
+Hungarian and Sinkhorn enforce one-to-one, unlike nearest neighbour, which helps as n grows.
 """
 
 from __future__ import annotations
@@ -76,8 +73,9 @@ def matching_accuracies(text_emb: np.ndarray, image_emb: np.ndarray, group_ids: 
 
 
 def trained_workdir(cell: Cell) -> str | None:
-  """The workdir of a finished train_eval cell with this cell's config and seed, if any
-  table has one (e.g. objectives' InfoNCE row): its checkpoint is this model."""
+  """The workdir of any table's finished train_eval cell with this config and seed, or None.
+
+  Its checkpoint is this cell's model (e.g. objectives' InfoNCE row)."""
   from experiments.tables import runner  # pylint: disable=import-outside-toplevel
   root = os.path.dirname(os.path.dirname(cell.directory))
   key = runner.cell_key("train_eval", cell.config, cell.seed, {})
@@ -92,8 +90,7 @@ def trained_workdir(cell: Cell) -> str | None:
                "--workdir={workdir} --mode=train {overrides}",
                note="trains the model; the matching itself runs only in the table")
 def train_and_match(cell: Cell) -> dict[str, float]:
-  """Trains the cell's model (or reuses another table's), embeds its eval split, scores
-  every matcher at every size."""
+  """Scores every matcher at every size on the cell's model (trained here or reused)."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from mmalign import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
@@ -103,7 +100,7 @@ def train_and_match(cell: Cell) -> dict[str, float]:
 
   config = cell.config
   workdir = trained_workdir(cell)
-  if workdir is not None:  # The same model, already trained by another table's cell.
+  if workdir is not None:
     print(f"matching: reusing the model in {workdir}", flush=True)
     exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
     variables, _ = train_state.restore_variables(exp)

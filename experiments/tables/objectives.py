@@ -1,11 +1,9 @@
 """Table 2, alignment objectives (design document §3.2.3), on unicode_glyphs/full and openmoji.
 
-The same dual encoder trained with each registered alignment loss (correspondence-
-matrix regression, InfoNCE, sigmoid, regression of text onto image) against the
-closed-form baselines of experiments/procrustes_baseline.py (an orthogonal map
-between frozen spaces, fitted on the train pairs), all scored by the retrieval
-evaluator on the held-out test split. The openmoji section repeats the comparison
-on colour emoji whose test names were never seen in training (section "openmoji").
+The same dual encoder trained with each registered alignment loss, against the
+closed-form baselines of experiments/procrustes_baseline.py, all scored by the retrieval
+evaluator on the held-out test split. The "openmoji" section repeats the comparison on
+colour emoji whose test names were never seen in training.
 """
 
 from __future__ import annotations
@@ -42,8 +40,8 @@ QUICK_ROWS = ("correspondence-matrix regression", "InfoNCE", "Procrustes on TF-I
               "Procrustes on frozen random towers")
 
 
-# openmoji: the objectives that lead or carry the design document's claim, and both
-# baselines; regression (text onto image) is left out to keep the section near 1.5 h.
+# openmoji: the objectives that carry the design document's claim, and both baselines;
+# regression (text onto image) is left out to keep the section's run time down.
 OPENMOJI_ROWS = ("correspondence-matrix regression", "InfoNCE", "sigmoid",
                  "Procrustes on TF-IDF / pixel PCA", "Procrustes on frozen random towers")
 QUICK_OPENMOJI_ROWS = ("InfoNCE", "Procrustes on TF-IDF / pixel PCA")

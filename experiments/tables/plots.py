@@ -2,11 +2,9 @@
 
 Panels are chosen by name (spec.Panel.kind) from PANELS:
   bars    one group per column, one bar per table row;
-  curves  a line per column against the rows' `x` (e.g. noisy-pair fraction), or,
-          when the columns carry `x` (e.g. missing-modality rate), a line per row
-          against the columns' x. The band is mean ± std over seeds.
-  scatter one labelled point per table row at (first column, second column), with
-          ± std error bars both ways: a trade-off such as recall against queries/s.
+  curves  a line per column against the rows' `x`, or, when the columns carry `x`, a line
+          per row against the columns' x; the band is mean ± std over seeds;
+  scatter one point per table row at (first column, second column), ± std both ways.
 matplotlib's object API with Agg, as in mmalign/plots.py: no pyplot state.
 """
 
@@ -93,8 +91,7 @@ PANELS: dict[str, Callable[[object, dict, dict, dict], None]] = {
 def row_colours(sections: list[dict]) -> dict[str, str]:
   """Row name -> colour, one per distinct name over the whole report.
 
-  Why: a row that recurs in several sections (objectives' Procrustes baselines)
-  keeps its colour even where the sections hold different rows before it.
+  So a row that recurs in several sections keeps its colour wherever it stands.
   """
   names = list(dict.fromkeys(row["name"] for s in sections for row in s["rows"]))
   cycle = [f"C{i}" for i in range(10)]

@@ -37,7 +37,7 @@ def best_rows(section: dict) -> dict[str, set[int]]:
       continue
     means = [row["stats"][column["key"]]["mean"] for row in section["rows"]]
     present = [m for m in means if m is not None]
-    if len(present) < 2:  # Nothing to compare against.
+    if len(present) < 2:
       continue
     target = max(present) if column["best"] == "max" else min(present)
     best[column["key"]] = {i for i, m in enumerate(means) if m is not None and

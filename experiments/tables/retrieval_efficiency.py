@@ -1,25 +1,16 @@
 """Table 7, retrieval efficiency: ScaNN against exact search on trained galleries.
 
-The galleries are the image embeddings of models the objectives table trains
-(InfoNCE and correspondence-matrix regression on unicode_glyphs/full, every
-seed); the queries are the test split's distinct captions (text→image). Two
-gallery sizes: the test split alone (what `launch.py` evaluates) and the images
-of all three splits, where only test images can be hits and the other ~49k are
-distractors.
+Galleries are the image embeddings of the objectives table's InfoNCE and
+correspondence-matrix models (unicode_glyphs/full, every seed): the test split alone (what
+`launch.py` evaluates) or the images of all splits, where only test images can be hits.
+Queries are the test split's distinct captions.
 
-Per method: recall@10 against exact search (tie-aware: an item tied with the
-10th true neighbour counts, since trained galleries hold identical embeddings),
-the task's text→image R@10 through that search (does approximation cost the
-user anything?), batched queries/s (best of `REPEATS`) and build seconds.
-Methods: numpy float32 matmul + argpartition (the ground truth), the project's
-tiled top-k (`ExactIndex`), ScaNN brute force, ScaNN as `launch.py` builds it
-(`retrieval` config), and ScaNN tuned for recall 0.95 by `tuning.tune` on the
-validation split's captions (held out from the test queries).
-
-The cell reuses the trained workdir of the same config's "train_eval" cell when
-some table has finished it (objectives does), else trains its own. Queries/s
-are only comparable between cells run one at a time on an otherwise idle
-machine (--parallel=1).
+Per method (METHODS, numpy the ground truth): recall@K against exact search (tie-aware, as
+trained galleries hold identical embeddings), the task's text→image R@K through that search,
+batched queries/s (best of REPEATS) and build seconds. "ScaNN tuned" is `tuning.tune` on
+the validation captions, held out from the test queries. The model is the finished
+"train_eval" cell of the same config if a table has one, else trained here; queries/s are
+only comparable between cells run one at a time (--parallel=1) on an idle machine.
 """
 
 from __future__ import annotations

@@ -1,20 +1,15 @@
 """Table 4, robustness (design document Q9, Q15, Q17): noisy pairs and missing modalities.
 
-Three sections, plotted as curves:
-  noisy_pairs         retrieval on unicode_glyphs/full vs the share of each training
-                      batch whose caption is paired with another row's image
-                      (`data.noisy_pair_fraction`); supersedes experiments/noisy_pairs.py,
-                      which runs one seed of the same sweep.
-  noisy_pairs_shapes  the multi-task shapes model (concat fusion, classify `color1`):
-                      classification and retrieval vs the same noise.
-  missing_modality    that classifier when a share p of the test examples lacks one
-                      modality (text or image at even odds), trained with and without
-                      `model.modality_dropout`.
+Sections: "noisy_pairs", retrieval on unicode_glyphs/full vs `data.noisy_pair_fraction`
+(experiments/noisy_pairs.py runs one seed of it); "noisy_pairs_shapes", the multi-task
+shapes model's classification and retrieval vs the same noise; "missing_modality", that
+classifier when a share p of the test examples lacks its text or its image (even odds),
+trained with and without `model.modality_dropout`.
 
-The missing-modality curve is not sampled: the classification evaluator scores every
-test example with both modalities, text only and image only, so the accuracy at rate
-p is exactly its expectation (1 − p)·both + p/2·(text only + image only). Accuracy is
-the only metric that mixes this way (F1 and ROC-AUC are not averages over examples).
+The missing-modality curve is not sampled: the evaluator scores every test example with
+both modalities, text only and image only, so the accuracy at rate p is exactly
+(1 − p)·both + p/2·(text only + image only). Only accuracy mixes this way (F1 and ROC-AUC
+are not averages over examples).
 """
 
 from __future__ import annotations

@@ -1,26 +1,19 @@
 """A table's grid → cells → cache → (parallel) runs → mean ± std over seeds.
 
-Every (row, seed) resolves to one config; its cell key is a hash of what the
-cell computes: kind, kind version, the resolved config, seed and the kind's
-params. Left out of the hash unless a row or base overrides them: NOT_HASHED,
-keys that do not change a table's numbers (where the data lives, ScaNN search
-settings, logging and checkpoint cadence), so that adding such a key to a
-config file does not throw away hours of finished cells. Any other config
-change, a new key included, reruns the cells. Rows with the same key share one
-run. A finished cell leaves
+Every (row, seed) resolves to one config; its cell key hashes what the cell computes
+(`cell_key`), and rows with the same key share one run. Any config change but those
+NOT_HASHED and NEUTRAL_DEFAULTS allow, a new key included, reruns the cells. A finished
+cell leaves
 
   <workdir_root>/<table>/<key>/cell.json   metrics, written last and atomically
   <workdir_root>/<table>/<key>/workdir/    the launcher's workdir (checkpoints, evals)
 
-so a rerun only computes cells whose recipe changed, an interrupted cell resumes
-from its checkpoint, and a cell another table already computed (same key in a
-sibling folder) is reused as is. The cache is git-ignored, so a fresh clone starts
-without it; the table's committed results.json stands in for it: it names each
-(row, seed)'s cell key and keeps its shown metrics, seconds and date, so a cell
-whose key is still the same is read from there instead of being trained again
-(`previous_records`). Together they make splitting a long table across sessions
-and clones safe (`--sections`); two processes must not run the same cell at once,
-though (they would share its workdir).
+so a rerun computes only cells whose recipe changed, an interrupted cell resumes from its
+checkpoint, and a cell another table computed (same key in a sibling folder) is reused.
+The cache is git-ignored; in a fresh clone the table's committed results.json stands in
+for it (`previous_records`). Together they make splitting a table across sessions and
+clones safe (`--sections`), but two processes must not run the same cell at once (they
+would share its workdir).
 """
 
 from __future__ import annotations
@@ -47,11 +40,12 @@ from mmalign import settings, utils
 from mmalign.errors import UsageError
 from mmalign.utils import say
 
+# Keys that do not change a table's numbers (data location, ScaNN search, logging and
+# checkpoint cadence): out of the key unless overridden, so adding one keeps finished cells.
 NOT_HASHED = ("data.data_dir", "retrieval", "train.log_every", "train.checkpoint_every",
               "train.keep_checkpoints")
-# Config keys added after cells were cached, with the value that keeps the old
-# behaviour: at that value (and not overridden) they leave the hash alone, so a
-# new option does not throw away finished cells; any other value is hashed.
+# Keys added after cells were cached, with the value that keeps the old behaviour: only
+# another value (or an override) enters the key, so a new option keeps finished cells.
 NEUTRAL_DEFAULTS: dict[str, object] = {
     key: settings.RULES[key].default for key in ("data.sampling", "train.gradient_cache_loop")}
 
@@ -65,8 +59,7 @@ class Settings:
   parallel: int = 1
   data_dir: str | None = None  # Overrides config.data.data_dir; not part of the cell key.
   sections: tuple[str, ...] = ()  # Only these run; the others come from the cache or stay "—".
-  # A results.json written earlier: cells the cache lacks are read from it when their key
-  # still matches (see previous_records). None: the cache only.
+  # An earlier results.json, read for cells the cache lacks (previous_records); None: cache only.
   previous_results: str | None = None
   dry_run: bool = False  # List the cells and whether they are cached; run nothing.
 
@@ -81,11 +74,6 @@ class Plan:
   keys: dict[tuple[str, int, int], str]  # (section name, row index, seed) → key
   runnable: set[str]  # Keys in the selected sections, of the seeds `--seeds` runs.
   quick: bool = False
-
-
-# ----------------------------------------------------------------------------------------
-# Grid and keys.
-# ----------------------------------------------------------------------------------------
 
 
 def build_config(base: spec.Base, row: spec.Row, seed: int, data_dir: str | None = None):
@@ -118,11 +106,10 @@ def _drop(tree: dict, dotted: str) -> None:
 
 
 def cell_key(kind: str, config, seed: int, params: dict, overridden=()) -> str:
-  """16 hex digits of sha256 over what the cell computes; stable across processes.
+  """16 hex digits of sha256 over kind, kind version, resolved config, seed and params.
 
-  `overridden`: the dotted keys the base and row set; a NOT_HASHED key (or section)
-  they touch is hashed after all, so rows that differ only there stay apart. A
-  NEUTRAL_DEFAULTS key is hashed only when set to another value (or overridden).
+  Stable across processes. `overridden`: the dotted keys the base and row set; a NOT_HASHED
+  key (or section) they touch is hashed after all, so rows differing only there stay apart.
   """
   tree = config.to_dict()
   for key in NOT_HASHED:
@@ -148,9 +135,8 @@ def plan(table: spec.Table, settings: Settings) -> Plan:
   count = default if settings.seeds is None else settings.seeds
   if count < 1:
     raise UsageError(f"--seeds must be at least 1, got {count}")
-  # `--seeds` limits what runs, not what is reported: seeds up to the table's default
-  # are still read from the cache or the earlier report, so that a run split by seeds
-  # (`--seeds=1` now, the default later) never drops the seeds another run computed.
+  # `--seeds` limits what runs, not what is reported: a run split by seeds (`--seeds=1`
+  # now, the default later) keeps the seeds another run computed.
   seeds = list(range(max(count, default)))
   cells, keys, runnable = {}, {}, set()
   for section in sections:
@@ -169,11 +155,6 @@ def plan(table: spec.Table, settings: Settings) -> Plan:
   return Plan(table, sections, seeds, cells, keys, runnable, settings.quick)
 
 
-# ----------------------------------------------------------------------------------------
-# Cache.
-# ----------------------------------------------------------------------------------------
-
-
 def cached_result(workdir_root: str, table: str, key: str) -> dict | None:
   """This table's cell.json for `key`, else any other table's, else None."""
   own = os.path.join(workdir_root, table, key, "cell.json")
@@ -187,12 +168,10 @@ def cached_result(workdir_root: str, table: str, key: str) -> dict | None:
 def previous_records(path: str | None) -> dict[str, dict]:
   """Records by key rebuilt from an earlier report's results.json; {} if there is none.
 
-  The report keeps, per row and seed, the cell key and the metrics the row shows
-  (after its view), so a rebuilt record is marked `shown` and keeps them per row
-  name (`shown_by_row`): rows sharing a key may show different views of one run
-  (text only / image only), and summarize must not apply a view twice. Reports
-  written before seconds and dates were kept per cell give seconds None and the
-  report's date.
+  The report keeps each row's shown metrics (after its view), so a rebuilt record is
+  marked `shown` and keeps them per row name (`shown_by_row`): rows sharing a key may show
+  different views of one run, and summarize must not apply a view twice. Without per-cell
+  seconds and dates, seconds is None and the date the report's.
   """
   if not path or not os.path.exists(path):
     return {}
@@ -248,10 +227,9 @@ def _describe(plan_: Plan, key: str) -> str:
 def run_missing(plan_: Plan, settings: Settings) -> tuple[dict[str, dict], dict[str, str]]:
   """(records by key, errors by key): cached cells read, missing runnable ones computed.
 
-  A cell missing from the cache is read from settings.previous_results when its key
-  is there, and computed otherwise (if its section is selected). A failing cell is
-  reported and skipped, so one bad config does not cost the others; the caller
-  decides the exit status.
+  A cell the cache lacks is read from settings.previous_results when its key is there. A
+  failing cell is reported and skipped, so one bad config does not cost the others; the
+  caller decides the exit status.
   """
   previous = previous_records(settings.previous_results)
   records, errors, todo, reused = {}, {}, [], 0
@@ -303,11 +281,6 @@ def run_missing(plan_: Plan, settings: Settings) -> tuple[dict[str, dict], dict[
   return records, errors
 
 
-# ----------------------------------------------------------------------------------------
-# Aggregation.
-# ----------------------------------------------------------------------------------------
-
-
 def mean_std(values: Iterable[float]) -> dict:
   """{"mean", "std", "n"}: std is the sample std (ddof=1) over seeds, 0 for one seed."""
   values = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
@@ -320,9 +293,8 @@ def mean_std(values: Iterable[float]) -> dict:
 def _shown(record: dict, section: str, row: spec.Row) -> dict | None:
   """The metrics a row shows for one cell record; None if a reused record cannot say.
 
-  A fresh record holds the run's metrics and gets the row's view. A record read back
-  from an earlier report already holds shown metrics, per row: a row it does not
-  name is served only when a single row showed that cell (no other view to mix up).
+  A reused record already holds shown metrics per row: a row it does not name is served
+  only when a single row showed that cell (no other view to mix up).
   """
   if not record.get("shown"):
     return row.view(record["metrics"]) if row.view else record["metrics"]
@@ -380,8 +352,7 @@ def summarize(plan_: Plan, records: dict[str, dict], *, command: str,
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
           "jax_version": importlib.metadata.version("jax"),
           "cell_seconds": sum(r.get("seconds") or 0.0 for r in records.values()),
-          # Cells read from an earlier results.json: how many, whose compute went
-          # unrecorded (reports before per-cell seconds), and the dates they ran.
+          # Cells read from an earlier results.json: count, unrecorded compute, run dates.
           "reused": {"cells": sum(1 for r in records.values() if r.get("previous")),
                      "unrecorded_seconds": sum(1 for r in records.values()
                                                if r.get("seconds") is None),

@@ -1,11 +1,9 @@
 """What a table is made of: sections of rows (config overrides) scored in columns.
 
-A table never holds numbers, only the recipe: for every row, a base config file
-plus dotted overrides (exactly launch.py's `--config.x=y`), the cell kind that
-computes it (`cells.CELL_KINDS`), and which of that cell's metrics it shows.
-Rows whose recipe is the same (same overrides, kind and params) are one cell,
-trained once: that is how the fusion table's "text only" and "image only" rows
-come out of one model.
+A table holds only the recipe: per row, a base config file plus dotted overrides (as
+launch.py's `--config.x=y`), the cell kind that computes it (`cells.CELL_KINDS`), and which
+of that cell's metrics it shows. Rows with the same recipe are one cell, trained once: the
+fusion table's "text only" and "image only" rows come out of one model.
 """
 
 from __future__ import annotations
@@ -34,10 +32,10 @@ class Base:
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  """One line of a section.
+  """One line of a section; `x` places it on a curve.
 
-  `view` maps the cell's raw metrics to this row's (e.g. the text-only column of
-  a classifier); None shows them as they are. `x` places the row on a curve.
+  `view` maps the cell's raw metrics to this row's (e.g. a classifier's text-only scores);
+  None shows them as they are.
   """
   name: str
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -91,12 +89,7 @@ class Table:
   sections: Callable[[bool], list[Section]]
   seeds: int = 3
   quick_seeds: int = 1
-  full_run_estimate: str = ""  # On the 2-core CPU machine; printed by --dry_run.
-
-
-# ----------------------------------------------------------------------------------------
-# Configs and overrides.
-# ----------------------------------------------------------------------------------------
+  full_run_estimate: str = ""  # Run time on 2 CPU cores, printed before a full run.
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

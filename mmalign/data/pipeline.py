@@ -49,11 +49,9 @@ def index_split(caption_source) -> SplitIndex:
   captions: dict[int, str] = {}
   for i in range(len(caption_source)):
     example = caption_source[i]
-    group = int(example["group"])
-    groups[i] = group
-    caption = text_of(example["caption"])
-    example_captions.append(caption)
-    captions.setdefault(group, caption)
+    groups[i] = int(example["group"])
+    example_captions.append(text_of(example["caption"]))
+    captions.setdefault(int(groups[i]), example_captions[-1])
   group_ids = np.array(sorted(captions), np.int64)
   order = np.argsort(groups, kind="stable")
   bounds = np.searchsorted(groups[order], group_ids, side="left")

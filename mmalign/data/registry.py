@@ -13,5 +13,3 @@ from mmalign.registry import Registry
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
-
-COMMON_FEATURES = ("image", "caption", "group")

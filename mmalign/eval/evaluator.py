@@ -56,22 +56,22 @@ class RetrievalEvaluator:
                                                  index.groups),
              "image_to_text": rm.first_hit_ranks(image_emb, index.groups, text_emb,
                                                  index.group_ids)}
-    curve_k = max(CURVE_MAX_K, *ks)
-    chance = {"text_to_image": [rm.chance_recall_at_k(index.group_ids, index.groups, k)
-                                for k in range(1, curve_k + 1)],
-              "image_to_text": [rm.chance_recall_at_k(index.groups, index.group_ids, k)
-                                for k in range(1, curve_k + 1)]}
-    t2i = rm.retrieval_metrics(ranks["text_to_image"], ks)
-    i2t = rm.retrieval_metrics(ranks["image_to_text"], ks)
-    for k in ks:
-      t2i[f"chance_recall@{k}"] = chance["text_to_image"][k - 1]
-      i2t[f"chance_recall@{k}"] = chance["image_to_text"][k - 1]
-    return {"dataset": f"{exp.config.data.name}/{exp.config.data.config}",
-            "split": self.split, "step": step,
-            "num_text_queries": int(index.num_groups), "gallery_images": int(len(index.groups)),
-            "text_to_image": t2i, "image_to_text": i2t,
-            "searcher": self._through_searcher(text_emb, image_emb), "embed_s": embed_s,
-            "_curves": (ranks, chance, curve_k)}
+    queries_and_gallery = {"text_to_image": (index.group_ids, index.groups),
+                           "image_to_text": (index.groups, index.group_ids)}
+    curve_ks = range(1, max(CURVE_MAX_K, *ks) + 1)
+    curves = {direction: {"recall": [float((ranks[direction] <= k).mean()) for k in curve_ks],
+                          "chance": [rm.chance_recall_at_k(*queries_and_gallery[direction], k)
+                                     for k in curve_ks]}
+              for direction in ranks}
+    results = {"dataset": f"{exp.config.data.name}/{exp.config.data.config}",
+               "split": self.split, "step": step, "num_text_queries": int(index.num_groups),
+               "gallery_images": int(len(index.groups))}
+    for direction in ranks:
+      results[direction] = rm.retrieval_metrics(ranks[direction], ks)
+      results[direction].update({f"chance_recall@{k}": curves[direction]["chance"][k - 1]
+                                 for k in ks})
+    return {**results, "searcher": self._through_searcher(text_emb, image_emb),
+            "embed_s": embed_s, "recall_curves": curves}
 
   def _through_searcher(self, text_emb: np.ndarray, image_emb: np.ndarray) -> dict:
     """The configured searcher's text→image answers, scored against exact search."""
@@ -96,11 +96,11 @@ class RetrievalEvaluator:
 
   def report(self, results: dict) -> None:
     """Writes the JSON and the recall-curve PNG into the workdir; prints the table."""
-    ranks, chance, curve_k = results.pop("_curves")
     path = os.path.join(self.exp.workdir, RESULTS_FILE.format(split=self.split))
     utils.write_json(path, results)
-    plot_recall_curves(ranks, chance, os.path.join(self.exp.workdir, f"eval_{self.split}.png"),
-                       f"{results['dataset']} {self.split}, step {results['step']}", curve_k)
+    plot_recall_curves(results["recall_curves"],
+                       os.path.join(self.exp.workdir, f"eval_{self.split}.png"),
+                       f"{results['dataset']} {self.split}, step {results['step']}")
     say(format_table(results))
     say(f"written to {path}")
 

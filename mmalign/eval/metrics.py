@@ -68,13 +68,13 @@ def _as_labels(x, name: str, n: int | None = None) -> np.ndarray:
   return x
 
 
-def _as_binary(x, name: str, n: int | None = None) -> np.ndarray:
-  """1-D (or 2-D for multi-hot) bool array from bools or 0/1 integers."""
+def _as_binary(x, name: str, ndim: int) -> np.ndarray:
+  """Non-empty `ndim`-D (1, or 2 for multi-hot) bool array from bools or 0/1 integers."""
   x = np.asarray(x)
-  if n is not None and x.shape[0] != n:
-    raise ValueError(f"{name} has {x.shape[0]} rows, expected {n}")
   if x.dtype != bool and not np.all((x == 0) | (x == 1)):
     raise ValueError(f"{name} must be binary (0/1 or bool)")
+  if x.ndim != ndim or x.size == 0:
+    raise ValueError(f"{name} must be a non-empty {ndim}-D array, got {x.shape}")
   return x.astype(bool)
 
 
@@ -151,10 +151,7 @@ def roc_auc(binary_labels, scores) -> float:
   binary_labels: [n] 0/1 or bool; scores: [n] float, higher = more positive. Raises
   ValueError when the labels hold only one class.
   """
-  scores = np.asarray(scores)
-  positive = _as_binary(binary_labels, "binary_labels")
-  if positive.ndim != 1 or positive.size == 0:
-    raise ValueError(f"binary_labels must be a non-empty 1-D array, got {positive.shape}")
+  positive = _as_binary(binary_labels, "binary_labels", 1)
   auc = _roc_auc(positive, _as_scores(scores, "scores", positive.shape))
   if auc is None:
     raise ValueError("ROC-AUC needs at least one positive and one negative label")
@@ -212,9 +209,7 @@ def average_precision(binary_labels, scores) -> float:
   binary_labels: [n] 0/1 or bool; scores: [n] float, higher = more positive. Raises
   ValueError without a positive label (sklearn returns 0, which looks like a real result).
   """
-  positive = _as_binary(binary_labels, "binary_labels")
-  if positive.ndim != 1 or positive.size == 0:
-    raise ValueError(f"binary_labels must be a non-empty 1-D array, got {positive.shape}")
+  positive = _as_binary(binary_labels, "binary_labels", 1)
   scores = _as_scores(scores, "scores", positive.shape)
   if not positive.any():
     raise ValueError("average precision needs at least one positive label")
@@ -227,10 +222,7 @@ def mean_average_precision(labels_multi_hot, scores) -> float:
   labels_multi_hot: [n, c] 0/1 or bool; scores: [n, c] float. Classes without a positive
   sample are skipped (AP is undefined there); raises ValueError when none has one.
   """
-  relevant = _as_binary(labels_multi_hot, "labels_multi_hot")
-  if relevant.ndim != 2 or relevant.size == 0:
-    raise ValueError(f"labels_multi_hot must be a non-empty 2-D array, got "
-                     f"{relevant.shape}")
+  relevant = _as_binary(labels_multi_hot, "labels_multi_hot", 2)
   scores = _as_scores(scores, "scores", relevant.shape)
   has_pos = relevant.any(axis=0)  # [c]
   if not has_pos.any():

@@ -194,11 +194,9 @@ def retrieval_metrics(ranks, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]
     raise ValueError(f"ranks must be a non-empty 1-D array, got shape {ranks.shape}")
   if np.any(ranks < 1):
     raise ValueError("ranks are 1-based; got a value below 1")
-  metrics: dict[str, float] = {f"recall@{k}": float(np.mean(ranks <= k)) for k in ks}
-  metrics["median_rank"] = float(np.median(ranks))
-  metrics["mean_rank"] = float(np.mean(ranks))
-  metrics["num_queries"] = int(ranks.size)
-  return metrics
+  return {**{f"recall@{k}": float(np.mean(ranks <= k)) for k in ks},
+          "median_rank": float(np.median(ranks)), "mean_rank": float(np.mean(ranks)),
+          "num_queries": int(ranks.size)}
 
 
 def chance_recall_at_k(query_groups, gallery_groups, k: int) -> float:

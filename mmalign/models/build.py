@@ -58,17 +58,15 @@ def build_dual_encoder(model_config: ml_collections.ConfigDict, vocab_size: int,
                        max_length: int, num_classes: int = 0) -> DualEncoder:
   """The text tower gets the tokenizer's vocabulary size (and length where it has one).
 
-  Raises UsageError for a task label without fusion or a modality_dropout outside [0, 1].
-  `model.modality_dropout` is a training setting, not checkpointed architecture, so it is
-  passed beside the resolved config.
+  Raises UsageError for a task label without fusion. `model.modality_dropout` (range checked
+  by settings.check) is a training setting, not checkpointed architecture, so it is passed
+  beside the resolved config.
   """
   resolved = resolved_model_config(model_config, num_classes)
   if num_classes and resolved["fusion"] is None:
     raise UsageError("task.label trains a classifier on the fused pair: set model.fusion "
                      "(e.g. --config.model.fusion=concat)")
   modality_dropout = float(settings.value(model_config, "modality_dropout", section="model"))
-  if not 0.0 <= modality_dropout <= 1.0:
-    raise UsageError(f"model.modality_dropout must be in [0, 1]; got {modality_dropout}")
   text_kwargs = dict(resolved.pop("text_kwargs"), vocab_size=vocab_size)
   if resolved["text_encoder"] == "transformer":
     text_kwargs.setdefault("max_length", max_length)

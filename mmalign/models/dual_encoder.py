@@ -45,9 +45,8 @@ class DualEncoder(nn.Module):
         **self.text_kwargs)
     self.image_tower = IMAGE_ENCODERS.get(self.image_encoder,
                                           config_key="model.image_encoder")(**self.image_kwargs)
-    projection_kwargs = dict(self.projection_kwargs or {})
-    self.text_projection = Projection(self.embed_dim, **projection_kwargs)
-    self.image_projection = Projection(self.embed_dim, **projection_kwargs)
+    self.text_projection = Projection(self.embed_dim, **(self.projection_kwargs or {}))
+    self.image_projection = Projection(self.embed_dim, **(self.projection_kwargs or {}))
     self.log_scale = self.param("log_scale", nn.initializers.constant(np.log(self.init_scale)),
                                 ())
     self.bias = self.param("bias", nn.initializers.constant(self.init_bias), ())

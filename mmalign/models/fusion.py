@@ -53,13 +53,12 @@ class FusionInputs:
     """From encoder outputs `(pooled, sequence)`; masks left out mean "all valid"."""
     text_pooled, text_seq = text
     image_pooled, image_seq = image
-    batch = text_pooled.shape[0]
     if text_mask is None:
       text_mask = jnp.ones(text_seq.shape[:2], bool)
     if image_mask is None:
       image_mask = jnp.ones(image_seq.shape[:2], bool)
     if present is None:
-      present = jnp.ones((batch, 2), bool)
+      present = jnp.ones((text_pooled.shape[0], 2), bool)
     return cls(text_pooled, text_seq, jnp.asarray(text_mask, bool), image_pooled, image_seq,
                jnp.asarray(image_mask, bool), jnp.asarray(present, bool))
 

@@ -27,22 +27,20 @@ class SmallCNN(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = images.astype(self.dtype)
     for stage, channels in enumerate(self.channels):
       for conv in range(self.convs_per_stage):
-        x = nn.Conv(channels, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype,
-                    name=f"conv_{stage}_{conv}")(x)
+        x = nn.Conv(channels, (3, 3), name=f"conv_{stage}_{conv}", **kw)(x)
         if self.groups:
-          x = nn.GroupNorm(num_groups=min(self.groups, channels), dtype=self.dtype,
-                           param_dtype=self.param_dtype)(x)
+          x = nn.GroupNorm(num_groups=min(self.groups, channels), **kw)(x)
         x = nn.gelu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     batch, height, width, channels = x.shape
     features = x.reshape(batch, height * width, channels)  # [b, patches, c]
-    pooled = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
+    pooled = nn.Dense(self.width, name="head", **kw)(
         jnp.concatenate([features.mean(axis=1), x.reshape(batch, -1)], axis=-1))
-    sequence = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="sequence")(features)  # [b, patches, width]
+    sequence = nn.Dense(self.width, name="sequence", **kw)(features)  # [b, patches, width]
     return pooled, sequence
 
 

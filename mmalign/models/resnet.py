@@ -54,7 +54,6 @@ class BasicBlock(nn.Module):
   stride: int = 1
   zero_init_residual: bool = False
   norm_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-  expansion = 1
 
   @nn.compact
   def __call__(self, x, *, train: bool):  # x: [b, h, w, c] → [b, h/stride, w/stride, width]
@@ -70,11 +69,10 @@ class Bottleneck(nn.Module):
   stride: int = 1
   zero_init_residual: bool = False
   norm_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-  expansion = 4
 
   @nn.compact
   def __call__(self, x, *, train: bool):  # x: [b, h, w, c] → [b, h/stride, w/stride, 4·width]
-    out = self.width * self.expansion
+    out = 4 * self.width
     y = _ConvNorm(self.width, 1, **self.norm_kwargs, name="conv1")(x, train=train)
     y = _ConvNorm(self.width, 3, self.stride, **self.norm_kwargs, name="conv2")(y, train=train)
     y = _ConvNorm(out, 1, relu=False, zero_init_norm=self.zero_init_residual,

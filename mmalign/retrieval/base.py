@@ -11,6 +11,7 @@ A backend (ScaNN, exact top-k) only stores unit rows at positions 0..count-1 and
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from typing import Any, ClassVar
@@ -78,8 +79,7 @@ class Index:
     queries = vectors.unit_rows(np.reshape(queries, (1, -1)) if single else queries,
                                 "queries", self.dim)  # [q, d]
     if queries.shape[0] == 0 or k == 0:
-      scores = np.zeros((queries.shape[0], 0), np.float32)
-      positions = np.zeros((queries.shape[0], 0), np.int64)
+      scores = positions = np.zeros((queries.shape[0], 0))  # `finish` casts both.
     elif single:
       scores, positions = self._backend_search_one(queries[0], k)
     else:
@@ -94,12 +94,12 @@ class Index:
     rows = vectors.unit_rows(embeddings, "embeddings", self.dim)  # [m, d]
     ids = vectors.item_ids(ids, rows.shape[0])
     position = self._positions()
-    known = np.array([i in position for i in ids.tolist()], bool)  # [m]
-    slots = [position[i] if ok else None for i, ok in zip(ids.tolist(), known)]
+    slots = [position.get(i) for i in ids.tolist()]  # None: a new id, appended.
     self._backend_upsert(slots, rows)
-    for i in ids[~known].tolist():
+    new = ids[np.array([slot is None for slot in slots], bool)]
+    for i in new.tolist():
       position[i] = len(position)
-    self._ids = np.concatenate([self._ids, ids[~known]])
+    self._ids = np.concatenate([self._ids, new])
 
   def delete(self, ids) -> None:
     """Removes items by id (an int or a sequence of ints; UsageError for floats, bools,
@@ -143,7 +143,7 @@ class Index:
     """Everything the manifest says about this index except format, versions, files."""
     return {"searcher": self.name, "dim": self.dim, "count": self.count,
             "normalisation": manifest_lib.NORMALISATION, "metric": manifest_lib.METRIC,
-            "provenance": _as_dict(self.provenance),
+            "provenance": dataclasses.asdict(self.provenance),
             "items": {"ids_file": IDS_FILE, "dtype": "int64",
                       "key": self.provenance.item_key or "row of the indexed array"},
             "params": self.params, "tuning": self.tuning}
@@ -201,8 +201,7 @@ class Index:
 
   def _backend_search_one(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """query: [d] unit row -> (scores [1, k'], positions [1, k'])."""
-    scores, positions = self._backend_search(query[None], k)
-    return scores, positions
+    return self._backend_search(query[None], k)
 
   def _backend_upsert(self, slots: list[int | None], rows: np.ndarray) -> None:
     """Puts rows[i] at slots[i], or appends it (in order) where slots[i] is None."""
@@ -226,8 +225,3 @@ class Index:
 
 
 SEARCHERS: Registry[type[Index]] = Registry("searcher")  # Filled by the backend modules.
-
-
-def _as_dict(provenance: Provenance) -> dict[str, Any]:
-  return {field: getattr(provenance, field)
-          for field in Provenance.__dataclass_fields__}  # pylint: disable=no-member

@@ -29,10 +29,8 @@ def build_index_for_workdir(exp: experiment_lib.Experiment, variables=None,
   config = exp.config
   if variables is None:
     variables, step = train_state.restore_variables(exp)
-  name, searcher_config = search_lib.searcher_of(config)
   for modality in ("text", "image"):
-    search_lib.build_gallery_index(exp, variables, step, config.eval.split, searcher_config,
-                                   modality=modality, searcher=name)
+    search_lib.build_gallery_index(exp, variables, step, config.eval.split, modality=modality)
   return search_lib.index_dir(exp.workdir, config.eval.split, step, "image")
 
 
@@ -65,15 +63,12 @@ def search_image_query(exp: experiment_lib.Experiment, image_path: str,
   Returns the hits (best first; each names an example image of the caption's group) and
   the path of the contact sheet PNG, `<workdir>/search_image_<file name>.png`.
   """
-  config, workdir = exp.config, exp.workdir
-  k = config.retrieval.k if k is None else k
+  k = exp.config.retrieval.k if k is None else k
   pixels = read_query_image(image_path, exp.image_shape)  # [h, w, c] uint8
   if variables is None:
     variables, step = train_state.restore_variables(exp)
-  split = config.eval.split
-  name, searcher_config = search_lib.searcher_of(config)
-  index = search_lib.gallery_index(exp, variables, step, split, searcher_config,
-                                   modality="text", searcher=name)
+  split = exp.config.eval.split
+  index = search_lib.gallery_index(exp, variables, step, split, modality="text")
   query = experiment_lib.embed_image_array(exp, variables,
                                            exp.normalization(pixels[None]))[0]  # [d]
   scores, ids = index.search(query, k)  # [k]
@@ -81,7 +76,7 @@ def search_image_query(exp: experiment_lib.Experiment, image_path: str,
   images = pipeline.decode_images(sources.open_split(exp.builder, split),
                                   np.array([h.example_index for h in hits]))
   stem = os.path.splitext(os.path.basename(image_path))[0]
-  path = os.path.join(workdir, f"search_image_{search_lib.slug(stem)}.png")
+  path = os.path.join(exp.workdir, f"search_image_{search_lib.slug(stem)}.png")
   save_contact_sheet(path, f"image query: {os.path.basename(image_path)}", images,
                      [h.caption for h in hits], np.array([h.score for h in hits]),
                      query_image=pixels)

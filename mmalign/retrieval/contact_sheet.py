@@ -42,7 +42,7 @@ def _check_inputs(images: np.ndarray, captions: Sequence[str], scores: np.ndarra
     raise ValueError(f"expected {k} entries (one per image), got {wrong}")
 
 
-def _draw(ax, image: np.ndarray, label: str) -> None:
+def _draw(ax, image: np.ndarray, label: str, frame_color: str | None) -> None:
   if image.shape[-1] == 1:
     ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
   else:
@@ -50,6 +50,10 @@ def _draw(ax, image: np.ndarray, label: str) -> None:
   ax.set_xticks([])
   ax.set_yticks([])
   ax.set_xlabel(label, fontsize=8)
+  if frame_color is not None:
+    for spine in ax.spines.values():
+      spine.set_edgecolor(frame_color)
+      spine.set_linewidth(4)
 
 
 def save_contact_sheet(path: str | os.PathLike, query_text: str, images,
@@ -82,23 +86,15 @@ def save_contact_sheet(path: str | os.PathLike, query_text: str, images,
   figure.suptitle(_short(query_text, _TITLE_WIDTH, 2), fontsize=12)
   axes = figure.subplots(rows, columns, squeeze=False)  # [rows, columns]
 
-  for panel, ax in enumerate(axes.flat):
-    slot = panel - offset
-    if panel == 0 and query_image is not None:
-      _draw(ax, query_image, "query")
-      for spine in ax.spines.values():
-        spine.set_edgecolor(_QUERY_COLOR)
-        spine.set_linewidth(4)
-      continue
-    if slot >= k:
+  for slot, ax in enumerate(axes.flat, start=-offset):  # slot -1: the query image.
+    if slot < 0:
+      _draw(ax, query_image, "query", _QUERY_COLOR)
+    elif slot >= k:
       ax.set_axis_off()
-      continue
-    caption = _short(captions[slot], _CAPTION_WIDTH, _CAPTION_LINES)
-    _draw(ax, images[slot], f"#{slot + 1}  {caption}\nscore {scores[slot]:.3f}")
-    if correct is not None:
-      for spine in ax.spines.values():
-        spine.set_edgecolor(_FRAME_COLORS[bool(correct[slot])])
-        spine.set_linewidth(4)
+    else:
+      caption = _short(captions[slot], _CAPTION_WIDTH, _CAPTION_LINES)
+      _draw(ax, images[slot], f"#{slot + 1}  {caption}\nscore {scores[slot]:.3f}",
+            None if correct is None else _FRAME_COLORS[bool(correct[slot])])
 
   directory = os.path.dirname(os.fspath(path))
   if directory:

@@ -71,10 +71,9 @@ class ExactIndex(Index):
     return np.asarray(scores), np.asarray(positions)
 
   def _backend_upsert(self, slots, rows):
-    new = [i for i, slot in enumerate(slots) if slot is None]
-    old = [i for i, slot in enumerate(slots) if slot is not None]
+    new = np.array([slot is None for slot in slots], bool)
     gallery = np.concatenate([self._gallery, rows[new]])
-    gallery[[slots[i] for i in old]] = rows[old]
+    gallery[[slot for slot in slots if slot is not None]] = rows[~new]
     self._gallery, self._device_gallery = gallery, None
 
   def _backend_delete(self, slots):

@@ -17,6 +17,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
+from mmalign import utils
 from mmalign.errors import UsageError
 
 MANIFEST = "manifest.json"
@@ -76,11 +77,8 @@ def library_versions() -> dict[str, str]:
 
 
 def sha256_of(path: str) -> str:
-  digest = hashlib.sha256()
   with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _files_of(directory: str) -> list[str]:
@@ -103,10 +101,7 @@ def write(directory: str, manifest: dict[str, Any]) -> dict[str, Any]:
               "files": {rel: {"sha256": sha256_of(os.path.join(directory, rel)),
                               "bytes": os.path.getsize(os.path.join(directory, rel))}
                         for rel in _files_of(directory)}}
-  tmp = os.path.join(directory, f".{MANIFEST}.tmp{os.getpid()}")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(manifest, f, indent=2)
-  os.replace(tmp, os.path.join(directory, MANIFEST))
+  utils.write_json(os.path.join(directory, MANIFEST), manifest)
   return manifest
 
 

@@ -92,10 +92,9 @@ def _gallery(modality: str) -> Gallery:
 
 def scann_config(config) -> ScannConfig:
   """The ScaNN settings of `config.retrieval` (k, num_leaves, leaves to search, reorder)."""
-  rc = config.retrieval
-  return ScannConfig(num_neighbors=rc.k, num_leaves=settings.value(config, "retrieval.num_leaves"),
-                     num_leaves_to_search=settings.value(config, "retrieval.num_leaves_to_search"),
-                     reorder=settings.value(config, "retrieval.reorder"))
+  knobs = {name: settings.value(config, f"retrieval.{name}")
+           for name in ("num_leaves", "num_leaves_to_search", "reorder")}
+  return ScannConfig(num_neighbors=config.retrieval.k, **knobs)
 
 
 def searcher_of(config, name: str | None = None) -> tuple[str, object]:

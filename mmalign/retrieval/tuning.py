@@ -95,9 +95,8 @@ def sweep(index: ScannIndex, queries: np.ndarray, exact_ids: np.ndarray, k: int,
       gain = point.recall - points[-1].recall if points and points[-1].reorder == reorder \
           else np.inf
       points.append(point)
-      if target_recall is not None and point.recall >= target_recall:
-        break
-      if min_gain is not None and gain < min_gain:
+      if ((target_recall is not None and point.recall >= target_recall)
+          or (min_gain is not None and gain < min_gain)):
         break
   index.set_search_params(num_leaves_to_search=before[0], reorder=before[1])
   return points
@@ -135,7 +134,8 @@ def tune(index_or_embeddings, queries, *, target_recall: float = 0.95, k: int = 
     candidates = [index_or_embeddings]
     gallery = vectors.unit_rows(gallery, "gallery", index_or_embeddings.dim)
     if gallery.shape[0] != index_or_embeddings.count:
-      raise ValueError(f"gallery has {gallery.shape[0]} rows, the index {index_or_embeddings.count}")
+      raise ValueError(f"gallery has {gallery.shape[0]} rows, the index "
+                       f"{index_or_embeddings.count}")
   else:
     gallery = vectors.unit_rows(index_or_embeddings, "embeddings")
     base = max(1, round(math.sqrt(gallery.shape[0])))
@@ -143,8 +143,7 @@ def tune(index_or_embeddings, queries, *, target_recall: float = 0.95, k: int = 
     candidates = [ScannIndex.build(gallery, dataclasses.replace(config, num_leaves=size),
                                    ids=ids, provenance=provenance) for size in sizes]
   queries = vectors.unit_rows(queries, "queries", gallery.shape[1])
-  ids_of = candidates[0].ids
-  exact = ids_of[exact_neighbours(gallery, queries, k)]  # [q, k] item ids
+  exact = candidates[0].ids[exact_neighbours(gallery, queries, k)]  # [q, k] item ids
   reorders = reorders or [k * f for f in (2, 5, 10, 25)]
 
   points, owners = [], []  # owners[i]: the index points[i] was measured on.

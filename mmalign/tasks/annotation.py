@@ -73,9 +73,8 @@ def multilabel_f1(targets, predictions, *, average: Literal["micro", "macro"] = 
   fp = np.sum(~truth & predicted, axis=0)  # [t]
   fn = np.sum(truth & ~predicted, axis=0)  # [t]
   if average == "micro":
-    tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
-    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
-  if average != "macro":
+    tp, fp, fn = tp.sum(keepdims=True), fp.sum(keepdims=True), fn.sum(keepdims=True)
+  elif average != "macro":
     raise ValueError(f"average must be 'micro' or 'macro', got {average!r}")
   active = (tp + fp + fn) > 0
   if not active.any():

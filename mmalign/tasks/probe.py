@@ -57,8 +57,6 @@ def fused_features(text_emb, image_emb, present=None) -> np.ndarray:
       raise ValueError(f"present must have shape {(shape[0], 2)} (has text, has image), "
                        f"got {present.shape}")
     keep &= present.astype(bool)
-  keep[:, 0] &= text is not None
-  keep[:, 1] &= image is not None
   text = np.zeros(shape, np.float32) if text is None else text * keep[:, :1]  # [n, d]
   image = np.zeros(shape, np.float32) if image is None else image * keep[:, 1:]  # [n, d]
   return np.concatenate([text, image, text * image], axis=1)  # [n, 3d]
@@ -66,9 +64,8 @@ def fused_features(text_emb, image_emb, present=None) -> np.ndarray:
 
 def _present_columns(present: jnp.ndarray, embed_dim: int) -> jnp.ndarray:
   """present [n, 2] → [n, 3d] multiplier that zeroes absent blocks of a fused vector."""
-  text, image = present[:, :1], present[:, 1:]  # [n, 1] each
-  ones = jnp.ones((1, embed_dim), present.dtype)
-  return jnp.concatenate([text * ones, image * ones, text * image * ones], axis=1)
+  blocks = jnp.concatenate([present, present[:, :1] * present[:, 1:]], axis=1)  # [n, 3]
+  return jnp.repeat(blocks, embed_dim, axis=1)
 
 
 PROBE_INPUTS: Registry[Callable[[np.ndarray, np.ndarray], np.ndarray]] = Registry(
@@ -85,12 +82,10 @@ def probe_features(name: str, text_emb, image_emb) -> np.ndarray:
 
 def _init_layers(key: jax.Array, sizes: Sequence[int]) -> list[dict]:
   """LeCun-normal weights, zero biases: [{"w": [in, out], "b": [out]}, ...]."""
-  layers = []
-  for layer_key, (fan_in, fan_out) in zip(jax.random.split(key, len(sizes) - 1),
-                                          itertools.pairwise(sizes)):
-    layers.append({"w": jax.random.normal(layer_key, (fan_in, fan_out)) / np.sqrt(fan_in),
-                   "b": jnp.zeros((fan_out,))})
-  return layers
+  return [{"w": jax.random.normal(layer_key, (fan_in, fan_out)) / np.sqrt(fan_in),
+           "b": jnp.zeros((fan_out,))}
+          for layer_key, (fan_in, fan_out) in zip(jax.random.split(key, len(sizes) - 1),
+                                                  itertools.pairwise(sizes))]
 
 
 def _forward(layers: list[dict], x: jnp.ndarray) -> jnp.ndarray:
@@ -138,15 +133,10 @@ class Probe(Head):
     return np.argmax(self.logits(features), axis=-1).astype(np.int64)
 
 
-def _softmax_loss(logits, targets):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-
-
-def _sigmoid_loss(logits, targets):
-  return optax.sigmoid_binary_cross_entropy(logits, targets).mean()
-
-
-LOSSES = {"softmax": _softmax_loss, "sigmoid": _sigmoid_loss}
+LOSSES = {  # (logits, targets) → mean loss.
+    "softmax": lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
+    "sigmoid": lambda logits, y: optax.sigmoid_binary_cross_entropy(logits, y).mean(),
+}
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "steps", "batch_size", "embed_dim"))
@@ -232,8 +222,7 @@ def fit_head(features, targets, out_dim: int, *, loss: str, hidden: Sequence[int
                              jnp.float32(learning_rate), jnp.float32(weight_decay),
                              jnp.float32(modality_dropout), loss=loss, steps=int(steps),
                              batch_size=batch_size, embed_dim=embed_dim)
-  layers = jax.tree.map(np.asarray, layers)
-  return head_class(layers, mean, std, float(last_loss))
+  return head_class(jax.tree.map(np.asarray, layers), mean, std, float(last_loss))
 
 
 def train_probe(features, labels, num_classes: int, *, hidden: Sequence[int] = (),

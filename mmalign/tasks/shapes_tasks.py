@@ -59,15 +59,15 @@ def read_split(caption_source) -> ShapesSplit:
   return ShapesSplit(captions, groups, labels)
 
 
-def _check_labels(labels: dict[str, np.ndarray], keys=LABEL_KEYS) -> int:
-  """Number of examples; every key present, all of one length."""
-  missing = [key for key in keys if key not in labels]
+def _check_labels(labels: dict[str, np.ndarray]) -> int:
+  """Number of examples; every LABEL_KEYS key present, all of one length."""
+  missing = [key for key in LABEL_KEYS if key not in labels]
   if missing:
     raise ValueError(f"labels lack {', '.join(missing)}")
-  lengths = {key: np.shape(labels[key]) for key in keys}
+  lengths = {key: np.shape(labels[key]) for key in LABEL_KEYS}
   if len(set(lengths.values())) != 1 or len(next(iter(lengths.values()))) != 1:
     raise ValueError(f"labels must be 1-D and of one length, got shapes {lengths}")
-  return int(np.shape(labels[keys[0]])[0])
+  return int(np.shape(labels[LABEL_KEYS[0]])[0])
 
 
 def _sorted_pair(labels, first: str, second: str) -> np.ndarray:
@@ -167,8 +167,7 @@ def matching_pairs(groups, labels: dict[str, np.ndarray], rng: np.random.Generat
   partner = negative_partners(groups, NEGATIVE_KEYS[negatives](labels), rng)
   images = np.repeat(np.arange(num), 2)  # [2n]: 0, 0, 1, 1, ...
   captions = np.stack([np.arange(num), partner], axis=1).reshape(-1)  # own, partner's
-  label = np.tile([1, 0], num)
-  return Pairs(images, captions, label.astype(np.int64))
+  return Pairs(images, captions, np.tile(np.array([1, 0], np.int64), num))
 
 
 ARRANGEMENTS = {"stacked": ("above", "below"), "side by side": ("left of", "right of")}
@@ -179,21 +178,17 @@ def tags_of(labels: dict[str, np.ndarray]) -> np.ndarray:
   """[n, len(TAGS)] int64 multi-hot: the shapes, colours, sizes and arrangement present."""
   num = _check_labels(labels)
   out = np.zeros((num, len(TAGS)), np.int64)
-  rows = np.arange(num)
   for key in ("shape1", "shape2", "color1", "color2", "size1", "size2"):
-    names = LABEL_NAMES[key]
-    for class_id, name in enumerate(names):
-      if class_id:  # 0 is "none": nothing to tag.
-        out[rows[labels[key] == class_id], TAGS.index(name)] = 1
+    for class_id, name in enumerate(LABEL_NAMES[key][1:], 1):  # 0 is "none": nothing to tag.
+      out[labels[key] == class_id, TAGS.index(name)] = 1
   for tag, relations in ARRANGEMENTS.items():
     ids = [shapes.RELATION_NAMES.index(r) for r in relations]
     out[np.isin(labels["relation"], ids), TAGS.index(tag)] = 1
   return out
 
 
-def _things() -> list[str]:
-  return [f"{size} {color} {shape}" for size in shapes.SIZES for color in shapes.COLORS
-          for shape in shapes.SHAPES]
+_THINGS = [f"{size} {color} {shape}" for size in shapes.SIZES for color in shapes.COLORS
+           for shape in shapes.SHAPES]
 
 
 def tag_prompts(tag: str) -> list[str]:
@@ -203,12 +198,11 @@ def tag_prompts(tag: str) -> list[str]:
   two-shape captions with each of its relations.
   """
   if tag in ARRANGEMENTS:
-    things = _things()
-    return [f"a {a} {relation} a {things[(k + 7) % len(things)]}"
-            for k, a in enumerate(things) for relation in ARRANGEMENTS[tag]]
+    return [f"a {a} {relation} a {_THINGS[(k + 7) % len(_THINGS)]}"
+            for k, a in enumerate(_THINGS) for relation in ARRANGEMENTS[tag]]
   if tag not in TAGS:
     raise ValueError(f"unknown tag {tag!r}; known: {', '.join(TAGS)}")
-  return [f"a {thing}" for thing in _things() if tag in thing.split()]
+  return [f"a {thing}" for thing in _THINGS if tag in thing.split()]
 
 
 SHAPE_TEMPLATES = tuple(f"a {size} {color} {{}}" for size in shapes.SIZES

@@ -176,10 +176,8 @@ def sample_scene(seed: int, index: int, colours: bool = True) -> Scene:
       second = _random_thing(rng)
     things, relation = (first, second), RELATIONS[rng.integers(len(RELATIONS))]
   extents = tuple(_extent(rng, thing) for thing in things)
-  if len(things) == 1:
-    centres = (_place_one(rng, extents[0]),)
-  else:
-    centres = _place_two(rng, relation, extents)
+  centres = ((_place_one(rng, extents[0]),) if len(things) == 1
+             else _place_two(rng, relation, extents))
   rgbs = tuple(
       tuple(int(v) for v in np.clip(np.array(COLORS[t.color]) + rng.integers(-_TINT, _TINT + 1, 3),
                                     0, 255))
