@@ -1,11 +1,8 @@
 """The run context: dataset, tokenizer, model and mesh of one run, built once.
 
-`prepare(config, workdir)` checks the config, builds the dataset if missing,
-loads (or trains) the tokenizer and builds the model; the launcher and the
-tables pass the result down to training, the evaluators and search, so none
-of them rebuilds anything. The tokenizer is trained once, in the first
-training run, from the training captions; every later run (resume, eval,
-search) loads that saved copy.
+`prepare` builds it; the launcher and the tables pass it down to training, the
+evaluators and search, so none of them rebuilds anything. The first training run
+trains the tokenizer on the training captions; every later run loads that copy.
 """
 
 from __future__ import annotations
@@ -56,13 +53,8 @@ class Experiment:
   def jitted_method(self, method: str):
     """jit of `model.<method>(variables, x)` in eval mode, compiled once per experiment.
 
-    x is one array or a tuple of arrays (the method's positional inputs, e.g.
-    classify's tokens, images, presence), all with the batch as their first axis.
-    The batch is split over the training mesh's batch axes and the variables
-    replicated, so evaluation uses every local device; the output comes back
-    replicated, ready for numpy. (Single-process: a multi-process job embeds on
-    each process's devices only.) The batch must split into `batch_multiple` equal
-    shards: call it through `apply_in_batches`, which pads any batch to that.
+    x: the method's positional input(s), batch first, sharded over this process's
+    devices in `batch_multiple` equal shards (use `apply_in_batches`); output replicated.
     """
     if method not in self._jitted:
       mesh = self.eval_mesh()
@@ -109,11 +101,11 @@ class Experiment:
 
 def prepare(config: ml_collections.ConfigDict, workdir: str, *,
             allow_new_tokenizer: bool) -> Experiment:
-  """Builds the dataset if missing, loads (or trains) the tokenizer, builds the model.
+  """Checks the config and builds the run context (dataset if missing, tokenizer, model).
 
-  A newly trained tokenizer stays in memory until `save_tokenizer`, which the
-  trainer calls once everything else is built: a run that fails before then
-  writes nothing into the workdir.
+  Raises UsageError for a bad config, or a workdir without a tokenizer unless
+  `allow_new_tokenizer`. A new tokenizer stays in memory until `save_tokenizer`
+  (called by the trainer once all else is built), so a failed run writes nothing.
   """
   settings.check(config)
   workdir_lib.check_writable(workdir)
@@ -148,7 +140,6 @@ def for_training(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
 
 
 def _check_same_text_settings(saved: TextSettings, wanted: TextSettings, where: str) -> None:
-  """The workdir's tokenizer was trained with config.text; a changed value is refused."""
   for field in dataclasses.fields(TextSettings):
     old, new = getattr(saved, field.name), getattr(wanted, field.name)
     if old != new:
@@ -164,7 +155,6 @@ def task_label(config) -> str | None:
 
 
 def _barrier(name: str) -> None:
-  """Waits for every process of a multi-process job (no-op for one process)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
@@ -182,14 +172,11 @@ def text_settings(config) -> TextSettings:
 
 def apply_in_batches(experiment: Experiment, method: str, variables, inputs, batch_size: int,
                      prepare=None) -> np.ndarray:
-  """`model.<method>` over inputs (an array or a tuple of arrays, batch first), sharded over
-  the mesh: every local device, one compilation, any number of rows down to one.
-
-  Every batch is zero-padded to one shape, `batch_rows(len, batch_size, batch_multiple)`,
-  since the mesh splits a batch only into equal shards; the padding's rows are dropped.
-  prepare: turns one batch of `inputs` into the method's inputs (e.g. example indices
-  into images, `split_images`), so that a split is decoded one batch at a time.
-  """
+  """`model.<method>` over inputs (an array or a tuple of arrays, batch first, >= 1 row)
+  on every local device, compiled once: each batch is zero-padded to `batch_rows(...)`
+  rows, as the mesh splits only into equal shards, and the padding's outputs dropped.
+  prepare: one batch of `inputs` -> the method's inputs (e.g. indices -> `split_images`),
+  so that a split is decoded one batch at a time."""
   return _batched(experiment.jitted_method(method), variables, inputs, batch_size,
                   experiment.batch_multiple, prepare)
 
@@ -228,13 +215,8 @@ def batch_rows(total: int, batch_size: int, multiple: int) -> int:
 
 def _batched(fn, variables, inputs, batch_size: int, multiple: int = 1,
              prepare=None) -> np.ndarray:
-  """`fn(variables, batch)` over inputs in batches of `batch_rows(...)` rows: one shape,
-  so one compilation; the last batch (or a lone short one) zero-padded, the padding's
-  outputs dropped.
-
-  inputs: an array or a tuple of arrays of equal length, at least one row; each batch
-  goes to fn as given (array or tuple), through `prepare` first if one is given.
-  """
+  """`apply_in_batches` for any `fn(variables, batch)`; raises ValueError for empty inputs
+  or arrays of unequal length."""
   arrays = inputs if isinstance(inputs, tuple) else (inputs,)
   total = len(arrays[0])
   if any(len(a) != total for a in arrays):

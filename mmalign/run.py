@@ -1,9 +1,7 @@
 """The run sequence, in one place: train, evaluate, search, on one run context.
 
 `launch.py` and `experiments/tables` both call `train_and_evaluate`, so what a
-table cell measures is what `--mode=all` does. Every step takes the same
-`Experiment` (built once by `experiment.prepare`) and the same evaluators
-(built once by `eval.evaluators.build`).
+table cell measures is what `--mode=all` does.
 """
 
 from __future__ import annotations

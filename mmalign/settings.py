@@ -1,15 +1,8 @@
 """Every config value checked before any work starts, in one place.
 
-`check(config)` runs before the launcher (or the tables) touches the workdir,
-the dataset or a device: each scalar key against its type and range, each
-name against the registry that serves it, and the combinations no single
-builder can see. `check_dataset(config, builder)` adds what needs the built
-dataset (splits, label features). A failure is a UsageError of one line that
-names the key and what is allowed; the launcher exits 2 with nothing written.
-
-`value(config, key)` is the one place a key's default lives, for the keys an
-older config file may lack. Why a table and not per-module checks: a bad
-`eval.split` used to surface only after a whole training run.
+`check` covers each key's type, range or registry and the combinations no builder sees;
+`check_dataset` what needs the built dataset; `value` is the one home of a key's default.
+Why one table: a bad key fails before the workdir, dataset or devices are touched.
 """
 
 from __future__ import annotations
@@ -26,13 +19,13 @@ from mmalign.errors import UsageError
 class Rule:
   """A scalar config key: its type, the values allowed, and its default if absent."""
   kind: str  # "int", "float", "bool", "str", "choice", "ints" (a tuple of ints).
-  low: float | None = None  # Inclusive lower bound (numbers; each item of "ints").
-  high: float | None = None  # Exclusive upper bound (inclusive with `high_included`).
+  low: float | None = None  # Inclusive; for "ints", of each item.
+  high: float | None = None  # Exclusive unless `high_included`.
   high_included: bool = False
   choices: tuple | Callable[[], tuple] = ()  # For "choice"; a callable reads a registry.
   optional: bool = False  # None allowed.
   default: Any = None
-  required: bool = True  # False: older configs may lack it; `default` then applies.
+  required: bool = True  # False: a config may lack it; `default` then applies.
 
 
 def _names(registry_path: str) -> Callable[[], tuple]:
@@ -113,10 +106,7 @@ RULES: dict[str, Rule] = {
 
 
 def value(config, key: str, *, section: str | None = None):
-  """config's value at dotted `key`, or the key's default when the config lacks it.
-
-  `section`: `config` is that section of the whole config (e.g. config.loss), and
-  `key` is relative to it."""
+  """config's value at dotted `key` (relative to `section`, e.g. "loss"), else its default."""
   found, current = _lookup(config, key)
   if found:
     return current
@@ -197,7 +187,6 @@ def check(config) -> None:
 
 
 def _check_combinations(config) -> None:
-  """What no single key shows: pairs of values that cannot work together."""
   steps, warmup = config.train.steps, config.train.warmup_steps
   if warmup >= steps:
     raise UsageError(f"train.warmup_steps={warmup} must be < train.steps={steps}")

@@ -1,11 +1,8 @@
 """Multi-task classifier evaluation: the fused classifier with both modalities, or one.
 
-The design survey asks what happens when a modality is missing. The model's
-task classifier (`task.label`, see `DualEncoder.classify`) is scored on the
-held-out split three ways: with caption and image ("both"), with the image
-hidden ("text_only") and with the caption hidden ("image_only"). A model
-trained with `model.modality_dropout` should stay well above chance in the
-one-modality rows; one trained without it usually collapses there.
+The task classifier (`task.label`, `DualEncoder.classify`) is scored with caption and
+image ("both"), the image hidden ("text_only") and the caption hidden ("image_only").
+Why: it shows whether a model survives a missing modality (`model.modality_dropout`).
 """
 
 from __future__ import annotations
@@ -47,8 +44,7 @@ def class_logits(exp: experiment_lib.Experiment, variables, split: str,
 
 
 class ClassificationEvaluator:
-  """The task classifier (`task.label`) on one split with both, text-only and image-only
-  inputs; `report` writes `<workdir>/eval_<split>_classification.json` and a PNG."""
+  """The task classifier (`task.label`) on one split, for each input of PRESENCE."""
 
   def __init__(self, exp: experiment_lib.Experiment, *, split: str,
                batch_size: int | None = None):
@@ -71,7 +67,7 @@ class ClassificationEvaluator:
     return results
 
   def report(self, results: dict) -> None:
-    """Writes the JSON and the accuracy bars into the workdir; prints the table."""
+    """Writes `<workdir>/eval_<split>_classification.json` and a bar PNG; prints the table."""
     workdir, split = self.exp.workdir, self.split
     path = os.path.join(workdir, RESULTS_FILE.format(split=split))
     utils.write_json(path, results)

@@ -1,10 +1,8 @@
 """Cross-modal retrieval evaluation on a held-out split, exact and through the searcher.
 
-Queries are the split's distinct captions (text→image) and its images
-(image→text). A text→image hit is any image of the caption's group, e.g. any
-font's drawing of the named character. Exact search (a matmul + top-k) is the
-ground truth; the configured searcher (`retrieval.searcher`: ScaNN by default)
-answers the same text queries and is scored against it.
+Queries are the split's distinct captions (text→image) and its images (image→text);
+a hit is any item of the query's group (e.g. any font's drawing of the named character).
+Exact search is the ground truth the configured searcher is scored against.
 """
 
 from __future__ import annotations
@@ -28,11 +26,7 @@ CURVE_MAX_K = 50  # The recall curve PNG spans k = 1..50 (or up to the largest e
 
 
 class RetrievalEvaluator:
-  """Text↔image recall on one split, exact, and through the configured searcher.
-
-  `evaluate(variables, step)` embeds the split once per call; `report` writes
-  `<workdir>/eval_<split>.json` and the recall-curve PNG and prints the table.
-  """
+  """Text↔image recall on one split; `evaluate` embeds the split anew on every call."""
 
   def __init__(self, exp: experiment_lib.Experiment, *, split: str,
                ks: tuple[int, ...] | None = None, batch_size: int | None = None):
@@ -95,7 +89,7 @@ class RetrievalEvaluator:
             "build_s": build_s, "search_s": search_s, "queries": int(len(text_emb))}
 
   def report(self, results: dict) -> None:
-    """Writes the JSON and the recall-curve PNG into the workdir; prints the table."""
+    """Writes `<workdir>/eval_<split>.json` and the recall-curve PNG; prints the table."""
     path = os.path.join(self.exp.workdir, RESULTS_FILE.format(split=self.split))
     utils.write_json(path, results)
     plot_recall_curves(results["recall_curves"],

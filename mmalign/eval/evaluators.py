@@ -1,17 +1,15 @@
 """Evaluators declared in the config, built once per run and run by one function.
 
-  config.evals = {"retrieval": {"type": "retrieval", "split": "test"},
-                  "val_recall": {"type": "retrieval", "split": "validation",
-                                 "every_steps": 500}}
+  config.evals = {"test": {"type": "retrieval", "split": "test"},
+                  "val": {"type": "retrieval", "split": "validation", "every_steps": 500}}
 
-Each entry names an evaluator type (EVALUATORS), the split it reads (default
-`eval.split`) and, optionally, `every_steps`: it then also runs during training
-on the live train state, its scalars going to metrics.jsonl and TensorBoard.
-Without `config.evals` the run evaluates retrieval on `eval.split`, plus the
-task classifier when `task.label` is set. Why declared: the launcher, the tables
-and the trainer then run the same list, built once. Adding an evaluator is one
-class (constructor `(exp, *, split, **kwargs)`, `evaluate(variables, step)`,
-`report(results)`, `scalars(results)`) and one line in EVALUATORS.
+Each entry names a type (EVALUATORS), its split (default `eval.split`), its options
+(settings.EVAL_OPTIONS) and optionally `every_steps`: it then also runs during
+training, its scalars going to metrics.jsonl and TensorBoard. Without `config.evals`:
+retrieval on `eval.split`, plus classification when `task.label` is set. Why declared:
+the launcher, the tables and the trainer run the same list. A new evaluator is one
+class (`(exp, *, split, **kwargs)`, `evaluate(variables, step)`, `report(results)`,
+`scalars(results)`) and one line in EVALUATORS.
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ class Declared:
 
 
 def declared(config) -> list[Declared]:
-  """The run's evaluators: `config.evals`, or retrieval (+ classification with a task)."""
+  """`config.evals` as `Declared` entries, or the default list when it is unset."""
   evals = config.get("evals")
   if evals is None:
     found = [Declared("retrieval", "retrieval", config.eval.split)]

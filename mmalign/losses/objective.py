@@ -1,17 +1,12 @@
 """The training objective: an alignment loss, plus the fused heads' losses.
 
-The design survey's multi-task option:
   total = alignment + matching_weight · matching + task_weight · task
-where matching is binary cross-entropy on the fused pairs the model scores
-(image–text matching, see `DualEncoder`) and task the cross-entropy of the
-classifier on each fused pair against the dataset label (`task.label`).
 
-Modality imbalance: `loss.modality_weights` scales the gradient that the
-alignment loss sends into each tower (the loss value is unchanged), so a
-modality that learns too fast and dominates can be slowed, or a weak one sped
-up, without changing what the loss measures.
-
-Returns the metrics to log beside the total.
+matching: binary cross-entropy on the fused pairs the model scores (`DualEncoder`);
+task: the classifier's cross-entropy on each fused pair against `task.label`.
+`loss.modality_weights` ({"text", "image"}: >= 0, default 1) scales the gradient the
+alignment sends into each tower, not the loss value: a dominating modality can be
+slowed, or a weak one sped up, without changing what the loss measures.
 """
 
 from __future__ import annotations
@@ -34,12 +29,9 @@ Objective = Callable[[dict, dict], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
 
 
 def _kernel_kwargs(loss_config, loss: Callable) -> dict:
-  """The kernel keywords `loss` takes, resolved once: `impl` ("auto" already turned into
-  this backend's implementation) and, if it tiles, that implementation's block sizes.
-
-  Why by signature: a loss without a kernel (regression) or without tiles
-  (correspondence) names no such parameter, so it is handed nothing it would drop.
-  """
+  """The kernel keywords `loss` takes: `impl` ("auto" resolved for this backend) and, if
+  it tiles, `loss.kernel.<impl>` block sizes. Why by signature: a loss without a kernel
+  or tiles (regression, correspondence) is handed nothing it would drop."""
   parameters = inspect.signature(loss).parameters
   kwargs = {}
   if "impl" in parameters:
@@ -130,14 +122,12 @@ def _image_rows_alignment(loss_config, *, model_fuses: bool, has_task: bool):
 
 def build_objective(loss_config, *, model_fuses: bool, has_task: bool = False, mesh=None,
                     data_axis: str = "data", image_rows: bool = False) -> Objective:
-  """`mesh` (batch on `data_axis`) is needed when `loss.distributed` shards the loss.
+  """`objective(outputs, batch) -> (total loss, metrics to log)`.
 
-  has_task: the model has a task classifier (`task.label` set); then
-  `loss.task_weight` must be > 0, and batches must carry "labels".
-  image_rows: the batch holds B images and T texts and carries "image_to_text"
-  [B] (the batcher's own `image_rows`, mmalign/data/sampling.py, says so); the
-  alignment is then `image_rows_infonce`. The batcher, not this layer, owns the
-  `data.sampling` names.
+  mesh: batch on `data_axis`; needed when `loss.distributed` shards the loss.
+  has_task: the model has a task classifier; `loss.task_weight` must then be > 0 and
+  batches carry "labels" [b]. image_rows: batches hold B images, T texts and
+  "image_to_text" [B] (the batcher's `image_rows`); the alignment is `image_rows_infonce`.
   """
   image_rows_alignment = None
   if image_rows:

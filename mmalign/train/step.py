@@ -1,11 +1,9 @@
 """The jit-compiled training step: forward, objective, gradients, optimizer update.
 
-Kept apart from the loop (trainer.py) so that how a step is computed (shardings,
-precision, accumulation) can change without touching checkpointing or logging.
-`build_train_step` reads from `config.train` (defaults in `settings.RULES`): `mesh`,
-`fsdp_min_size` (sharding.py), `micro_batches`, `gradient_cache` (accumulation.py),
-`gradient_cache_loop` ("host" runs the micro-batch loop in Python over separately
-compiled programs: on XLA:CPU convolutions inside a `lax.scan` are far slower),
+Kept apart from the loop (trainer.py) so that how a step is computed can change
+without touching checkpointing or logging. `build_train_step` reads `config.train`
+(defaults in `settings.RULES`): `mesh`, `fsdp_min_size` (sharding.py), `micro_batches`,
+`gradient_cache`, `gradient_cache_loop` (accumulation.py, HostLoopGradientCache),
 `compute_dtype` (precision.py) and `on_nonfinite`: "stop" (the loop raises on
 `metrics["state_finite"]`) or "skip" (a step whose loss, gradient norm or updated
 state is NaN/inf keeps the old state and reports `metrics["skipped"] = 1`).
@@ -34,11 +32,8 @@ def train_forward(model) -> accumulation.Forward:
 
 
 def _update(optimizer, state_shardings, skip_nonfinite: bool):
-  """apply(state, loss, metrics, grads, new_model_state) -> (state, metrics): the step's end.
-
-  Shared by the one-program step and the host loop, so both update, count and skip
-  alike.
-  """
+  """apply(state, loss, metrics, grads, new_model_state) -> (state, metrics), shared by
+  the one-program step and the host loop so that both update, count and skip alike."""
   def apply(state, loss, metrics, grads, new_model_state):
     if state_shardings is not None:  # Reduce-scatter into the parameters' shards.
       grads = jax.lax.with_sharding_constraint(grads, state_shardings["params"])
@@ -73,18 +68,13 @@ def all_finite(tree) -> jnp.ndarray:
 def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shardings=None,
                     micro_batches: int = 1, gradient_cache: bool = False,
                     gradient_cache_loop: str = "scan", skip_nonfinite: bool = False):
-  """`step(state, batch) -> (state, metrics)`, jit-compiled (or a host loop, see below).
+  """`step(state, batch) -> (state, metrics)`, jit-compiled, donating its input state.
 
   The batch is sharded over the mesh's batch axes; the state is placed by
-  `state_shardings` (a tree matching the state, e.g. `sharding.state_shardings`)
-  or replicated when None. The step donates its input state.
-
-  Dropout keys are `fold_in(key(seed), step)` (micro-batch j: folded again
-  with j): a resumed run draws the same ones. State collections (BatchNorm
-  statistics) are updated in train mode.
-
-  With `gradient_cache` and `gradient_cache_loop="host"` the step is a
-  HostLoopGradientCache: the same keys and the same result, in 2m + 2 program calls.
+  `state_shardings` (a tree matching the state) or replicated when None. Dropout keys
+  are `fold_in(key(seed), step)` (micro-batch j: folded again with j), so a resumed
+  run draws the same ones. With `gradient_cache`, micro_batches > 1 and
+  `gradient_cache_loop="host"` the step is a HostLoopGradientCache, with the same result.
   """
   if gradient_cache:
     accumulation.check_gradient_cache(model)
@@ -114,17 +104,12 @@ def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shard
 
 
 class HostLoopGradientCache:
-  """The gradient-cache step as a Python loop over separately compiled programs.
+  """The gradient-cache step as a Python loop over four separately compiled programs.
 
-  m embedding passes, the loss with its gradient w.r.t. the B embeddings, m
-  backward passes accumulating into one gradient buffer (donated, so updated in
-  place), then the update: 2m + 2 calls of four programs, each compiled once. Why: in one program
-  XLA either runs the micro-batch loops as while loops (XLA:CPU then runs
-  convolutions ~20x slower) or, unrolled, keeps every micro-batch's activations
-  live together. Separate programs hold one micro-batch's activations at a time by
-  construction, at the cost of 2m + 2 dispatches per step (accumulation.py, "Known
-  problem", has the measurements). Dropout keys, BatchNorm handling and the result
-  are those of the scanned `accumulation.gradient_cache`.
+  m embedding passes, the loss and its gradient w.r.t. the B embeddings, m backward passes
+  into one donated gradient buffer, then the update: 2m + 2 calls, with the dropout keys,
+  BatchNorm handling and result of `accumulation.gradient_cache`. Why: one program either
+  loops (slow convolutions on XLA:CPU) or, unrolled, keeps every micro-batch live at once.
   """
 
   def __init__(self, forward, objective, apply, base_key, *, micro_batches: int, mesh,
@@ -169,11 +154,8 @@ class HostLoopGradientCache:
     return self._apply(state, loss, metrics, grads, new_model_state)
 
   def memory_analysis(self, state, batch) -> dict:
-    """XLA's memory account per program: the step needs the largest of each figure.
-
-    Compiles every program on the step's own argument shapes; nothing runs (the
-    intermediate arguments are shapes from `jax.eval_shape`, placed by default).
-    """
+    """`compiled_memory` of this step: each figure's largest over the four programs,
+    compiled on the step's argument shapes; nothing runs."""
     params, model_state, step = state["params"], state.get("model_state", {}), state["step"]
     embedded = [jax.eval_shape(self._embed, params, model_state, batch, step, j)
                 for j in range(self.micro_batches)]
@@ -189,11 +171,8 @@ class HostLoopGradientCache:
 
 
 def compiled_memory(train_step, state, batch) -> dict | None:
-  """{"temp", "argument", "output"}: bytes per device of the compiled step, None if unknown.
-
-  For a HostLoopGradientCache, the largest of its programs' figures: they run one
-  after the other.
-  """
+  """{"temp", "argument", "output"}: bytes per device of the compiled step, None if unknown
+  (a HostLoopGradientCache: the largest over its programs, which run one at a time)."""
   if isinstance(train_step, HostLoopGradientCache):
     return train_step.memory_analysis(state, batch)
   analysis = train_step.lower(state, batch).compile().memory_analysis()
@@ -206,8 +185,9 @@ def compiled_memory(train_step, state, batch) -> dict | None:
 def build_train_step(train_config, model, objective, optimizer, mesh, state):
   """(step, state placed on the mesh) from `config.train`; see the module docstring.
 
-  `mesh` should come from `mesh.make_mesh(train_config.get("mesh"))`, and the
-  objective be built with `mesh.loss_mesh(mesh)` when `loss.distributed` is set.
+  `mesh` comes from `mesh.make_mesh(train_config.get("mesh"))`; with `loss.distributed`
+  the objective is built on `mesh.loss_mesh(mesh)`. UsageError unless train.batch_size
+  splits into micro_batches micro-batches over the mesh's batch shards.
   """
   value = lambda key: settings.value(train_config, key, section="train")
   micro_batches = int(value("micro_batches"))
