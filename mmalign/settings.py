@@ -102,6 +102,9 @@ RULES: dict[str, Rule] = {
     "retrieval.num_leaves_to_search": Rule("int", low=1, optional=True, required=False),
     "retrieval.reorder": Rule("int", low=0, default=100, required=False),
     "retrieval.example_query": Rule("str"),
+    "init.checkpoint": Rule("str", optional=True, required=False),
+    "init.format": Rule("choice", choices=_names("mmalign.checkpoints.importers:IMPORTERS"),
+                        optional=True, required=False),
 }
 
 
@@ -210,6 +213,9 @@ def _check_combinations(config) -> None:
   _check_evals(config)
   if value(config, "loss.task_weight") > 0 and not value(config, "task.label"):
     raise UsageError("loss.task_weight > 0 needs task.label (the dataset label to classify)")
+  if value(config, "init.checkpoint"):
+    from mmalign.checkpoints import importers  # pylint: disable=import-outside-toplevel
+    importers.check(config.init)
 
 
 def _evaluator_types() -> dict:

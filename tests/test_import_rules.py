@@ -14,7 +14,7 @@ LAYERS = [
     ("kernels",),
     ("mmalign", "mmalign.retrieval", "mmalign.errors", "mmalign.registry", "mmalign.utils", "mmalign.workdir", "mmalign.plots",
      "mmalign.settings", "mmalign.mesh"),
-    ("mmalign.data", "mmalign.models", "mmalign.losses", "mmalign.matching", "mmalign.alignment",
+    ("mmalign.data", "mmalign.models", "mmalign.losses", "mmalign.checkpoints", "mmalign.matching", "mmalign.alignment",
      "mmalign.retrieval.vectors", "mmalign.retrieval.manifest", "mmalign.retrieval.base",
      "mmalign.retrieval.scann_index", "mmalign.retrieval.exact_index",
      "mmalign.retrieval.searchers", "mmalign.retrieval.contact_sheet",
@@ -33,7 +33,8 @@ ALLOWED_UPWARD = {("mmalign.settings", "mmalign.data.sources"),
                   ("mmalign.settings", "mmalign.models.build"),
                   ("mmalign.settings", "mmalign.losses.objective"),
                   ("mmalign.settings", "mmalign.retrieval.searchers"),
-                  ("mmalign.settings", "mmalign.eval.evaluators")}
+                  ("mmalign.settings", "mmalign.eval.evaluators"),
+                  ("mmalign.settings", "mmalign.checkpoints.importers")}
 
 
 def _layer(module: str) -> int | None:

@@ -135,4 +135,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.retrieval.num_leaves_to_search = ml_collections.FieldReference(None, field_type=int)
   c.retrieval.reorder = 100
   c.retrieval.example_query = "latin capital letter a with ring above"
+
+  # Start from published weights (mmalign/checkpoints/): a local file, its format taken from
+  # the suffix unless set. "glove" (.txt, .vec): word vectors into the text tower's token
+  # embedding, through this run's tokenizer; the encoder's width must equal their length.
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = ml_collections.FieldReference(None, field_type=str)
+  c.init.format = ml_collections.FieldReference(None, field_type=str)
   return c

@@ -47,7 +47,8 @@ NOT_HASHED = ("data.data_dir", "retrieval", "train.log_every", "train.checkpoint
 # Keys added after cells were cached, with the value that keeps the old behaviour: only
 # another value (or an override) enters the key, so a new option keeps finished cells.
 NEUTRAL_DEFAULTS: dict[str, object] = {
-    key: settings.RULES[key].default for key in ("data.sampling", "train.gradient_cache_loop")}
+    **{key: settings.RULES[key].default for key in ("data.sampling", "train.gradient_cache_loop")},
+    "init": {"checkpoint": None, "format": None}}  # Trained from scratch.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,6 +64,10 @@ class Tokenizer:
       out[row, :len(piece_ids)] = piece_ids
     return out
 
+  def vocabulary(self) -> list[str]:
+    """Every piece, in token-id order."""
+    return [self._processor.id_to_piece(i) for i in range(self.vocab_size)]
+
   def pieces(self, text: str) -> list[str]:
     return self._processor.encode(self.normalize(text), out_type=str)
 

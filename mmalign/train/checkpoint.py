@@ -27,6 +27,12 @@ from mmalign.errors import UsageError
 CHECKPOINT_DIR = "checkpoints"
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether the workdir holds a finished step, looked up without creating anything."""
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 class CheckpointMismatchError(UsageError):
   """The workdir holds a checkpoint of a different model or experiment."""
 

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from mmalign import experiment as experiment_lib
-from mmalign import settings
+from mmalign import settings, utils
+from mmalign.checkpoints import importers
 from mmalign.errors import UsageError
 from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.optimizer import adamw, learning_rate_schedule
@@ -37,6 +38,17 @@ def init_train_state(exp: experiment_lib.Experiment) -> dict:
   if variables:
     state["model_state"] = variables
   return state
+
+
+def with_pretrained(exp: experiment_lib.Experiment, state: dict) -> dict:
+  """`state` with `init.checkpoint`'s weights in its parameters (unchanged when unset); prints
+  what was loaded. The optimizer state needs no change: Adam's moments start at zero."""
+  if not settings.value(exp.config, "init.checkpoint"):
+    return state
+  params, lines = importers.initialise(state["params"], exp.config.init, exp.tokenizer)
+  for line in lines:
+    utils.say(line)
+  return {**state, "params": params}
 
 
 def abstract_train_state(exp: experiment_lib.Experiment):

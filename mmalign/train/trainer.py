@@ -135,16 +135,21 @@ def _train(exp: experiment_lib.Experiment, stop_after: int | None, evaluators) -
     _check_image_batches(tc, batches.text_rows, mesh)
 
   state = train_state.init_train_state(exp)
+  resuming = checkpoint_lib.has_checkpoints(workdir)
+  if not resuming:  # Pretrained weights are read before anything is written, too.
+    state = train_state.with_pretrained(exp, state)
   exp.save_tokenizer()  # The first write into the workdir: every builder above succeeded.
   checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints,
                               save_every=tc.checkpoint_every)
   meta = exp.meta()
-  if checkpointer.latest_step() is not None:
+  if resuming:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state)
     restored, _ = checkpointer.restore_latest_good(abstract, meta)
     if restored is not None:
       state = restored
       utils.say(f"resumed from {checkpointer.directory} at step {int(state['step'])}")
+    else:  # Every checkpoint was unreadable and moved aside: a fresh start.
+      state = train_state.with_pretrained(exp, state)
   train_step, state = step_lib.build_train_step(tc, exp.model, objective, optimizer, mesh, state)
   start = int(state["step"])
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))

@@ -90,6 +90,14 @@ def test_new_keys_at_their_neutral_default_leave_the_key_alone(monkeypatch):
   assert _key(config=config) != _key()
 
 
+def test_the_init_block_at_its_defaults_leaves_the_key_alone():
+  """`config.init` came after the committed tables; training from scratch keeps their keys."""
+  config = runner.build_config(spec.Base(TINY), spec.Row("r"), 0)
+  del config["init"]
+  assert _key(config=config) == _key()
+  assert _key({"init.checkpoint": "vectors.txt"}) != _key()
+
+
 def test_cell_key_changes_with_overrides_seed_params_and_kind():
   keys = {_key(), _key({"loss.name": "sigmoid"}), _key({"train.steps": 7}), _key(seed=1),
           _key(params={"sizes": [4]}), _key(kind="train_eval")}
