@@ -17,7 +17,7 @@ from mmalign.data.tokenizer import PAD_ID, UNK_ID, Tokenizer
 from mmalign.errors import UsageError
 
 WORD_START = "\u2581"  # SentencePiece's marker of a piece that starts a word.
-EMBEDDING = "text_tower/embed/embedding"  # [vocab_size, width]: every text encoder's table.
+EMBEDDING = "params/text_tower/embed/embedding"  # [vocab_size, width]: every text encoder's.
 
 
 def read_vectors(path: str, wanted: set[str] | None = None) -> tuple[dict[str, np.ndarray], int]:
@@ -65,15 +65,15 @@ def word_of(piece: str) -> str:
   return piece[len(WORD_START):] if piece.startswith(WORD_START) else ""
 
 
-def load(path: str, params: dict, tokenizer: Tokenizer) -> Imported:
+def load(path: str, variables: dict, tokenizer: Tokenizer) -> Imported:
   """The embedding table with a GloVe vector in each row whose piece has one.
 
-  Padding, unknown and unmatched pieces keep `params`' values (the model's own
+  Padding, unknown and unmatched pieces keep `variables`' values (the model's own
   initialisation). Raises UsageError when the vectors' length differs from the table's
   width, or the model has no token embedding table.
   """
   try:
-    table = np.asarray(params["text_tower"]["embed"]["embedding"])
+    table = np.asarray(variables["params"]["text_tower"]["embed"]["embedding"])
   except KeyError:
     raise UsageError(f"init.format='glove' fills {EMBEDDING}, which this text encoder does "
                      "not have") from None

@@ -1,10 +1,11 @@
 """Initialising a model from published weights (`config.init`), one importer per format.
 
-An importer (`IMPORTERS[format](path, params, tokenizer) -> Imported`) reads a local
-file into arrays keyed by this model's parameter paths ("text_tower/embed/embedding");
-`initialise` checks each one's shape and values and swaps it into the freshly initialised
-parameters. A new format is one module here and one line in IMPORTERS. Why keyed by
-path: the run can then print exactly what was loaded and what stays newly initialised.
+An importer (`IMPORTERS[format](path, variables, tokenizer) -> Imported`) reads a local
+file into arrays keyed by this model's variable paths (`params/text_tower/embed/embedding`,
+`batch_stats/image_tower/stem/norm/mean`); `initialise` checks each one's place, shape and
+values and swaps it into the freshly initialised variables. A new format is one module
+here, one line in IMPORTERS and, to be detected, a line in `format_of`. Why keyed by path:
+the run can then print exactly what was loaded and what stays newly initialised.
 """
 
 from __future__ import annotations
@@ -15,27 +16,37 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mmalign.checkpoints import Imported, glove
+from mmalign.checkpoints import Imported, files, glove, torchvision
 from mmalign.errors import UsageError
 from mmalign.registry import Registry
 
-
 IMPORTERS: Registry = Registry("checkpoint format")
 IMPORTERS.register("glove")(glove.load)
+IMPORTERS.register("torchvision_resnet")(torchvision.load_resnet)
 
-SUFFIXES = {".txt": "glove", ".vec": "glove"}  # How `init.format` is detected when unset.
+# Formats a .safetensors file is recognised as, by its tensor names.
+RECOGNISED_BY_NAMES = {"torchvision_resnet": torchvision.is_resnet}
 
 
 def format_of(init_config) -> str:
-  """`init.format`, or the format its `init.checkpoint` suffix names; UsageError if neither."""
+  """`init.format`, else the format the file's suffix (and tensor names) say."""
   if init_config.get("format"):
     return init_config.format  # settings.RULES checked it against IMPORTERS.
   path = init_config.checkpoint
   suffix = os.path.splitext(path)[1].lower()
-  if suffix not in SUFFIXES:
-    raise UsageError(f"init.checkpoint={path!r}: cannot tell its format from {suffix or 'no'} "
-                     f"suffix; set init.format to one of {', '.join(IMPORTERS.names())}")
-  return SUFFIXES[suffix]
+  if suffix in (".txt", ".vec"):
+    return "glove"
+  if suffix == ".safetensors":
+    names = files.tensor_names(path)
+    for name, recognises in RECOGNISED_BY_NAMES.items():
+      if recognises(names):
+        return name
+    raise UsageError(f"init.checkpoint={path!r}: its tensor names match no known layout; "
+                     f"set init.format to one of {', '.join(IMPORTERS.names())}")
+  if suffix in files.TORCH_SUFFIXES:
+    files.read_safetensors(path)  # Raises, saying how to convert it.
+  raise UsageError(f"init.checkpoint={path!r}: cannot tell its format from {suffix or 'no'} "
+                   f"suffix; set init.format to one of {', '.join(IMPORTERS.names())}")
 
 
 def check(init_config) -> None:
@@ -48,15 +59,15 @@ def check(init_config) -> None:
   format_of(init_config)
 
 
-def initialise(params: dict, init_config, tokenizer) -> tuple[dict, list[str]]:
-  """(params with the checkpoint's arrays in place, lines saying what came from where).
+def initialise(variables: dict, init_config, tokenizer) -> tuple[dict, list[str]]:
+  """(variables with the checkpoint's arrays in place, lines saying what came from where).
 
   Raises UsageError naming the tensor for a path this model lacks, a shape that differs
-  (both shapes named) or a non-finite value; `params` is then left as it was.
+  (both shapes named) or a non-finite value; `variables` is then left as it was.
   """
-  path = init_config.checkpoint
-  imported: Imported = IMPORTERS.get(format_of(init_config))(path, params, tokenizer)
-  flat = traverse_util.flatten_dict(params, sep="/")
+  path, chosen = init_config.checkpoint, format_of(init_config)
+  imported: Imported = IMPORTERS.get(chosen)(path, variables, tokenizer)
+  flat = traverse_util.flatten_dict(variables, sep="/")
   for name, value in imported.arrays.items():
     if name not in flat:
       raise UsageError(f"init.checkpoint {path!r}: {name} has no place in this model")
@@ -67,10 +78,10 @@ def initialise(params: dict, init_config, tokenizer) -> tuple[dict, list[str]]:
       raise UsageError(f"init.checkpoint {path!r}: {name} holds non-finite values")
   loaded = {name: jnp.asarray(value, flat[name].dtype) for name, value in imported.arrays.items()}
   fresh = sorted(set(flat) - set(loaded))
-  lines = [f"init from {path} ({format_of(init_config)}): loaded {len(loaded)} tensors "
-           f"({_count(loaded):,} parameters): {', '.join(sorted(loaded))}",
-           f"  newly initialised: {len(fresh)} tensors "
-           f"({_count({n: flat[n] for n in fresh}):,} parameters)"]
+  lines = [f"init from {path} ({chosen}): loaded {len(loaded)} tensors "
+           f"({_count(loaded):,} values)",
+           f"  newly initialised: {len(fresh)} tensors ({_count({n: flat[n] for n in fresh}):,} "
+           f"values){': ' + ', '.join(fresh) if fresh else ''}"]
   if imported.ignored:
     lines.append(f"  ignored from the checkpoint: {len(imported.ignored)} tensors: "
                  f"{', '.join(imported.ignored)}")

@@ -41,14 +41,15 @@ def init_train_state(exp: experiment_lib.Experiment) -> dict:
 
 
 def with_pretrained(exp: experiment_lib.Experiment, state: dict) -> dict:
-  """`state` with `init.checkpoint`'s weights in its parameters (unchanged when unset); prints
+  """`state` with `init.checkpoint`'s weights in its variables (unchanged when unset); prints
   what was loaded. The optimizer state needs no change: Adam's moments start at zero."""
   if not settings.value(exp.config, "init.checkpoint"):
     return state
-  params, lines = importers.initialise(state["params"], exp.config.init, exp.tokenizer)
+  variables, lines = importers.initialise(variables_of(state), exp.config.init, exp.tokenizer)
   for line in lines:
     utils.say(line)
-  return {**state, "params": params}
+  params = variables.pop("params")
+  return {**state, "params": params, **({"model_state": variables} if variables else {})}
 
 
 def abstract_train_state(exp: experiment_lib.Experiment):

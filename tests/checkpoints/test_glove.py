@@ -82,9 +82,11 @@ def test_each_piece_takes_its_words_vector_and_the_rest_stays(exp, tmp_path):
   vectors = _vectors_for_half_the_words(pieces)
   path = _write(tmp_path / "glove.txt", [_line("notapiece", np.ones(WIDTH)),
                                          *(_line(w, v) for w, v in vectors.items())])
-  params = train_state.init_train_state(exp)["params"]
+  variables = train_state.variables_of(train_state.init_train_state(exp))
+  params = variables["params"]
   loaded, lines = importers.initialise(
-      params, ml_collections.ConfigDict({"checkpoint": path, "format": None}), exp.tokenizer)
+      variables, ml_collections.ConfigDict({"checkpoint": path, "format": None}), exp.tokenizer)
+  loaded = loaded["params"]
 
   before = np.asarray(params["text_tower"]["embed"]["embedding"])
   expected = before.copy()
@@ -102,29 +104,32 @@ def test_each_piece_takes_its_words_vector_and_the_rest_stays(exp, tmp_path):
   old, new = (traverse_util.flatten_dict(p, sep="/") for p in (params, loaded))
   assert set(old) == set(new)
   for name in old:
-    if name != glove.EMBEDDING:
+    if f"params/{name}" != glove.EMBEDDING:
       np.testing.assert_array_equal(np.asarray(new[name]), np.asarray(old[name]))
-  assert lines[0].startswith(f"init from {path} (glove): loaded 1 tensors")
+  assert lines[0] == f"init from {path} (glove): loaded 1 tensors ({before.size:,} values)"
   assert f"newly initialised: {len(old) - 1} tensors" in lines[1]
   assert f"{matched} of {len(pieces)} tokens took a vector" in lines[2]
 
 
 def test_vectors_of_another_width_name_the_tensor_and_both_shapes(exp, tmp_path):
   path = _write(tmp_path / "glove.vec", ["a 1 2 3"])
-  params = train_state.init_train_state(exp)["params"]
-  with pytest.raises(UsageError, match=r"vectors of 3 numbers, but text_tower/embed/embedding "
-                     rf"has shape \({exp.tokenizer.vocab_size}, {WIDTH}\)"):
-    importers.initialise(params, ml_collections.ConfigDict({"checkpoint": path}), exp.tokenizer)
+  variables = train_state.variables_of(train_state.init_train_state(exp))
+  with pytest.raises(UsageError, match=r"vectors of 3 numbers, but params/text_tower/embed/"
+                     rf"embedding has shape \({exp.tokenizer.vocab_size}, {WIDTH}\)"):
+    importers.initialise(variables, ml_collections.ConfigDict({"checkpoint": path}),
+                         exp.tokenizer)
 
 
 @pytest.mark.parametrize("name, init, named", [
     ("missing.txt", {"format": None}, "init.checkpoint='.*missing.txt' does not exist"),
-    ("vectors.bin", {"format": None}, "cannot tell its format from .bin suffix; set "
+    ("vectors.npz", {"format": None}, "cannot tell its format from .npz suffix; set "
                                       "init.format to one of glove"),
+    ("vectors.bin", {"format": None}, "is a PyTorch file; convert it to safetensors"),
     ("vectors.txt", {"format": "safetensors"}, "init.format='safetensors' is not allowed"),
 ])
 def test_the_config_is_checked_before_any_work(tmp_path, name, init, named):
   (tmp_path / "vectors.bin").write_text("a 1\n")
+  (tmp_path / "vectors.npz").write_text("a 1\n")
   (tmp_path / "vectors.txt").write_text("a 1\n")
   config = tiny.get_config()
   config.init.update({"checkpoint": str(tmp_path / name), **init})
