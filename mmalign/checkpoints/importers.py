@@ -23,9 +23,11 @@ from mmalign.registry import Registry
 IMPORTERS: Registry = Registry("checkpoint format")
 IMPORTERS.register("glove")(glove.load)
 IMPORTERS.register("torchvision_resnet")(torchvision.load_resnet)
+IMPORTERS.register("torchvision_vgg")(torchvision.load_vgg)
 
-# Formats a .safetensors file is recognised as, by its tensor names.
-RECOGNISED_BY_NAMES = {"torchvision_resnet": torchvision.is_resnet}
+# Formats a .safetensors file is recognised as, by its tensor names; at most one may claim it.
+RECOGNISED_BY_NAMES = {"torchvision_resnet": torchvision.is_resnet,
+                       "torchvision_vgg": torchvision.is_vgg}
 
 
 def format_of(init_config) -> str:
@@ -38,9 +40,12 @@ def format_of(init_config) -> str:
     return "glove"
   if suffix == ".safetensors":
     names = files.tensor_names(path)
-    for name, recognises in RECOGNISED_BY_NAMES.items():
-      if recognises(names):
-        return name
+    claimed = [name for name, recognises in RECOGNISED_BY_NAMES.items() if recognises(names)]
+    if len(claimed) == 1:
+      return claimed[0]
+    if claimed:
+      raise UsageError(f"init.checkpoint={path!r}: its tensor names match {' and '.join(claimed)}"
+                       f"; set init.format to one of them")
     raise UsageError(f"init.checkpoint={path!r}: its tensor names match no known layout; "
                      f"set init.format to one of {', '.join(IMPORTERS.names())}")
   if suffix in files.TORCH_SUFFIXES:

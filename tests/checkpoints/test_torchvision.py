@@ -1,4 +1,5 @@
-"""torchvision ResNet state dicts into the `resnet` image encoder, against the reference.
+"""torchvision ResNet and VGG state dicts into the `resnet`/`vgg` image encoders, against the
+reference.
 
 Fixtures: tests/fixtures/pretrained/generate.py (torchvision's own blocks and forward,
 randomly initialised, BatchNorm statistics made non-trivial); CI needs no torch.
@@ -20,6 +21,7 @@ from mmalign.checkpoints import files, importers, torchvision
 from mmalign.data import sources
 from mmalign.errors import UsageError
 from mmalign.models.resnet import ResNet
+from mmalign.models.vgg import VGG
 from mmalign.train import trainer
 from tests.trees import assert_trees_bitwise_equal
 
@@ -140,3 +142,137 @@ def test_lit_from_torchvision_weights_trains_and_resumes_bitwise(rgb_data_dir, t
       whole["params"]["image_tower"]["stage2_block1"]["conv1"]["conv"]["kernel"],
       reference["layer2.0.conv1.weight"].transpose(2, 3, 1, 0))
   assert int(whole["step"]) == 6
+
+
+# The narrow fixtures' layouts (generate.py's VGG_CFGS) and norms; hidden fc layers 32 wide.
+VGG_FIXTURES = {"vgg": ((8, "M", 16, "M", 32, 32, "M"), "none"),
+                "vgg_bn": ((8, 8, "M", 16, 16, "M", 32, "M"), "batch")}
+
+
+def _vgg(name: str, **kwargs) -> VGG:
+  layout, norm = VGG_FIXTURES[name]
+  return VGG(**{"layout": layout, "norm": norm, "pooling": "fc", "fc_width": 32, **kwargs})
+
+
+def _load_vgg(name: str, model: VGG, image_size: int = 56):
+  path = _fixture(f"torchvision_{name}_w8.safetensors")
+  variables, lines = importers.initialise(
+      _tower_variables(model, (image_size, image_size, 3)), _init(path), tokenizer=None)
+  return {collection: tree["image_tower"] for collection, tree in variables.items()}, lines
+
+
+def _ignored(lines) -> list[str]:
+  ignored = next(line for line in lines if "ignored from the checkpoint" in line)
+  return sorted(n for n in ignored.split(" tensors: ")[1].split(", ")
+                if not n.endswith("num_batches_tracked"))
+
+
+@pytest.mark.parametrize("name", sorted(VGG_FIXTURES))
+def test_imported_vgg_weights_reproduce_torchvision(name):
+  """Convs, norms (a conv bias folded into the running mean) and the hidden fc layers, whose
+  first kernel is reordered from torchvision's C,H,W flattening to this model's H,W,C."""
+  io = np.load(_fixture(f"torchvision_{name}_w8_io.npz"), allow_pickle=False)
+  model = _vgg(name)
+  tower, lines = _load_vgg(name, model)
+  assert "(torchvision_vgg)" in lines[0] and "newly initialised: 0 tensors" in lines[1]
+  assert _ignored(lines) == ["classifier.6.bias", "classifier.6.weight"]
+  pooled, sequence = model.apply(tower, io["images"], train=False)
+  np.testing.assert_allclose(pooled, io["pooled"], rtol=1e-5, atol=1e-5)
+  batch, height, width, channels = io["last"].shape
+  np.testing.assert_allclose(sequence, io["last"].reshape(batch, height * width, channels),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_a_mean_pooled_vgg_takes_the_features_and_ignores_the_classifier():
+  io = np.load(_fixture("torchvision_vgg_bn_w8_io.npz"), allow_pickle=False)
+  model = _vgg("vgg_bn", pooling="mean")
+  tower, lines = _load_vgg("vgg_bn", model)
+  assert "newly initialised: 0 tensors" in lines[1]
+  assert _ignored(lines) == [f"classifier.{i}.{field}" for i in (0, 3, 6)
+                             for field in ("bias", "weight")]
+  assert any("classifier.0/.3 ignored: the model has no fc stack" in line for line in lines)
+  _, sequence = model.apply(tower, io["images"], train=False)
+  batch, height, width, channels = io["last"].shape
+  np.testing.assert_allclose(sequence, io["last"].reshape(batch, height * width, channels),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "vgg16_bn"])
+def test_every_tensor_of_the_full_size_vgg_has_one_place(name):
+  """torchvision's VGG-16(_bn) names and shapes (weights=None) against mmalign's VGG "16"
+  with its fc stack at 224 px: nothing missing, nothing left over but the 1000-way output, same
+  counts once a `_bn` conv's bias is folded into its norm's running mean."""
+  with open(_fixture("torchvision_layouts.json")) as f:
+    reference = json.load(f)[name]
+  model = VGG(layout="16", norm="batch" if name.endswith("_bn") else "none", pooling="fc")
+  shapes = jax.eval_shape(lambda: _tower_variables(model, (224, 224, 3)))
+  ours = {path: tuple(x.shape) for path, x in traverse_util.flatten_dict(shapes, sep="/").items()}
+  convs, norms = torchvision.vgg_modules(reference)
+  assert len(convs) == 13 and len(norms) == (13 if name.endswith("_bn") else 0)
+  channels = reference[f"features.{max(convs)}.weight"][0]
+  mapped, folded, ignored = {}, {}, []
+  for tensor, shape in reference.items():
+    target, how = torchvision.vgg_path(tensor, convs, norms)
+    if target is None:
+      ignored.append(tensor)
+    elif how == "fold":
+      assert target not in folded, (tensor, target)
+      folded[target] = tuple(shape)
+    else:
+      assert target not in mapped, (tensor, target)
+      zeros = np.broadcast_to(np.float32(0), shape)  # No memory: fc1 has 10⁸ values.
+      mapped[target] = torchvision.convert_vgg(zeros, how, channels).shape
+  assert mapped == ours
+  assert all(mapped[target] == shape for target, shape in folded.items())
+  assert len(folded) == len(norms)
+  assert sorted(n for n in ignored if "num_batches_tracked" not in n) == [
+      "classifier.6.bias", "classifier.6.weight"]
+  def count(d):
+    return sum(int(np.prod(s)) for s in d)
+  assert count(mapped.values()) + count(folded.values()) == count(
+      s for n, s in reference.items() if n not in ignored)
+
+
+def test_the_first_fc_kernel_is_reordered_from_chw_to_hwc():
+  """kernel[(h·W + w)·C + c, o] = weight[o, (c·H + h)·W + w], on a 2×3 map of 4 channels."""
+  out, channels, height, width = 5, 4, 2, 3
+  weight = np.arange(out * channels * height * width).reshape(out, -1)
+  kernel = torchvision.convert_vgg(weight, "dense_chw", channels)
+  for o, c, h, w in np.ndindex(out, channels, height, width):
+    assert kernel[(h * width + w) * channels + c, o] == weight[o, (c * height + h) * width + w]
+
+
+def test_a_vgg_of_another_shape_is_refused_naming_the_tensor():
+  with pytest.raises(UsageError, match=r"params/image_tower/fc1/\w+ has shape \((1568, )?32,?\) "
+                     r"there and \((1568, )?64,?\) in this model"):
+    _load_vgg("vgg", _vgg("vgg", fc_width=64))
+  with pytest.raises(UsageError, match=r"fc1/kernel has shape \(1568, 32\) there and "
+                     r"\(2048, 32\) in this model"):  # 64 px: an 8×8 final map, not 7×7.
+    _load_vgg("vgg", _vgg("vgg"), image_size=64)
+  with pytest.raises(UsageError, match=r"conv1/\w+ has shape \((3, 3, 3, )?8,?\) there and "
+                     r"\((3, 3, 3, )?16,?\) in this model"):
+    _load_vgg("vgg", _vgg("vgg", layout=(16, "M", 16, "M", 32, 32, "M")))
+  with pytest.raises(UsageError, match=r"params/image_tower/conv\d/bias has no place"):
+    _load_vgg("vgg", _vgg("vgg", norm="batch"))  # A plain VGG into a model with norms.
+  with pytest.raises(UsageError, match=r"image_tower/norm\d/\w+ has no place"):
+    _load_vgg("vgg_bn", _vgg("vgg_bn", norm="none"))
+
+
+def test_resnet_and_vgg_files_are_told_apart_by_their_tensor_names(monkeypatch):
+  for name in VGG_FIXTURES:
+    path = _fixture(f"torchvision_{name}_w8.safetensors")
+    assert importers.format_of(_init(path)) == "torchvision_vgg"
+  with open(_fixture("torchvision_layouts.json")) as f:
+    layouts = json.load(f)
+  for name, names in layouts.items():
+    if name != "versions":
+      claimed = [f for f, recognises in importers.RECOGNISED_BY_NAMES.items()
+                 if recognises(names)]
+      assert claimed == ["torchvision_resnet" if name.startswith("resnet") else
+                         "torchvision_vgg"], name
+  alexnet = ["features.0.weight", "features.0.bias", "classifier.1.weight", "classifier.1.bias"]
+  assert not torchvision.is_vgg(alexnet)
+  monkeypatch.setattr(importers, "RECOGNISED_BY_NAMES",
+                      {"a": lambda names: True, "b": lambda names: True})
+  with pytest.raises(UsageError, match="its tensor names match a and b; set init.format"):
+    importers.format_of(_init(_fixture("torchvision_vgg_w8.safetensors")))
