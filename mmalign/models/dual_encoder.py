@@ -39,6 +39,9 @@ class DualEncoder(nn.Module):
   fusion_kwargs: dict[str, Any] | None = None
   num_classes: int = 0  # > 0: a task classifier on the fused pair (needs fusion).
   modality_dropout: float = 0.0  # Training-time chance that an example loses one modality.
+  # Towers ("text_tower", "image_tower") that run in inference mode even in training: a
+  # locked tower (LiT) has no dropout and keeps its BatchNorm statistics as they are.
+  locked_towers: tuple[str, ...] = ()
 
   def setup(self):
     self.text_tower = TEXT_ENCODERS.get(self.text_encoder, config_key="model.text_encoder")(
@@ -61,13 +64,16 @@ class DualEncoder(nn.Module):
 
   def embed_text(self, tokens, *, train: bool = False):
     """tokens [b, l] int32 → [b, embed_dim] float32, unit norm."""
-    pooled, _ = self.text_tower(tokens, train=train)
+    pooled, _ = self.text_tower(tokens, train=self._trains("text_tower", train))
     return self.text_projection(pooled, train=train)
 
   def embed_image(self, images, *, train: bool = False):
     """images [b, h, w, c] float32 → [b, embed_dim] float32, unit norm."""
-    pooled, _ = self.image_tower(images, train=train)
+    pooled, _ = self.image_tower(images, train=self._trains("image_tower", train))
     return self.image_projection(pooled, train=train)
+
+  def _trains(self, tower: str, train: bool) -> bool:
+    return train and tower not in self.locked_towers
 
   def scale(self):
     return jnp.minimum(jnp.exp(self.log_scale), self.max_scale)
@@ -75,8 +81,8 @@ class DualEncoder(nn.Module):
   def __call__(self, tokens, images, *, train: bool = False) -> dict[str, jnp.ndarray]:
     """{"text_emb", "image_emb" [b, embed_dim], "scale", "bias"} (+ "match_logits",
     "match_labels" [2b] with fusion). The bias is used by the sigmoid loss only."""
-    text = self.text_tower(tokens, train=train)  # (pooled, sequence)
-    image = self.image_tower(images, train=train)
+    text = self.text_tower(tokens, train=self._trains("text_tower", train))  # (pooled, seq)
+    image = self.image_tower(images, train=self._trains("image_tower", train))
     outputs = {"text_emb": self.text_projection(text[0], train=train),
                "image_emb": self.image_projection(image[0], train=train),
                "scale": self.scale(), "bias": self.bias}

@@ -34,6 +34,13 @@ def frozen_labels(params, patterns: tuple[str, ...]):
       else "trained", params)
 
 
+def locked_towers(params, patterns: tuple[str, ...]) -> tuple[str, ...]:
+  """The towers every parameter of which a `frozen` regex matches (LiT's locked tower)."""
+  labels = frozen_labels(params, tuple(patterns)) if patterns else {}
+  return tuple(tower for tower in ("text_tower", "image_tower") if tower in labels
+               and all(label == "frozen" for label in jax.tree.leaves(labels[tower])))
+
+
 MOMENT_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

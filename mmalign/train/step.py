@@ -20,6 +20,7 @@ import optax
 from mmalign import settings
 from mmalign.errors import UsageError
 from mmalign.train import accumulation, precision, sharding
+from mmalign.train.optimizer import locked_towers
 from mmalign import mesh as mesh_lib
 
 
@@ -202,6 +203,9 @@ def build_train_step(train_config, model, objective, optimizer, mesh, state):
         f"{mesh_lib.batch_devices(mesh)} batch shards of train.mesh "
         f"({dict(mesh.shape)}): make it a multiple of {shards}")
   shardings = sharding.state_shardings(state, mesh, int(value("fsdp_min_size")))
+  locked = locked_towers(state["params"], tuple(train_config.get("frozen", ())))
+  if locked:  # LiT: a tower with every parameter frozen runs in inference mode.
+    model = model.clone(locked_towers=locked)
   step = make_train_step(precision.with_compute_dtype(model, dtype), objective, optimizer, mesh,
                          train_config.seed, state_shardings=shardings,
                          micro_batches=micro_batches, gradient_cache=gradient_cache,

@@ -142,6 +142,10 @@ def test_lit_from_torchvision_weights_trains_and_resumes_bitwise(rgb_data_dir, t
       whole["params"]["image_tower"]["stage2_block1"]["conv1"]["conv"]["kernel"],
       reference["layer2.0.conv1.weight"].transpose(2, 3, 1, 0))
   assert int(whole["step"]) == 6
+  # Locked means inference mode: BatchNorm ran on, and kept, the imported statistics.
+  np.testing.assert_array_equal(
+      whole["model_state"]["batch_stats"]["image_tower"]["stage2_block1"]["conv1"]["norm"]["var"],
+      reference["layer2.0.bn1.running_var"])
 
 
 # The narrow fixtures' layouts (generate.py's VGG_CFGS) and norms; hidden fc layers 32 wide.

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmalign.train.optimizer import adamw, frozen_labels, learning_rate_schedule
+from mmalign.train.optimizer import adamw, frozen_labels, learning_rate_schedule, locked_towers
 
 
 def _params():
@@ -40,3 +40,13 @@ def test_frozen_parameters_do_not_move_even_with_weight_decay():
   plain = adamw(optax.constant_schedule(0.1), weight_decay=0.5)
   updates, _ = plain.update(grads, plain.init(params), params)
   assert np.all(optax.apply_updates(params, updates)["text_tower"]["embed"]["embedding"] < 1.0)
+
+
+def test_a_tower_is_locked_only_when_every_parameter_of_it_is_frozen():
+  params = {"text_tower": {"embed": {"embedding": jnp.ones((4, 3))}},
+            "image_tower": {"stem": {"kernel": jnp.ones((3, 3))}, "head": {"bias": jnp.ones(2)}},
+            "log_scale": jnp.ones(())}
+  assert locked_towers(params, ("image_tower",)) == ("image_tower",)
+  assert locked_towers(params, ("image_tower/stem",)) == ()
+  assert locked_towers(params, ("tower",)) == ("text_tower", "image_tower")
+  assert locked_towers(params, ()) == ()
