@@ -4,6 +4,10 @@ Laid out like timm's `vit_base_patch16_224` (parameter counts equal), with its L
 epsilon and exact GELU, so ported weights would give the same outputs. Position embeddings
 are sized by the image shape seen at `init` and not interpolated: a model initialised on
 32×32 images only accepts 32×32.
+
+CLIP's vision tower (OpenAI, and Hugging Face `CLIPVisionModel`) is the same Transformer with
+`patch_bias=False, norm_embeddings=True, final_norm_on="pooled", activation="quick_gelu",
+norm_epsilon=1e-5`; the defaults are timm's, and leave the parameter tree as it was.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ VIT_VARIANTS: dict[str, tuple[int, int, int]] = {
     "L": (1024, 24, 16),
 }
 LAYER_NORM_EPSILON = 1e-6
+ACTIVATIONS = ("gelu", "quick_gelu")  # Exact GELU (ViT, timm); x·sigmoid(1.702x) (CLIP).
+
+
+def activate(x, activation: str):
+  """The MLP's nonlinearity by name (one of ACTIVATIONS)."""
+  if activation == "quick_gelu":
+    return x * nn.sigmoid(1.702 * x)
+  return nn.gelu(x, approximate=False)
 
 
 class ViTBlock(nn.Module):
@@ -30,6 +42,8 @@ class ViTBlock(nn.Module):
   heads: int
   mlp_dim: int
   dropout: float = 0.0
+  activation: str = "gelu"  # One of ACTIVATIONS, in the MLP.
+  norm_epsilon: float = LAYER_NORM_EPSILON
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -37,13 +51,13 @@ class ViTBlock(nn.Module):
   def __call__(self, x, *, train: bool):  # x: [b, tokens, width]
     dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     drop = nn.Dropout(self.dropout, deterministic=not train)
-    y = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, name="norm1", **dense)(x)
+    y = nn.LayerNorm(epsilon=self.norm_epsilon, name="norm1", **dense)(x)
     y = nn.MultiHeadDotProductAttention(num_heads=self.heads, dropout_rate=self.dropout,
                                         deterministic=not train, name="attention",
                                         **dense)(y, y)
     x = x + drop(y)
-    y = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, name="norm2", **dense)(x)
-    y = drop(nn.gelu(nn.Dense(self.mlp_dim, name="mlp_in", **dense)(y), approximate=False))
+    y = nn.LayerNorm(epsilon=self.norm_epsilon, name="norm2", **dense)(x)
+    y = drop(activate(nn.Dense(self.mlp_dim, name="mlp_in", **dense)(y), self.activation))
     y = nn.Dense(x.shape[-1], name="mlp_out", **dense)(y)
     return x + drop(y)
 
@@ -53,12 +67,15 @@ class ViT(nn.Module):
   """ViT-Ti/S/B/L by `variant`, or any size through `width`/`depth`/`heads`.
 
   Explicit `width`, `depth`, `heads` or `mlp_dim` (default 4·width) override the variant's.
-  Outputs, after the final LayerNorm: `sequence [b, patches, width]`, the patch tokens
-  without CLS; `pooled [b, width]`, the CLS token (`pooling="cls"`) or the mean of
-  `sequence` (`"mean"`, no CLS token at all). With `num_classes`, pooled becomes logits
-  `[b, num_classes]`; a dual encoder leaves it None. `dropout` needs `train=True` and a
-  `"dropout"` rng. Raises ValueError for an unknown variant or pooling, or an image size
-  that is not a multiple of `patch_size`.
+  Outputs: `sequence [b, patches, width]`, the patch tokens without CLS; `pooled [b, width]`,
+  the CLS token (`pooling="cls"`) or the mean of `sequence` (`"mean"`, no CLS token at all).
+  The final LayerNorm (`final_norm_on`) is applied to every token before pooling (`"all"`,
+  timm), or to `pooled` only (`"pooled"`, CLIP's post_layernorm): `sequence` is then the
+  un-normed last hidden state, as Hugging Face's `last_hidden_state[:, 1:]`. With
+  `num_classes`, pooled becomes logits `[b, num_classes]`; a dual encoder leaves it None.
+  `dropout` needs `train=True` and a `"dropout"` rng. Raises ValueError for an unknown
+  variant, pooling, `final_norm_on` or activation, or an image size that is not a multiple
+  of `patch_size`.
   """
   variant: str = "Ti"
   patch_size: int = 16
@@ -69,6 +86,11 @@ class ViT(nn.Module):
   pooling: str = "cls"  # "cls" | "mean"
   dropout: float = 0.0
   num_classes: int | None = None
+  patch_bias: bool = True  # The patch embedding (a conv) has a bias; CLIP's has none.
+  norm_embeddings: bool = False  # A LayerNorm right after adding positions (CLIP's pre-norm).
+  final_norm_on: str = "all"  # "all" tokens | "pooled" only (see above).
+  activation: str = "gelu"  # In the MLPs: one of ACTIVATIONS.
+  norm_epsilon: float = LAYER_NORM_EPSILON  # Of every LayerNorm; CLIP's is 1e-5.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -84,6 +106,11 @@ class ViT(nn.Module):
   def __call__(self, images, *, train: bool = False):
     if self.pooling not in ("cls", "mean"):
       raise ValueError(f"ViT pooling {self.pooling!r} is not one of ['cls', 'mean']")
+    if self.final_norm_on not in ("all", "pooled"):
+      raise ValueError(f"ViT final_norm_on {self.final_norm_on!r} is not one of "
+                       f"['all', 'pooled']")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"ViT activation {self.activation!r} is not one of {list(ACTIVATIONS)}")
     width, depth, heads, mlp_dim = self.dims()
     _, height, image_width, _ = images.shape
     if height % self.patch_size or image_width % self.patch_size:
@@ -91,7 +118,8 @@ class ViT(nn.Module):
                        f"size {self.patch_size}")
     dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.Conv(width, (self.patch_size, self.patch_size), strides=self.patch_size,
-                padding="VALID", name="patch_embed", **dense)(images.astype(self.dtype))
+                use_bias=self.patch_bias, padding="VALID", name="patch_embed",
+                **dense)(images.astype(self.dtype))
     batch = x.shape[0]
     x = x.reshape(batch, -1, width)  # [b, patches, width]
     num_patches = x.shape[1]
@@ -101,12 +129,20 @@ class ViT(nn.Module):
                           axis=1)  # [b, 1 + patches, width]
     positions = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], width),
                            self.param_dtype)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x + positions.astype(self.dtype))
+    x = x + positions.astype(self.dtype)
+    if self.norm_embeddings:
+      x = nn.LayerNorm(epsilon=self.norm_epsilon, name="embedding_norm", **dense)(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
     for i in range(depth):
-      x = ViTBlock(heads, mlp_dim, self.dropout, name=f"block{i}", **dense)(x, train=train)
-    x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, name="final_norm", **dense)(x)
+      x = ViTBlock(heads, mlp_dim, self.dropout, self.activation, self.norm_epsilon,
+                   name=f"block{i}", **dense)(x, train=train)
+    final_norm = nn.LayerNorm(epsilon=self.norm_epsilon, name="final_norm", **dense)
+    if self.final_norm_on == "all":
+      x = final_norm(x)
     sequence = x[:, -num_patches:]  # [b, patches, width]
     pooled = x[:, 0] if self.pooling == "cls" else sequence.mean(axis=1)  # [b, width]
+    if self.final_norm_on == "pooled":
+      pooled = final_norm(pooled)
     if self.num_classes is not None:
       pooled = nn.Dense(self.num_classes, name="head", **dense)(pooled)  # [b, num_classes]
     return pooled, sequence
