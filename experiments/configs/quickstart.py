@@ -51,11 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "cnn": {"channels": (16, 64, 256), "width": 256},
       "vgg": {"layout": "11", "norm": "batch", "pooling": "mean"},
       "resnet": {"depth": 18, "width": 32, "small_input": True, "norm": "batch"},
-      # CLIP's vision tower (init from hf_clip_vision): patch_bias=False, norm_embeddings=True,
-      # final_norm_on="pooled", activation="quick_gelu", norm_epsilon=1e-5, pooling="cls".
-      "vit": {"variant": "Ti", "patch_size": 4, "pooling": "mean", "patch_bias": True,
-              "norm_embeddings": False, "final_norm_on": "all", "activation": "gelu",
-              "norm_epsilon": 1e-6},
+      "vit": {"variant": "Ti", "patch_size": 4, "pooling": "mean"},
   })
   c.model.embed_dim = 256
   c.model.projection_kwargs = ml_collections.ConfigDict({"hidden": (), "dropout": 0.0})
