@@ -13,13 +13,23 @@ CONVERT = ("python -c \"import sys, torch, safetensors.torch as st; "
            "weights_only=True, map_location='cpu').items()}, sys.argv[2])\" IN.pt OUT.safetensors")
 
 
+def torch_file_error(path: str) -> UsageError:
+  """The one-line refusal of a PyTorch pickle, with the command that converts it."""
+  return UsageError(f"init.checkpoint {path!r} is a PyTorch file; convert it to safetensors "
+                    f"first (with torch installed): {CONVERT}")
+
+
+def conv_kernel(weight: np.ndarray) -> np.ndarray:
+  """A PyTorch conv weight [out, in, kh, kw] as a flax kernel [kh, kw, in, out]."""
+  return np.transpose(weight, (2, 3, 1, 0))
+
+
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """{tensor name: array} of a `.safetensors` file; UsageError if it is not one."""
   from safetensors import SafetensorError  # pylint: disable=import-outside-toplevel
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
   if path.endswith(TORCH_SUFFIXES):
-    raise UsageError(f"init.checkpoint {path!r} is a PyTorch file; convert it to safetensors "
-                     f"first (with torch installed): {CONVERT}")
+    raise torch_file_error(path)
   try:
     return load_file(path)
   except (SafetensorError, OSError, ValueError) as error:

@@ -49,7 +49,7 @@ _KINDS = {
     "reshape": (lambda s: (int(np.prod(s)),), lambda v, s: v.reshape(s)),  # Heads' biases.
     "cls": (lambda s: s[2:], lambda v, s: v.reshape(s)),  # [width] → [1, 1, width]
     "positions": (lambda s: s[1:], lambda v, s: v.reshape(s)),  # [n, width] → [1, n, width]
-    "conv": (lambda s: (s[3], s[2], s[0], s[1]), lambda v, s: v.transpose(2, 3, 1, 0)),
+    "conv": (lambda s: (s[3], s[2], s[0], s[1]), lambda v, s: files.conv_kernel(v)),
     "linear": (lambda s: (int(np.prod(s[1:])), s[0]), lambda v, s: v.T.reshape(s)),
     "linear_out": (lambda s: (s[2], s[0] * s[1]), lambda v, s: v.T.reshape(s)),
 }

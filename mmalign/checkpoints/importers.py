@@ -51,7 +51,7 @@ def format_of(init_config) -> str:
     raise UsageError(f"init.checkpoint={path!r}: its tensor names match no known layout; "
                      f"set init.format to one of {', '.join(IMPORTERS.names())}")
   if suffix in files.TORCH_SUFFIXES:
-    files.read_safetensors(path)  # Raises, saying how to convert it.
+    raise files.torch_file_error(path)
   raise UsageError(f"init.checkpoint={path!r}: cannot tell its format from {suffix or 'no'} "
                    f"suffix; set init.format to one of {', '.join(IMPORTERS.names())}")
 

@@ -65,7 +65,7 @@ def load_resnet(path: str, variables: dict, tokenizer) -> Imported:
     if target is None:
       ignored.append(name)
     else:
-      arrays[target] = np.transpose(value, (2, 3, 1, 0)) if is_conv else value
+      arrays[target] = files.conv_kernel(value) if is_conv else value
   return Imported(arrays, ignored=tuple(ignored))
 
 
@@ -154,7 +154,7 @@ def load_vgg(path: str, variables: dict, tokenizer) -> Imported:
 def convert_vgg(value: np.ndarray, how: str, channels: int) -> np.ndarray:
   """A tensor as `vgg_path` says, but "fold"; `channels`: the last conv's width."""
   if how == "conv":
-    return np.transpose(value, (2, 3, 1, 0))
+    return files.conv_kernel(value)
   if how == "dense":
     return value.T
   if how == "dense_chw":  # [out, C·h·w] (torchvision flattens C,H,W) → [h·w·C, out] (H,W,C).
