@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       "pooling": "mean", "dropout": 0.0},
       "lstm": {"width": 256, "num_layers": 1, "bidirectional": True, "pooling": "final"},
       "gru": {"width": 256, "num_layers": 1, "bidirectional": True, "pooling": "final"},
+      "clip_text": {"width": 256, "depth": 2, "heads": 4},  # Reads captions ending in an EOT.
   })
   c.model.image_encoder = "cnn"
   c.model.image_kwargs = ml_collections.ConfigDict({

@@ -18,6 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for block in c.model.text_kwargs.values():
     block.width = 32
   c.model.text_kwargs.transformer.update(depth=1, heads=2)
+  c.model.text_kwargs.clip_text.update(depth=1, heads=2)
   c.model.image_kwargs.cnn.update(channels=(8, 16), width=32)
   c.model.image_kwargs.vgg = ml_collections.ConfigDict(
       {"layout": (8, "M", 16, "M"), "norm": "batch", "pooling": "mean"})

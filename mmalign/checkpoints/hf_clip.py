@@ -1,16 +1,16 @@
-"""Hugging Face `transformers` CLIP (`.safetensors`) into the `vit` image encoder.
+"""Hugging Face `transformers` CLIP (`.safetensors`) into the `vit` and `clip_text` towers.
 
-A CLIPModel or CLIPVisionModel(WithProjection) file names its vision tower `vision_model.*`
-(files saved by transformers ≥ 5's bare CLIPVisionModel drop that prefix: they are read as if
-it were there). That tower is mmalign's ViT built with CLIP's options (see `CLIP_VIT`), so each
-tensor has one place: a Linear's weight [out, in] becomes a kernel [in, out], reshaped to
-flax attention's [width, heads, head_dim] (query/key/value) or [heads, head_dim, width]
-(out); the patch conv [out, in, kh, kw] a kernel [kh, kw, in, out]; LayerNorm weight/bias
-its scale/bias. `visual_projection.weight` (no bias) becomes the dual encoder's image
-projection when the model has one (`projection_kwargs.hidden=()`, `embed_dim` its size).
-
-Not written yet: the text tower (`text_model.*`, `text_projection.weight`) and `logit_scale`
-are ignored, and said to be.
+A CLIPModel file names its towers `vision_model.*` and `text_model.*` (files of a bare
+CLIPVisionModel or CLIPTextModel saved by transformers ≥ 5 drop the prefix: they are read as
+if it were there). Each tower is mmalign's ViT built with CLIP's options (`CLIP_VIT`) or its
+`clip_text` Transformer, so each tensor has one place: a Linear's weight [out, in] becomes a
+kernel [in, out], reshaped to flax attention's [width, heads, head_dim] (query/key/value) or
+[heads, head_dim, width] (out); the patch conv [out, in, kh, kw] a kernel [kh, kw, in, out];
+LayerNorm weight/bias its scale/bias. `visual_projection.weight` and `text_projection.weight`
+(no bias) become the dual encoder's projections (`projection_kwargs.hidden=()`, `embed_dim`
+their size) and `logit_scale` its `log_scale` (both store the log). A tower the model builds
+otherwise (a ResNet, bag_of_words) stays newly initialised: its tensors are ignored, with a
+note, as in LiT with a new text tower.
 """
 
 from __future__ import annotations
@@ -23,28 +23,35 @@ from flax import traverse_util
 from mmalign.checkpoints import Imported, files
 from mmalign.errors import UsageError
 
-TOWER = "params/image_tower"
-PROJECTION = "params/image_projection/mlp/out/kernel"
-PREFIX = "vision_model."
+# Source prefix → (this model's tower, its projection's kernel, the encoder it needs).
+TOWERS = {"vision_model.": ("params/image_tower", "params/image_projection/mlp/out/kernel",
+                            "model.image_encoder=vit"),
+          "text_model.": ("params/text_tower", "params/text_projection/mlp/out/kernel",
+                          "model.text_encoder=clip_text")}
+PROJECTIONS = {"visual_projection.weight": "vision_model.",
+               "text_projection.weight": "text_model."}
+LOG_SCALE = "params/log_scale"
 # The `vit` options under which these weights give CLIP's outputs (the parameter tree cannot
-# tell them: an importer cannot check them).
+# tell them: an importer cannot check them). `clip_text`'s defaults are CLIP's.
 CLIP_VIT = {"pooling": "cls", "patch_bias": False, "norm_embeddings": True,
             "final_norm_on": "pooled", "activation": "quick_gelu", "norm_epsilon": 1e-5}
-TEXT_NOTE = ("the CLIP text tower (text_model.*, text_projection, logit_scale) is ignored: "
-             "its import is not written yet")
 
 _NORMS = {"pre_layrnorm": "embedding_norm", "post_layernorm": "final_norm",
-          "layer_norm1": "norm1", "layer_norm2": "norm2"}
+          "final_layer_norm": "final_norm", "layer_norm1": "norm1", "layer_norm2": "norm2"}
+_EMBEDDINGS = {"embeddings.class_embedding": ("cls_token", "cls"),
+               "embeddings.patch_embedding.weight": ("patch_embed/kernel", "conv"),
+               "embeddings.position_embedding.weight": ("pos_embed", "positions"),
+               "embeddings.token_embedding.weight": ("embed/embedding", "copy")}
 _LINEARS = {"self_attn.q_proj": "attention/query", "self_attn.k_proj": "attention/key",
             "self_attn.v_proj": "attention/value", "self_attn.out_proj": "attention/out",
             "mlp.fc1": "mlp_in", "mlp.fc2": "mlp_out"}
 _LAYER = re.compile(r"encoder\.layers\.(\d+)\.(\w+(?:\.\w+)?)\.(weight|bias)")
-_NORM = re.compile(r"(pre_layrnorm|post_layernorm)\.(weight|bias)")
+_NORM = re.compile(r"(pre_layrnorm|post_layernorm|final_layer_norm)\.(weight|bias)")
 
 # How a tensor becomes its parameter, given the parameter's shape here `s`: (the source shape
 # that fits it, the conversion). A Linear's kernel here has its input axes first: one for
 # Dense and query/key/value, two (heads, head_dim) for attention's out.
-_KINDS = {
+KINDS = {
     "copy": (lambda s: s, lambda v, s: v),
     "reshape": (lambda s: (int(np.prod(s)),), lambda v, s: v.reshape(s)),  # Heads' biases.
     "cls": (lambda s: s[2:], lambda v, s: v.reshape(s)),  # [width] → [1, 1, width]
@@ -55,28 +62,31 @@ _KINDS = {
 }
 
 
-def vision_path(name: str) -> tuple[str | None, str]:
-  """(this model's `params/...` path for tensor `name`, or None if it has none; its kind, a
-  key of `_KINDS`). Names are a CLIPModel file's (`vision_model.*`)."""
-  if name == "visual_projection.weight":
-    return PROJECTION, "linear"
-  if not name.startswith(PREFIX):
+def clip_path(name: str) -> tuple[str | None, str]:
+  """(this model's `params/...` path for tensor `name` of a CLIPModel file, or None if it has
+  none; its kind, a key of `KINDS`)."""
+  if name in PROJECTIONS:
+    return TOWERS[PROJECTIONS[name]][1], "linear"
+  if name == "logit_scale":
+    return LOG_SCALE, "copy"
+  prefix = next((p for p in TOWERS if name.startswith(p)), None)
+  if prefix is None:
     return None, ""
-  name = name[len(PREFIX):]
-  embeddings = {"embeddings.class_embedding": (f"{TOWER}/cls_token", "cls"),
-                "embeddings.patch_embedding.weight": (f"{TOWER}/patch_embed/kernel", "conv"),
-                "embeddings.position_embedding.weight": (f"{TOWER}/pos_embed", "positions")}
-  if name in embeddings:
-    return embeddings[name]
+  tower, name = TOWERS[prefix][0], name[len(prefix):]
+  if name in _EMBEDDINGS:
+    target, kind = _EMBEDDINGS[name]
+    if prefix == "text_model." and target == "pos_embed":  # clip_text's table is [n, width].
+      target, kind = "positions", "copy"
+    return f"{tower}/{target}", kind
   leaf = {"weight": "scale", "bias": "bias"}
   match = _NORM.fullmatch(name)
   if match:
-    return f"{TOWER}/{_NORMS[match[1]]}/{leaf[match[2]]}", "copy"
+    return f"{tower}/{_NORMS[match[1]]}/{leaf[match[2]]}", "copy"
   match = _LAYER.fullmatch(name)
   if match is None:
     return None, ""  # embeddings.position_ids, in files of older transformers.
   layer, module, field = match.groups()
-  block = f"{TOWER}/block{layer}"
+  block = f"{tower}/block{layer}"
   if module in _NORMS:
     return f"{block}/{_NORMS[module]}/{leaf[field]}", "copy"
   if module not in _LINEARS:
@@ -90,59 +100,87 @@ def vision_path(name: str) -> tuple[str | None, str]:
 
 def source_shape(kind: str, shape) -> tuple[int, ...]:
   """The shape a tensor of `kind` must have to fill a parameter of `shape` here."""
-  return tuple(_KINDS[kind][0](tuple(shape)))
+  return tuple(KINDS[kind][0](tuple(shape)))
 
 
 def convert(value: np.ndarray, kind: str, shape) -> np.ndarray:
   """The tensor as the parameter of `shape` here (`source_shape(kind, shape)` checked)."""
-  return _KINDS[kind][1](value, tuple(shape))
+  return KINDS[kind][1](value, tuple(shape))
 
 
-def is_clip_vision(names) -> bool:
-  """A CLIP vision tower: `vision_model.embeddings.*` names, or a bare CLIPVisionModel's
-  (`embeddings.class_embedding` beside `pre_layrnorm.*`)."""
-  names = set(names)
-  return (any(n.startswith(PREFIX + "embeddings.") for n in names)
-          or {"embeddings.class_embedding", "pre_layrnorm.weight"} <= names)
+def _with_prefixes(names) -> dict[str, str]:
+  """{name in the file: its CLIPModel name}: a bare CLIPVisionModel's or CLIPTextModel's
+  tensors get the prefix their tower has in a CLIPModel."""
+  names = list(names)
+  if any(n.startswith(tuple(TOWERS)) for n in names):
+    return {n: n for n in names}
+  if "embeddings.class_embedding" in names:
+    return {n: "vision_model." + n for n in names}
+  if "embeddings.token_embedding.weight" in names:
+    return {n: "text_model." + n for n in names}
+  return {n: n for n in names}
 
 
-def load_vision(path: str, variables: dict, tokenizer) -> Imported:
-  """Every `vision_model.*` tensor (and `visual_projection.weight` where the model has an
-  image projection) in this model's layout; the rest is ignored.
+def is_clip(names) -> bool:
+  """A CLIPModel's tensor names, or a bare CLIPVisionModel's or CLIPTextModel's."""
+  renamed = list(_with_prefixes(names).values())
+  siglip = "logit_bias" in renamed or any(".head." in n for n in renamed)  # Same prefixes.
+  return not siglip and any(n.startswith(("vision_model.embeddings.", "text_model.embeddings."))
+                            for n in renamed)
+
+
+def load(path: str, variables: dict, tokenizer) -> Imported:
+  """Every tensor of each CLIP tower this model builds the same way, with its projection
+  where the model has one, and `logit_scale` when both towers load; the rest is ignored.
 
   `variables` gives the attention heads and the parameters' shapes: a tensor whose shape
-  cannot fill its parameter raises UsageError naming it and both shapes. The file does not
-  hold the head count (config.json does: ViT-B's is 12, the `vit` variant "B"'s), nor the
-  options: the ViT must be built with `CLIP_VIT`'s to give CLIP's outputs (a note says so).
+  cannot fill its parameter raises UsageError naming it and both shapes; so does a file of
+  which no tower fits. The file does not hold the head count (config.json does), nor the
+  ViT's options: it must be built with `CLIP_VIT`'s to give CLIP's outputs (a note says so).
   """
   del tokenizer
   tensors = files.read_safetensors(path)
-  if not any(n.startswith(PREFIX) for n in tensors):  # A bare CLIPVisionModel's file.
-    tensors = {PREFIX + name: value for name, value in tensors.items()}
+  renamed = _with_prefixes(tensors)
+  return place(path, {renamed[n]: v for n, v in tensors.items()}, variables,
+               {new: old for old, new in renamed.items()})
+
+
+def place(path: str, tensors: dict[str, np.ndarray], variables: dict,
+          file_names: dict[str, str]) -> Imported:
+  """`load` for tensors already named as in a CLIPModel file; `file_names` maps each name
+  to the one in the file at `path`, which errors and the ignored list use."""
   shapes = {name: tuple(x.shape) for name, x in
             traverse_util.flatten_dict(variables, sep="/").items()}
-  if f"{TOWER}/block0/attention/query/kernel" not in shapes:
-    raise UsageError(f"init.checkpoint {path!r} is a CLIP vision tower: set "
-                     f"model.image_encoder=vit")
+  present = [p for p in TOWERS if any(n.startswith(p) for n in tensors)]
+  fits = [p for p in present if f"{TOWERS[p][0]}/block0/attention/query/kernel" in shapes]
+  if not fits:
+    raise UsageError(f"init.checkpoint {path!r} is a CLIP model: set "
+                     + " or ".join(TOWERS[p][2] for p in present))
   arrays, ignored, notes = {}, [], []
+  for prefix in present:
+    if prefix not in fits:
+      notes.append(f"{prefix}* ignored: only {TOWERS[prefix][2]} loads it")
   for name, value in tensors.items():
-    target, kind = vision_path(name)
-    if target == PROJECTION and target not in shapes:
-      notes.append(f"{name} ignored: the model has no image projection")
-      target = None
-    if target is None:
-      ignored.append(name)
+    target, kind = clip_path(name)
+    tower = PROJECTIONS.get(name, next((p for p in TOWERS if name.startswith(p)), None))
+    if target is None or (tower and tower not in fits) or (
+        target == LOG_SCALE and len(fits) < len(TOWERS)):
+      ignored.append(file_names[name])
+      continue
+    if target not in shapes and name in PROJECTIONS:
+      notes.append(f"{file_names[name]} ignored: the model has no such projection")
+      ignored.append(file_names[name])
       continue
     if target not in shapes:  # importers.initialise says so.
       arrays[target] = value
       continue
     wanted = source_shape(kind, shapes[target])
     if tuple(value.shape) != wanted:
-      raise UsageError(f"init.checkpoint {path!r}: {name} has shape {tuple(value.shape)} "
-                       f"there and {wanted} in this model ({target} {shapes[target]})")
+      raise UsageError(f"init.checkpoint {path!r}: {file_names[name]} has shape "
+                       f"{tuple(value.shape)} there and {wanted} in this model ({target} "
+                       f"{shapes[target]})")
     arrays[target] = convert(value, kind, shapes[target])
-  if any(not n.startswith(PREFIX) and n != "visual_projection.weight" for n in ignored):
-    notes.append(TEXT_NOTE)
-  notes.append("CLIP's outputs need model.image_kwargs.vit with "
-               + ", ".join(f"{k}={v!r}" for k, v in CLIP_VIT.items()))
+  if "vision_model." in fits:
+    notes.append("CLIP's outputs need model.image_kwargs.vit with "
+                 + ", ".join(f"{k}={v!r}" for k, v in CLIP_VIT.items()))
   return Imported(arrays, ignored=tuple(ignored), notes=tuple(notes))

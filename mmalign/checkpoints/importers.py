@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mmalign.checkpoints import Imported, files, glove, hf_clip, torchvision
+from mmalign.checkpoints import Imported, files, glove, hf_clip, open_clip, torchvision
 from mmalign.errors import UsageError
 from mmalign.registry import Registry
 
@@ -24,12 +24,14 @@ IMPORTERS: Registry = Registry("checkpoint format")
 IMPORTERS.register("glove")(glove.load)
 IMPORTERS.register("torchvision_resnet")(torchvision.load_resnet)
 IMPORTERS.register("torchvision_vgg")(torchvision.load_vgg)
-IMPORTERS.register("hf_clip_vision")(hf_clip.load_vision)
+IMPORTERS.register("hf_clip")(hf_clip.load)
+IMPORTERS.register("open_clip")(open_clip.load)
 
 # Formats a .safetensors file is recognised as, by its tensor names; at most one may claim it.
 RECOGNISED_BY_NAMES = {"torchvision_resnet": torchvision.is_resnet,
                        "torchvision_vgg": torchvision.is_vgg,
-                       "hf_clip_vision": hf_clip.is_clip_vision}
+                       "hf_clip": hf_clip.is_clip,
+                       "open_clip": open_clip.is_open_clip}
 
 
 def format_of(init_config) -> str:

@@ -68,6 +68,6 @@ def build_dual_encoder(model_config: ml_collections.ConfigDict, vocab_size: int,
                      "(e.g. --config.model.fusion=concat)")
   modality_dropout = float(settings.value(model_config, "modality_dropout", section="model"))
   text_kwargs = dict(resolved.pop("text_kwargs"), vocab_size=vocab_size)
-  if resolved["text_encoder"] == "transformer":
+  if resolved["text_encoder"] in ("transformer", "clip_text"):
     text_kwargs.setdefault("max_length", max_length)
   return DualEncoder(text_kwargs=text_kwargs, modality_dropout=modality_dropout, **resolved)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmalign.models import image_encoders, recurrent, text_encoders  # noqa: F401 (registration)
+from mmalign.models import clip_text, image_encoders, recurrent, text_encoders  # noqa: F401
 from mmalign.models.fusion import FusionInputs, build_fusion
 from mmalign.models.heads import Classifier, Projection, l2_normalize  # noqa: F401
 from mmalign.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS

@@ -48,13 +48,14 @@ class ViTBlock(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool):  # x: [b, tokens, width]
+  def __call__(self, x, *, train: bool, mask=None):  # x: [b, tokens, width]
+    """mask: [b, 1, tokens, tokens] bool, which tokens each token may attend to; None: all."""
     dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     drop = nn.Dropout(self.dropout, deterministic=not train)
     y = nn.LayerNorm(epsilon=self.norm_epsilon, name="norm1", **dense)(x)
     y = nn.MultiHeadDotProductAttention(num_heads=self.heads, dropout_rate=self.dropout,
                                         deterministic=not train, name="attention",
-                                        **dense)(y, y)
+                                        **dense)(y, y, mask=mask)
     x = x + drop(y)
     y = nn.LayerNorm(epsilon=self.norm_epsilon, name="norm2", **dense)(x)
     y = drop(activate(nn.Dense(self.mlp_dim, name="mlp_in", **dense)(y), self.activation))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mmalign.errors import UsageError
-from mmalign.models import recurrent, text_encoders  # noqa: F401 (registration)
+from mmalign.models import clip_text, recurrent, text_encoders  # noqa: F401 (registration)
 from mmalign.models.registry import TEXT_ENCODERS
 from mmalign.registry import UnknownNameError
 
@@ -28,6 +28,8 @@ CASES = {  # case → (registered name, kwargs)
     "transformer/sinusoidal_cls_causal": (
         "transformer", dict(TRANSFORMER, positions="sinusoidal", pooling="cls", causal=True)),
     "lstm": ("lstm", dict(width=WIDTH, bidirectional=True, dropout=0.5)),
+    # Its end-of-text token is each row's highest id: 9 and 8 below.
+    "clip_text": ("clip_text", dict(TRANSFORMER, dropout=0.5)),
     "gru": ("gru", dict(width=WIDTH, num_layers=2, pooling="mean", dropout=0.5)),
 }
 PRIMARY = sorted(case for case in CASES if "/" not in case)
