@@ -20,7 +20,9 @@ import numpy as np
 from mmalign import mesh as mesh_lib
 from mmalign import settings
 from mmalign import workdir as workdir_lib
-from mmalign.data import pipeline, sources
+from mmalign.checkpoints import importers
+from mmalign.data import pipeline, pretrained_tokenizer, sources
+from mmalign.data.pretrained_tokenizer import PretrainedTokenizer
 from mmalign.data.tokenizer import TextSettings, Tokenizer
 from mmalign.errors import UsageError
 from mmalign.models.build import build_dual_encoder, resolved_model_config
@@ -34,7 +36,7 @@ class Experiment:
   config: ml_collections.ConfigDict
   workdir: str
   builder: object
-  tokenizer: Tokenizer
+  tokenizer: Tokenizer | PretrainedTokenizer
   model: DualEncoder
   normalization: pipeline.ImageNormalization
   class_names: tuple[str, ...] = ()  # Of `task.label`; empty without a task.
@@ -110,20 +112,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
   settings.check(config)
   workdir_lib.check_writable(workdir)
   builder = settings.check_with_dataset(config)
-  tokenizer_dir = os.path.join(workdir, TOKENIZER_DIR)
-  _barrier("before looking for the tokenizer")  # All processes then take the same branch.
-  wanted = text_settings(config)
-  unsaved = False
-  if Tokenizer.exists(tokenizer_dir):
-    tokenizer = Tokenizer.load(tokenizer_dir)
-    _check_same_text_settings(tokenizer.settings, wanted, tokenizer_dir)
-  elif allow_new_tokenizer:
-    # Deterministic (sorted captions, one thread), so every process trains the same one.
-    index = pipeline.index_split(sources.open_split(builder, "train", decode_images=False))
-    tokenizer, unsaved = Tokenizer.train(index.tokenizer_corpus, wanted), True
-  else:
-    raise UsageError(f"--workdir {workdir!r} holds no trained model (no "
-                            f"{TOKENIZER_DIR}/): run --mode=train first")
+  tokenizer, unsaved = _tokenizer(config, workdir, builder, allow_new_tokenizer)
   label = task_label(config)
   class_names = tuple(sources.class_names(builder, label)) if label else ()
   model = build_dual_encoder(config.model, tokenizer.vocab_size, tokenizer.settings.max_length,
@@ -139,12 +128,44 @@ def for_training(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   return prepare(config, workdir, allow_new_tokenizer=True)
 
 
-def _check_same_text_settings(saved: TextSettings, wanted: TextSettings, where: str) -> None:
-  for field in dataclasses.fields(TextSettings):
-    old, new = getattr(saved, field.name), getattr(wanted, field.name)
+def _tokenizer(config, workdir: str, builder, allow_new: bool):
+  """(the run's tokenizer, whether it is new): the workdir's, else the checkpoint's
+  (`init.tokenizer`), else one trained on the training captions."""
+  tokenizer_dir = os.path.join(workdir, TOKENIZER_DIR)
+  _barrier("before looking for the tokenizer")  # All processes then take the same branch.
+  wanted = text_settings(config)
+  published = importers.tokenizer_path(config.init) if config.get("init") else None
+  if PretrainedTokenizer.exists(tokenizer_dir) or Tokenizer.exists(tokenizer_dir):
+    if PretrainedTokenizer.exists(tokenizer_dir) != bool(published):
+      saved = "a checkpoint's tokenizer" if published is None else "a trained tokenizer"
+      raise UsageError(f"--workdir {workdir!r} holds {saved} ({tokenizer_dir}), but "
+                       f"init.tokenizer is {'unset' if published is None else 'set'}; "
+                       "use a new --workdir")
+    if published:
+      tokenizer = PretrainedTokenizer.load(tokenizer_dir)
+      _check_same_text_settings(tokenizer.settings, wanted, tokenizer_dir, ("max_length",))
+    else:
+      tokenizer = Tokenizer.load(tokenizer_dir)
+      _check_same_text_settings(tokenizer.settings, wanted, tokenizer_dir)
+    return tokenizer, False
+  if not allow_new:
+    raise UsageError(f"--workdir {workdir!r} holds no trained model (no "
+                     f"{TOKENIZER_DIR}/): run --mode=train first")
+  if published:
+    return pretrained_tokenizer.from_path(published, wanted.max_length), True
+  # Deterministic (sorted captions, one thread), so every process trains the same one.
+  index = pipeline.index_split(sources.open_split(builder, "train", decode_images=False))
+  return Tokenizer.train(index.tokenizer_corpus, wanted), True
+
+
+def _check_same_text_settings(saved: TextSettings, wanted: TextSettings, where: str,
+                              fields=tuple(f.name for f in dataclasses.fields(TextSettings))
+                              ) -> None:
+  for field in fields:
+    old, new = getattr(saved, field), getattr(wanted, field)
     if old != new:
-      raise UsageError(f"text.{field.name}={new!r} differs from the tokenizer in {where} "
-                       f"(trained with text.{field.name}={old!r}); set it back or use a new "
+      raise UsageError(f"text.{field}={new!r} differs from the tokenizer in {where} "
+                       f"(made with text.{field}={old!r}); set it back or use a new "
                        "--workdir")
 
 

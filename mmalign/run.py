@@ -12,6 +12,7 @@ import os
 import jax
 
 from mmalign import experiment as experiment_lib
+from mmalign import settings
 from mmalign import workdir as workdir_lib
 from mmalign.errors import UsageError
 from mmalign.eval import evaluators as evaluators_lib
@@ -49,9 +50,12 @@ def execute(config, workdir: str, mode: str, *, query: str | None = None,
             k: int | None = None, query_image: str | None = None) -> Outcome | None:
   """`launch.py`'s work once its flags are checked: the config is checked and the run
   context built once (nothing written yet), then `run` holds the workdir's lock."""
-  if mode not in ("all", "train") and not os.path.isdir(workdir):
+  # A published model (init.checkpoint) is evaluated or searched without training first.
+  published = bool(settings.value(config, "init.checkpoint")) and mode in ("eval", "search")
+  if mode not in ("all", "train") and not published and not os.path.isdir(workdir):
     raise UsageError(f"--workdir {workdir!r} does not exist: run --mode=train first")
-  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=mode in ("all", "train"))
+  exp = experiment_lib.prepare(config, workdir,
+                               allow_new_tokenizer=mode in ("all", "train") or published)
   with workdir_lib.locked(workdir, process_index=jax.process_index()):
     return run(exp, mode, query=query, k=k, query_image=query_image)
 

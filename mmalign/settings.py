@@ -105,6 +105,7 @@ RULES: dict[str, Rule] = {
     "init.checkpoint": Rule("str", optional=True, required=False),
     "init.format": Rule("choice", choices=_names("mmalign.checkpoints.importers:IMPORTERS"),
                         optional=True, required=False),
+    "init.tokenizer": Rule("str", optional=True, required=False),
 }
 
 
@@ -213,7 +214,7 @@ def _check_combinations(config) -> None:
   _check_evals(config)
   if value(config, "loss.task_weight") > 0 and not value(config, "task.label"):
     raise UsageError("loss.task_weight > 0 needs task.label (the dataset label to classify)")
-  if value(config, "init.checkpoint"):
+  if value(config, "init.checkpoint") or value(config, "init.tokenizer"):
     from mmalign.checkpoints import importers  # pylint: disable=import-outside-toplevel
     importers.check(config.init)
 

@@ -143,4 +143,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.init = ml_collections.ConfigDict()
   c.init.checkpoint = ml_collections.FieldReference(None, field_type=str)
   c.init.format = ml_collections.FieldReference(None, field_type=str)
+  # The tokenizer the checkpoint was trained with, used instead of training one: a
+  # tokenizer.json, a folder holding one (a Hugging Face folder as init.checkpoint gives its
+  # own), or open_clip's BPE merges (.txt.gz); text.max_length still applies.
+  c.init.tokenizer = ml_collections.FieldReference(None, field_type=str)
   return c

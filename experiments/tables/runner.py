@@ -48,7 +48,7 @@ NOT_HASHED = ("data.data_dir", "retrieval", "train.log_every", "train.checkpoint
 # another value (or an override) enters the key, so a new option keeps finished cells.
 NEUTRAL_DEFAULTS: dict[str, object] = {
     **{key: settings.RULES[key].default for key in ("data.sampling", "train.gradient_cache_loop")},
-    "init": {"checkpoint": None, "format": None},  # Trained from scratch.
+    "init": {"checkpoint": None, "format": None, "tokenizer": None},  # Trained from scratch.
     "model.text_kwargs.clip_text": {"width": 256, "depth": 2, "heads": 4}}
 
 

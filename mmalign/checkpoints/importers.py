@@ -34,11 +34,38 @@ RECOGNISED_BY_NAMES = {"torchvision_resnet": torchvision.is_resnet,
                        "open_clip": open_clip.is_open_clip}
 
 
+HF_WEIGHTS, HF_TOKENIZER = "model.safetensors", "tokenizer.json"  # In a Hugging Face folder.
+
+
+def checkpoint_file(init_config) -> str:
+  """The weights file `init.checkpoint` names: the path, or a Hugging Face folder's
+  model.safetensors. Raises UsageError for a missing path or a folder without one."""
+  path = init_config.checkpoint
+  if not os.path.exists(path):
+    raise UsageError(f"init.checkpoint={path!r} does not exist")
+  if os.path.isdir(path):
+    if not os.path.exists(os.path.join(path, HF_WEIGHTS)):
+      raise UsageError(f"init.checkpoint={path!r} is a folder without {HF_WEIGHTS}")
+    return os.path.join(path, HF_WEIGHTS)
+  return path
+
+
+def tokenizer_path(init_config) -> str | None:
+  """The tokenizer to use instead of training one: `init.tokenizer`, else the tokenizer.json
+  of a Hugging Face folder given as `init.checkpoint`, else None."""
+  if init_config.get("tokenizer"):
+    return init_config.tokenizer
+  path = init_config.get("checkpoint")
+  if path and os.path.isdir(path) and os.path.exists(os.path.join(path, HF_TOKENIZER)):
+    return path
+  return None
+
+
 def format_of(init_config) -> str:
   """`init.format`, else the format the file's suffix (and tensor names) say."""
   if init_config.get("format"):
     return init_config.format  # settings.RULES checked it against IMPORTERS.
-  path = init_config.checkpoint
+  path = checkpoint_file(init_config)
   suffix = os.path.splitext(path)[1].lower()
   if suffix in (".txt", ".vec"):
     return "glove"
@@ -59,13 +86,11 @@ def format_of(init_config) -> str:
 
 
 def check(init_config) -> None:
-  """Before any work: the file exists and its format is known."""
-  path = init_config.get("checkpoint")
-  if not path:
-    return
-  if not os.path.exists(path):
-    raise UsageError(f"init.checkpoint={path!r} does not exist")
-  format_of(init_config)
+  """Before any work: the files exist and the checkpoint's format is known."""
+  if init_config.get("tokenizer") and not os.path.exists(init_config.tokenizer):
+    raise UsageError(f"init.tokenizer={init_config.tokenizer!r} does not exist")
+  if init_config.get("checkpoint"):
+    format_of(init_config)
 
 
 def initialise(variables: dict, init_config, tokenizer) -> tuple[dict, list[str]]:
@@ -74,7 +99,7 @@ def initialise(variables: dict, init_config, tokenizer) -> tuple[dict, list[str]
   Raises UsageError naming the tensor for a path this model lacks, a shape that differs
   (both shapes named) or a non-finite value; `variables` is then left as it was.
   """
-  path, chosen = init_config.checkpoint, format_of(init_config)
+  path, chosen = checkpoint_file(init_config), format_of(init_config)
   imported: Imported = IMPORTERS.get(chosen)(path, variables, tokenizer)
   flat = traverse_util.flatten_dict(variables, sep="/")
   for name, value in imported.arrays.items():

@@ -63,13 +63,19 @@ def variables_of(state: dict) -> dict:
 
 
 def restore_variables(exp: experiment_lib.Experiment, step: int | None = None):
-  """(variables, step) of the latest good (or the given) checkpoint in the workdir.
+  """(variables, step) of the latest good (or the given) checkpoint in the workdir; in a
+  workdir without one, `init.checkpoint`'s weights at step 0 (evaluating or searching a
+  published model needs no training step).
 
   Without `step`, a corrupt latest checkpoint is moved aside with a warning and the
   previous one restored, as in training."""
   checkpointer = Checkpointer(exp.workdir, keep=exp.config.train.keep_checkpoints,
                               async_save=False)
   try:
+    if checkpointer.latest_step() is None and step is None and settings.value(
+        exp.config, "init.checkpoint"):
+      exp.save_tokenizer()  # Later runs in this workdir read captions the same way.
+      return jax.device_get(variables_of(with_pretrained(exp, init_train_state(exp)))), 0
     if checkpointer.latest_step() is None:
       raise UsageError(f"--workdir {exp.workdir!r} has no checkpoint: run --mode=train first")
     abstract = abstract_train_state(exp)

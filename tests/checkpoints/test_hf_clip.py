@@ -28,15 +28,16 @@ from mmalign.models.vit import ViT
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "pretrained")
 TINY = os.path.join(FIXTURES, "hf_clip_w32.safetensors")
 TINY_IO = os.path.join(FIXTURES, "hf_clip_w32_io.npz")
-TINY_TEXT = {"vocab_size": 64, "max_length": 12, "width": 32, "depth": 2, "heads": 4,
+VOCAB, EOT, IMAGE = 4514, 4513, 64  # The tokenizer fixture's vocabulary; 64 px images.
+TINY_TEXT = {"vocab_size": VOCAB, "max_length": 12, "width": 32, "depth": 2, "heads": 4,
              "mlp_dim": 64}
 
 
 def tiny_dual_encoder(text_encoder: str = "clip_text", image_encoder: str = "vit",
                       **kwargs) -> DualEncoder:
   """The fixtures' CLIP as a dual encoder (both tiny fixtures share this architecture)."""
-  text_kwargs = TINY_TEXT if text_encoder == "clip_text" else {"vocab_size": 64, "width": 32}
-  image_kwargs = ({"width": 32, "depth": 2, "heads": 4, "mlp_dim": 64, "patch_size": 8,
+  text_kwargs = TINY_TEXT if text_encoder == "clip_text" else {"vocab_size": VOCAB, "width": 32}
+  image_kwargs = ({"width": 32, "depth": 2, "heads": 4, "mlp_dim": 64, "patch_size": 16,
                    **hf_clip.CLIP_VIT} if image_encoder == "vit" else {"depth": 18, "width": 8})
   return DualEncoder(text_encoder, text_kwargs, image_encoder, image_kwargs,
                      **{"embed_dim": 16, **kwargs})
@@ -44,7 +45,7 @@ def tiny_dual_encoder(text_encoder: str = "clip_text", image_encoder: str = "vit
 
 def dual_variables(model: DualEncoder) -> dict:
   return dict(model.init(jax.random.key(0), jnp.zeros((1, 12), jnp.int32),
-                         jnp.zeros((1, 32, 32, 3))))
+                         jnp.zeros((1, IMAGE, IMAGE, 3))))
 
 
 def towers(model: DualEncoder, variables: dict, token_ids, images):
@@ -69,11 +70,11 @@ def assert_close(actual, expected):
 
 
 def _tiny_vit(**overrides) -> ViT:
-  return ViT(**{"width": 32, "depth": 2, "heads": 4, "mlp_dim": 64, "patch_size": 8,
+  return ViT(**{"width": 32, "depth": 2, "heads": 4, "mlp_dim": 64, "patch_size": 16,
                 **hf_clip.CLIP_VIT, **overrides})
 
 
-def _variables(model, image_size: int = 32, embed_dim: int | None = 16):
+def _variables(model, image_size: int = IMAGE, embed_dim: int | None = 16):
   """{"params": {"image_tower": ..., "image_projection": ...}} as a dual encoder's."""
   def init():
     tower = model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
@@ -123,15 +124,16 @@ def test_appending_padding_or_reading_eot_by_id_changes_nothing():
   """The contract every text encoder keeps: more pads, same pooled vector; `eot_id` (as in
   newer transformers configs) picks the same token as the highest id here."""
   io = np.load(TINY_IO, allow_pickle=False)
-  ids = io["token_ids"].astype(np.int32)[:2, :8]
+  ids = io["token_ids"].astype(np.int32)[[1, 3], :8]  # EOTs at 6 and 4.
   model = CausalTextTransformer(**TINY_TEXT)
   variables = model.init(jax.random.key(3), ids)
   pooled, sequence = model.apply(variables, ids)
   longer, _ = model.apply(variables, np.pad(ids, ((0, 0), (0, 4))))
-  by_id, _ = CausalTextTransformer(**TINY_TEXT, eot_id=63).apply(variables, ids)
+  by_id, _ = CausalTextTransformer(**TINY_TEXT, eot_id=EOT).apply(variables, ids)
   np.testing.assert_allclose(longer, pooled, rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(by_id, pooled)
-  assert not np.any(sequence[0, 5:]) and np.all(np.any(sequence[0, :5], axis=-1))
+  assert not np.any(sequence[0, 7:]) and np.all(np.any(sequence[0, :7], axis=-1))
+  assert not np.any(sequence[1, 5:]) and np.all(np.any(sequence[1, :5], axis=-1))
   with pytest.raises(UsageError, match="13 tokens exceed max_length=12"):
     model.apply(variables, np.zeros((1, 13), np.int32))
 
@@ -228,11 +230,11 @@ def test_a_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path):
     importers.initialise(_variables(_tiny_vit(mlp_dim=128)), _init(TINY), tokenizer=None)
   path = str(tmp_path / "one.safetensors")
   save_file({"vision_model.embeddings.patch_embedding.weight":
-             np.zeros((32, 3, 8, 8), np.float32)}, path)
+             np.zeros((32, 3, 16, 16), np.float32)}, path)
   with pytest.raises(UsageError, match=re.escape(
-      "vision_model.embeddings.patch_embedding.weight has shape (32, 3, 8, 8) there and "
-      "(32, 3, 16, 16) in this model (params/image_tower/patch_embed/kernel (16, 16, 3, 32))")):
-    importers.initialise(_variables(_tiny_vit(patch_size=16)), _init(path), tokenizer=None)
+      "vision_model.embeddings.patch_embedding.weight has shape (32, 3, 16, 16) there and "
+      "(32, 3, 8, 8) in this model (params/image_tower/patch_embed/kernel (8, 8, 3, 32))")):
+    importers.initialise(_variables(_tiny_vit(patch_size=8)), _init(path), tokenizer=None)
   with pytest.raises(UsageError, match=r"params/image_tower/embedding_norm/\w+ has no place"):
     importers.initialise(_variables(_tiny_vit(norm_embeddings=False)), _init(TINY),
                          tokenizer=None)

@@ -16,14 +16,11 @@ import pytest
 from flax import traverse_util
 
 from experiments.configs import tiny
-from mmalign import experiment as experiment_lib
 from mmalign.checkpoints import files, importers, torchvision
-from mmalign.data import sources
 from mmalign.errors import UsageError
 from mmalign.models.resnet import ResNet
 from mmalign.models.vgg import VGG
-from mmalign.train import trainer
-from tests.trees import assert_trees_bitwise_equal
+from tests.checkpoints.runs import train_resumed_bitwise
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "pretrained")
 
@@ -112,13 +109,6 @@ def test_the_format_is_recognised_by_tensor_names_and_bad_files_are_one_line(tmp
     importers.format_of(_init(str(pickle)))
 
 
-@pytest.fixture(scope="module")
-def rgb_data_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("tfds_rgb"))
-  sources.ensure_built(sources.get_builder("shapes", "tiny", data_dir))
-  return data_dir
-
-
 def test_lit_from_torchvision_weights_trains_and_resumes_bitwise(rgb_data_dir, tmp_path,
                                                                  capsys):
   """LiT: the imported image tower locked (`train.frozen`), the text tower trained."""
@@ -130,13 +120,8 @@ def test_lit_from_torchvision_weights_trains_and_resumes_bitwise(rgb_data_dir, t
   config.model.image_kwargs.resnet.update(depth=18, width=8, small_input=False)
   config.init.checkpoint = path
   config.train.frozen = ("image_tower",)
-  whole = trainer.train(experiment_lib.for_training(config, str(tmp_path / "whole")))
-  assert "init from" in capsys.readouterr().out
-  split = str(tmp_path / "split")
-  trainer.train(experiment_lib.for_training(config, split), stop_after=3)
-  resumed = trainer.train(experiment_lib.for_training(config, split))
-  assert "init from" not in capsys.readouterr().out.split("resumed from")[1]
-  assert_trees_bitwise_equal(whole, resumed)
+  whole, printed = train_resumed_bitwise(config, tmp_path, capsys)
+  assert "init from" in printed
   reference = files.read_safetensors(path)
   np.testing.assert_array_equal(  # Locked: still the imported weights after 6 steps.
       whole["params"]["image_tower"]["stage2_block1"]["conv1"]["conv"]["kernel"],
