@@ -78,8 +78,14 @@ class Experiment:
     return mesh_lib.batch_devices(self.eval_mesh())
 
   @property
-  def image_shape(self) -> tuple[int, int, int]:
+  def stored_image_shape(self) -> tuple[int, int, int]:
+    """The dataset's images: [h, w, c] uint8."""
     return tuple(self.builder.info.features["image"].shape)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """The model's input images, after `normalization` (data.image_size, channels)."""
+    return self.normalization.output_shape(self.stored_image_shape)
 
   def init_variables(self, seed: int) -> dict:
     """{"params": ..., and any state collection such as "batch_stats"}."""
@@ -117,8 +123,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
   class_names = tuple(sources.class_names(builder, label)) if label else ()
   model = build_dual_encoder(config.model, tokenizer.vocab_size, tokenizer.settings.max_length,
                              num_classes=len(class_names))
-  normalization = pipeline.ImageNormalization(tuple(config.data.image_mean),
-                                              tuple(config.data.image_std))
+  normalization = pipeline.ImageNormalization(
+      tuple(config.data.image_mean), tuple(config.data.image_std),
+      settings.value(config, "data.image_size"))
   return Experiment(config, workdir, builder, tokenizer, model, normalization, class_names,
                     tokenizer_unsaved=unsaved)
 

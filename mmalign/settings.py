@@ -50,6 +50,7 @@ RULES: dict[str, Rule] = {
     "data.noisy_pair_fraction": Rule("float", low=0.0, high=1.0, default=0.0, required=False),
     "data.sampling": Rule("choice", choices=_names("mmalign.data.sampling:SAMPLINGS"),
                           default="captions", required=False),
+    "data.image_size": Rule("int", low=1, optional=True, default=None, required=False),
     "text.vocab_size": Rule("int", low=8),
     "text.max_length": Rule("int", low=1),
     "text.lowercase": Rule("bool"),

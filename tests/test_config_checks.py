@@ -62,6 +62,9 @@ def _set(config, key: str, value):
     ("data.name", "bogus", "'unicode_glyphs'"),
     ("data.sampling", "bogus", "'captions'"),
     ("data.noisy_pair_fraction", 1.0, "< 1"),
+    ("data.image_size", 0, ">= 1"),
+    ("init.tokenizer", "/no/such/tokenizer.json", "does not exist"),
+    ("init.checkpoint", "/no/such/weights.safetensors", "does not exist"),
     ("text.vocab_size", 0, ">= 8"),
     ("text.model_type", "bogus", "'bpe'"),
 ])

@@ -21,6 +21,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   c.data.image_mean = (0.9,)  # Glyphs: mostly white paper.
   c.data.image_std = (0.25,)
+  # Resize (shorter side, bicubic) and centre-crop every image to this size, e.g. 224 for
+  # published CLIP weights; None: the dataset's own size.
+  c.data.image_size = ml_collections.FieldReference(None, field_type=int)
   c.data.max_shift = 0  # Random translation in pixels (training only).
   # Share of every training batch whose caption is paired with another row's image.
   c.data.noisy_pair_fraction = 0.0

@@ -49,7 +49,8 @@ NOT_HASHED = ("data.data_dir", "retrieval", "train.log_every", "train.checkpoint
 NEUTRAL_DEFAULTS: dict[str, object] = {
     **{key: settings.RULES[key].default for key in ("data.sampling", "train.gradient_cache_loop")},
     "init": {"checkpoint": None, "format": None, "tokenizer": None},  # Trained from scratch.
-    "model.text_kwargs.clip_text": {"width": 256, "depth": 2, "heads": 4}}
+    "model.text_kwargs.clip_text": {"width": 256, "depth": 2, "heads": 4},
+    "data.image_size": None}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,13 +62,39 @@ def index_split(caption_source) -> SplitIndex:
 
 @dataclasses.dataclass(frozen=True)
 class ImageNormalization:
-  """pixels ← (pixels / 255 − mean) / std, per channel or one value for all."""
+  """uint8 [b, h, w, c] → float32 [b, size, size, channels]: with `size`, the shorter side
+  resized to it (bicubic) and the centre cropped square, as CLIP's preprocessing does; then
+  pixels ← (pixels / 255 − mean) / std, per channel or one value for all. A grey image meets
+  a three-value mean as RGB (its one channel repeated), so RGB weights read it."""
   mean: tuple[float, ...] = (0.5,)
   std: tuple[float, ...] = (0.5,)
+  size: int | None = None
+
+  def output_shape(self, stored: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The shape images of the dataset's `stored` shape [h, w, c] come out with."""
+    height, width, channels = stored
+    channels = max(channels, len(self.mean), len(self.std))
+    return (self.size, self.size, channels) if self.size else (height, width, channels)
 
   def __call__(self, images_uint8: np.ndarray) -> np.ndarray:
+    if self.size and images_uint8.shape[1:3] != (self.size, self.size):
+      images_uint8 = np.stack([resize_and_crop(image, self.size) for image in images_uint8])
     images = images_uint8.astype(np.float32) / 255.0
     return (images - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+
+def resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [h, w, c] → [size, size, c]: shorter side to `size` (bicubic), centre crop, with
+  torchvision's rounding (`Resize(size)` then `CenterCrop(size)` on a PIL image, CLIP's)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  height, width, channels = image.shape
+  longer = int(size * max(height, width) / min(height, width))
+  new_height, new_width = (size, longer) if height <= width else (longer, size)
+  resized = Image.fromarray(image[..., 0] if channels == 1 else image).resize(
+      (new_width, new_height), Image.Resampling.BICUBIC)
+  top, left = int(round((new_height - size) / 2.0)), int(round((new_width - size) / 2.0))
+  cropped = np.asarray(resized, np.uint8)[top:top + size, left:left + size]
+  return cropped.reshape(size, size, channels)
 
 
 def text_of(value) -> str:

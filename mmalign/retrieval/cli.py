@@ -64,7 +64,7 @@ def search_image_query(exp: experiment_lib.Experiment, image_path: str,
   the path of the contact sheet PNG, `<workdir>/search_image_<file name>.png`.
   """
   k = exp.config.retrieval.k if k is None else k
-  pixels = read_query_image(image_path, exp.image_shape)  # [h, w, c] uint8
+  pixels = read_query_image(image_path, exp.stored_image_shape)  # [h, w, c] uint8
   if variables is None:
     variables, step = train_state.restore_variables(exp)
   split = exp.config.eval.split

@@ -48,11 +48,13 @@ def tiny_clip_config(data_dir: str, checkpoint: str, tokenizer: str | None = Non
   return config
 
 
-def test_eval_and_search_run_on_a_published_model_with_no_training(rgb_data_dir, hf_folder,
+def test_eval_and_search_run_on_a_published_model_with_no_training(tiny_data_dir, hf_folder,
                                                                     tmp_path, capsys):
   """--mode=eval and --mode=search on a Hugging Face folder: its weights at step 0 and its
-  tokenizer (saved into the workdir, so the second run reads captions the same way)."""
-  config = tiny_clip_config(rgb_data_dir, hf_folder)
+  tokenizer (saved into the workdir, so the second run reads captions the same way), on
+  the 32 px grey glyphs brought to the model's 64 px RGB by `data.image_size`."""
+  config = tiny_clip_config(tiny_data_dir, hf_folder)
+  config.data.update(name="unicode_glyphs", config="tiny", image_size=64)
   workdir = str(tmp_path / "published")
   outcome = run_lib.execute(config, workdir, "eval")
   out = capsys.readouterr().out
@@ -63,8 +65,8 @@ def test_eval_and_search_run_on_a_published_model_with_no_training(rgb_data_dir,
                                 reference["logit_scale"])
   assert os.path.exists(os.path.join(workdir, "tokenizer", "pretrained_tokenizer.json"))
   assert not os.listdir(os.path.join(workdir, "checkpoints"))  # Nothing trained, none saved.
-  run_lib.execute(config, workdir, "search", query="a red circle")
-  assert "a red circle" in capsys.readouterr().out
+  run_lib.execute(config, workdir, "search", query="latin small letter a")
+  assert "search over the test images for 'latin small letter a'" in capsys.readouterr().out
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
   ids = np.load(os.path.join(FIXTURES, "hf_clip_w32_io.npz"))["token_ids"]
   np.testing.assert_array_equal(exp.tokenizer.encode(["a photo of a cat"])[0], ids[1])

@@ -174,6 +174,7 @@ def test_every_tensor_of_the_full_size_model_has_one_place(patch):
       reference, lambda name, shape: [(*hf_clip.clip_path(name), shape)], patch)
   assert hf_clip.is_clip(reference)
   assert count(mapped.values()) == count(reference.values())
+  assert count(reference.values()) == {32: 151_277_313, 16: 149_620_737}[patch]  # README.
 
 
 def full_size_clip(patch: int) -> DualEncoder:

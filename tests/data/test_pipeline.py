@@ -1,5 +1,7 @@
 """Input pipeline on a fake in-memory source: index, batches, sharding, resume."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -168,6 +170,28 @@ def test_image_normalization_matches_numpy():
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
   default = pipeline.ImageNormalization()(images)
   np.testing.assert_allclose(default, images / 255 * 2 - 1, rtol=1e-5, atol=1e-6)
+
+
+PREPROCESS_IO = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
+                             "pretrained", "clip_preprocess_io.npz")
+
+
+@pytest.mark.parametrize("name", ["square", "wide", "tall", "grey"])
+def test_resize_and_crop_is_clips_preprocessing(name):
+  """Against torchvision's Resize(24, bicubic) + CenterCrop(24) on the same PIL image."""
+  io = np.load(PREPROCESS_IO)
+  np.testing.assert_array_equal(pipeline.resize_and_crop(io[name], 24), io[f"{name}_24"])
+
+
+def test_image_size_resizes_and_a_grey_image_becomes_rgb_under_an_rgb_mean():
+  io = np.load(PREPROCESS_IO)
+  clip = pipeline.ImageNormalization((0.4, 0.5, 0.6), (0.2, 0.25, 0.3), size=24)
+  assert clip.output_shape((50, 33, 1)) == (24, 24, 3)
+  assert pipeline.ImageNormalization().output_shape((50, 33, 1)) == (50, 33, 1)
+  got = clip(io["grey"][None])
+  expected = (io["grey_24"][None] / 255 - np.array([0.4, 0.5, 0.6])) / np.array([0.2, 0.25, 0.3])
+  assert got.shape == (1, 24, 24, 3)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def _assert_same_batches(got: list[dict], expected: list[dict]):
