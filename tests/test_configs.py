@@ -40,8 +40,9 @@ def test_there_are_configs():
   assert {"quickstart", "tiny"} <= set(CONFIGS)
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "clip"
-                                  else name for name in CONFIGS])  # clip: ViT-B's size.
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow)
+                                  if name in ("clip", "siglip") else name
+                                  for name in CONFIGS])  # Published sizes: ViT-B.
 def test_config_builds_and_runs_its_model(name):
   _runs(importlib.import_module(f"experiments.configs.{name}").get_config())
 

@@ -24,10 +24,9 @@ def get_config(arg: str = "vit_b32") -> ml_collections.ConfigDict:
     raise ValueError(f"experiments/configs/clip.py:ARG with ARG one of {sorted(PATCH_SIZES)}, "
                      f"not {arg!r}")
   c = quickstart.get_config()
-  c.data.image_mean = (0.48145466, 0.4578275, 0.40821073)
-  c.data.image_std = (0.26862954, 0.26130258, 0.27577711)
-  c.text.vocab_size = 49408
-  c.text.max_length = 77
+  c.data.update(image_mean=(0.48145466, 0.4578275, 0.40821073),
+                image_std=(0.26862954, 0.26130258, 0.27577711), image_size=224)
+  c.text.update(vocab_size=49408, max_length=77)
   c.model.text_encoder = "clip_text"
   c.model.text_kwargs.clip_text.update(width=512, depth=12, heads=8)
   c.model.image_encoder = "vit"

@@ -1,4 +1,4 @@
-"""Hugging Face `transformers` CLIP (`.safetensors`) into the `vit` and `clip_text` towers.
+"""Hugging Face `transformers` CLIP and SigLIP (`.safetensors`) into `vit` and `clip_text`.
 
 A CLIPModel file names its towers `vision_model.*` and `text_model.*` (files of a bare
 CLIPVisionModel or CLIPTextModel saved by transformers ≥ 5 drop the prefix: they are read as
@@ -11,6 +11,12 @@ LayerNorm weight/bias its scale/bias. `visual_projection.weight` and `text_proje
 their size) and `logit_scale` its `log_scale` (both store the log). A tower the model builds
 otherwise (a ResNet, bag_of_words) stays newly initialised: its tensors are ignored, with a
 note, as in LiT with a new text tower.
+
+A SiglipModel file has the same names plus the patch conv's bias, the vision tower's
+attention-pooling head (`vision_model.head.*`, its attention's query/key/value fused in
+`in_proj_*` as torch's MultiheadAttention keeps them), the text head (`text_model.head`,
+with a bias: the text projection) and `logit_bias` (the sigmoid loss's `bias`); its image
+side has no projection (`image_projection_kwargs.linear=False`).
 """
 
 from __future__ import annotations
@@ -30,23 +36,39 @@ TOWERS = {"vision_model.": ("params/image_tower", "params/image_projection/mlp/o
                           "model.text_encoder=clip_text")}
 PROJECTIONS = {"visual_projection.weight": "vision_model.",
                "text_projection.weight": "text_model."}
-LOG_SCALE = "params/log_scale"
+LOG_SCALE, LOGIT_BIAS = "params/log_scale", "params/bias"
+PAIR = {"logit_scale": LOG_SCALE, "logit_bias": LOGIT_BIAS}  # Loaded when both towers are.
 # The `vit` options under which these weights give CLIP's outputs (the parameter tree cannot
 # tell them: an importer cannot check them). `clip_text`'s defaults are CLIP's.
 CLIP_VIT = {"pooling": "cls", "patch_bias": False, "norm_embeddings": True,
             "final_norm_on": "pooled", "activation": "quick_gelu", "norm_epsilon": 1e-5}
+SIGLIP_VIT = {"pooling": "map", "patch_bias": True, "norm_embeddings": False,
+              "final_norm_on": "all", "activation": "gelu_tanh", "norm_epsilon": 1e-6}
+# clip_text options for SigLIP's text tower (clip_text's defaults are CLIP's).
+SIGLIP_TEXT = {"causal": False, "pooling": "last", "activation": "gelu_tanh",
+               "norm_epsilon": 1e-6}
 
 _NORMS = {"pre_layrnorm": "embedding_norm", "post_layernorm": "final_norm",
-          "final_layer_norm": "final_norm", "layer_norm1": "norm1", "layer_norm2": "norm2"}
+          "final_layer_norm": "final_norm", "layer_norm1": "norm1", "layer_norm2": "norm2",
+          "head.layernorm": "map_head/norm"}
 _EMBEDDINGS = {"embeddings.class_embedding": ("cls_token", "cls"),
                "embeddings.patch_embedding.weight": ("patch_embed/kernel", "conv"),
                "embeddings.position_embedding.weight": ("pos_embed", "positions"),
-               "embeddings.token_embedding.weight": ("embed/embedding", "copy")}
+               "embeddings.patch_embedding.bias": ("patch_embed/bias", "copy"),
+               "embeddings.token_embedding.weight": ("embed/embedding", "copy"),
+               "head.probe": ("map_head/probe", "copy")}
 _LINEARS = {"self_attn.q_proj": "attention/query", "self_attn.k_proj": "attention/key",
             "self_attn.v_proj": "attention/value", "self_attn.out_proj": "attention/out",
             "mlp.fc1": "mlp_in", "mlp.fc2": "mlp_out"}
 _LAYER = re.compile(r"encoder\.layers\.(\d+)\.(\w+(?:\.\w+)?)\.(weight|bias)")
-_NORM = re.compile(r"(pre_layrnorm|post_layernorm|final_layer_norm)\.(weight|bias)")
+_NORM = re.compile(r"(pre_layrnorm|post_layernorm|final_layer_norm|head\.layernorm)\."
+                   r"(weight|bias)")
+_HEAD = re.compile(r"head\.(attention\.[qkv]_proj|attention\.out_proj|mlp\.fc1|mlp\.fc2)\."
+                   r"(weight|bias)")
+_HEAD_MODULES = {"attention.q_proj": "self_attn.q_proj", "attention.k_proj": "self_attn.k_proj",
+                 "attention.v_proj": "self_attn.v_proj",
+                 "attention.out_proj": "self_attn.out_proj", "mlp.fc1": "mlp.fc1",
+                 "mlp.fc2": "mlp.fc2"}
 
 # How a tensor becomes its parameter, given the parameter's shape here `s`: (the source shape
 # that fits it, the conversion). A Linear's kernel here has its input axes first: one for
@@ -56,7 +78,8 @@ KINDS = {
     "reshape": (lambda s: (int(np.prod(s)),), lambda v, s: v.reshape(s)),  # Heads' biases.
     "cls": (lambda s: s[2:], lambda v, s: v.reshape(s)),  # [width] → [1, 1, width]
     "positions": (lambda s: s[1:], lambda v, s: v.reshape(s)),  # [n, width] → [1, n, width]
-    "conv": (lambda s: (s[3], s[2], s[0], s[1]), lambda v, s: files.conv_kernel(v)),
+    "scalar": (lambda s: s, lambda v, s: v),  # CLIP's () or SigLIP's [1]: `place` reshapes.
+  "conv": (lambda s: (s[3], s[2], s[0], s[1]), lambda v, s: files.conv_kernel(v)),
     "linear": (lambda s: (int(np.prod(s[1:])), s[0]), lambda v, s: v.T.reshape(s)),
     "linear_out": (lambda s: (s[2], s[0] * s[1]), lambda v, s: v.T.reshape(s)),
 }
@@ -67,8 +90,12 @@ def clip_path(name: str) -> tuple[str | None, str]:
   none; its kind, a key of `KINDS`)."""
   if name in PROJECTIONS:
     return TOWERS[PROJECTIONS[name]][1], "linear"
-  if name == "logit_scale":
-    return LOG_SCALE, "copy"
+  if name in PAIR:
+    return PAIR[name], "scalar"
+  if name in ("text_model.head.weight", "text_model.head.bias"):  # SigLIP's text projection.
+    kernel = TOWERS["text_model."][1]
+    return (kernel, "linear") if name.endswith("weight") else (kernel[:-len("kernel")] + "bias",
+                                                               "copy")
   prefix = next((p for p in TOWERS if name.startswith(p)), None)
   if prefix is None:
     return None, ""
@@ -82,11 +109,20 @@ def clip_path(name: str) -> tuple[str | None, str]:
   match = _NORM.fullmatch(name)
   if match:
     return f"{tower}/{_NORMS[match[1]]}/{leaf[match[2]]}", "copy"
+  match = _HEAD.fullmatch(name)
+  if match:  # SigLIP's attention-pooling head: a block's names, under map_head.
+    module, field = _HEAD_MODULES[match[1]], match[2]
+    return _block_path(f"{tower}/map_head", module, field)
   match = _LAYER.fullmatch(name)
   if match is None:
     return None, ""  # embeddings.position_ids, in files of older transformers.
   layer, module, field = match.groups()
-  block = f"{tower}/block{layer}"
+  return _block_path(f"{tower}/block{layer}", module, field)
+
+
+def _block_path(block: str, module: str, field: str) -> tuple[str | None, str]:
+  """A Transformer block's (or the pooling head's) tensor: its path under `block`, kind."""
+  leaf = {"weight": "scale", "bias": "bias"}
   if module in _NORMS:
     return f"{block}/{_NORMS[module]}/{leaf[field]}", "copy"
   if module not in _LINEARS:
@@ -124,9 +160,18 @@ def _with_prefixes(names) -> dict[str, str]:
 def is_clip(names) -> bool:
   """A CLIPModel's tensor names, or a bare CLIPVisionModel's or CLIPTextModel's."""
   renamed = list(_with_prefixes(names).values())
-  siglip = "logit_bias" in renamed or any(".head." in n for n in renamed)  # Same prefixes.
-  return not siglip and any(n.startswith(("vision_model.embeddings.", "text_model.embeddings."))
-                            for n in renamed)
+  return not _is_siglip(renamed) and any(
+      n.startswith(("vision_model.embeddings.", "text_model.embeddings.")) for n in renamed)
+
+
+def is_siglip(names) -> bool:
+  """A SiglipModel's tensor names, or a bare SiglipVisionModel's or SiglipTextModel's."""
+  return _is_siglip(list(_with_prefixes(names).values()))
+
+
+def _is_siglip(names: list[str]) -> bool:
+  return "logit_bias" in names or any(n.startswith(("vision_model.head.", "text_model.head."))
+                                      for n in names)
 
 
 def load(path: str, variables: dict, tokenizer) -> Imported:
@@ -141,8 +186,26 @@ def load(path: str, variables: dict, tokenizer) -> Imported:
   del tokenizer
   tensors = files.read_safetensors(path)
   renamed = _with_prefixes(tensors)
-  return place(path, {renamed[n]: v for n, v in tensors.items()}, variables,
-               {new: old for old, new in renamed.items()})
+  named, file_names = {}, {}
+  for old, value in tensors.items():
+    parts = split_in_proj(renamed[old], value)
+    for new, part in parts.items():  # A third of an in_proj is named `...in_proj_weight[q]`.
+      named[new] = part
+      file_names[new] = old if len(parts) == 1 else f"{old}[{new.rsplit('.', 2)[-2][0]}]"
+  return place(path, named, variables, file_names)
+
+
+_IN_PROJ = re.compile(r"(.*)\.in_proj_(weight|bias)")
+
+
+def split_in_proj(name: str, value: np.ndarray) -> dict[str, np.ndarray]:
+  """{name: value}, except that torch's fused attention projection `<x>.in_proj_weight` (or
+  `_bias`) [3·width, ...] becomes its query, key and value thirds `<x>.{q,k,v}_proj.weight`."""
+  match = _IN_PROJ.fullmatch(name)
+  if match is None:
+    return {name: value}
+  return {f"{match[1]}.{part}_proj.{match[2]}": third
+          for part, third in zip("qkv", np.split(value, 3, axis=0))}
 
 
 def place(path: str, tensors: dict[str, np.ndarray], variables: dict,
@@ -164,7 +227,7 @@ def place(path: str, tensors: dict[str, np.ndarray], variables: dict,
     target, kind = clip_path(name)
     tower = PROJECTIONS.get(name, next((p for p in TOWERS if name.startswith(p)), None))
     if target is None or (tower and tower not in fits) or (
-        target == LOG_SCALE and len(fits) < len(TOWERS)):
+        name in PAIR and len(fits) < len(TOWERS)):
       ignored.append(file_names[name])
       continue
     if target not in shapes and name in PROJECTIONS:
@@ -174,6 +237,8 @@ def place(path: str, tensors: dict[str, np.ndarray], variables: dict,
     if target not in shapes:  # importers.initialise says so.
       arrays[target] = value
       continue
+    if kind == "scalar" and value.size == 1:
+      value = value.reshape(shapes[target])
     wanted = source_shape(kind, shapes[target])
     if tuple(value.shape) != wanted:
       raise UsageError(f"init.checkpoint {path!r}: {file_names[name]} has shape "
@@ -181,6 +246,8 @@ def place(path: str, tensors: dict[str, np.ndarray], variables: dict,
                        f"{shapes[target]})")
     arrays[target] = convert(value, kind, shapes[target])
   if "vision_model." in fits:
-    notes.append("CLIP's outputs need model.image_kwargs.vit with "
-                 + ", ".join(f"{k}={v!r}" for k, v in CLIP_VIT.items()))
+    siglip = "vision_model.head.probe" in tensors
+    notes.append(f"{'SigLIP' if siglip else 'CLIP'}'s outputs need model.image_kwargs.vit with "
+                 + ", ".join(f"{k}={v!r}" for k, v in (SIGLIP_VIT if siglip else
+                                                         CLIP_VIT).items()))
   return Imported(arrays, ignored=tuple(ignored), notes=tuple(notes))

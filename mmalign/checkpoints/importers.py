@@ -17,6 +17,7 @@ import numpy as np
 from flax import traverse_util
 
 from mmalign.checkpoints import Imported, files, glove, hf_clip, open_clip, torchvision
+from mmalign.data import pretrained_tokenizer
 from mmalign.errors import UsageError
 from mmalign.registry import Registry
 
@@ -25,16 +26,18 @@ IMPORTERS.register("glove")(glove.load)
 IMPORTERS.register("torchvision_resnet")(torchvision.load_resnet)
 IMPORTERS.register("torchvision_vgg")(torchvision.load_vgg)
 IMPORTERS.register("hf_clip")(hf_clip.load)
+IMPORTERS.register("hf_siglip")(hf_clip.load)
 IMPORTERS.register("open_clip")(open_clip.load)
 
 # Formats a .safetensors file is recognised as, by its tensor names; at most one may claim it.
 RECOGNISED_BY_NAMES = {"torchvision_resnet": torchvision.is_resnet,
                        "torchvision_vgg": torchvision.is_vgg,
                        "hf_clip": hf_clip.is_clip,
+                       "hf_siglip": hf_clip.is_siglip,
                        "open_clip": open_clip.is_open_clip}
 
 
-HF_WEIGHTS, HF_TOKENIZER = "model.safetensors", "tokenizer.json"  # In a Hugging Face folder.
+HF_WEIGHTS = "model.safetensors"  # In a Hugging Face folder.
 
 
 def checkpoint_file(init_config) -> str:
@@ -51,13 +54,13 @@ def checkpoint_file(init_config) -> str:
 
 
 def tokenizer_path(init_config) -> str | None:
-  """The tokenizer to use instead of training one: `init.tokenizer`, else the tokenizer.json
-  of a Hugging Face folder given as `init.checkpoint`, else None."""
+  """The tokenizer to use instead of training one: `init.tokenizer`, else the tokenizer
+  file of a Hugging Face folder given as `init.checkpoint`, else None."""
   if init_config.get("tokenizer"):
     return init_config.tokenizer
   path = init_config.get("checkpoint")
-  if path and os.path.isdir(path) and os.path.exists(os.path.join(path, HF_TOKENIZER)):
-    return path
+  if path and os.path.isdir(path):
+    return pretrained_tokenizer.in_folder(path)
   return None
 
 

@@ -66,8 +66,7 @@ def clip_names(name: str, value: np.ndarray) -> dict[str, np.ndarray]:
     match = _IN_PROJ.fullmatch(rest)
     if match:
       layer, field = match.groups()
-      return {f"{clip_prefix}{layer}.self_attn.{part}_proj.{field}": third
-              for part, third in zip("qkv", np.split(value, 3, axis=0))}
+      return hf_clip.split_in_proj(f"{clip_prefix}{layer}.self_attn.in_proj_{field}", value)
   return {}
 
 

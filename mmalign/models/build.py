@@ -18,6 +18,11 @@ from mmalign.models.fusion import FUSIONS
 from mmalign.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS
 
 
+# DualEncoder settings a config may set (a published architecture's, e.g. SigLIP's); absent,
+# the DualEncoder's defaults apply and the resolved config (checkpoint metadata) omits them.
+OPTIONAL_KEYS = ("text_projection_kwargs", "image_projection_kwargs", "max_scale", "init_bias")
+
+
 def _kwargs_for(blocks, name: str) -> dict[str, Any]:
   """The kwargs block of `name` (empty when the config has none for it)."""
   if blocks is None or name not in blocks:
@@ -51,6 +56,10 @@ def resolved_model_config(model_config: ml_collections.ConfigDict,
   }
   if num_classes:  # Only then, so checkpoints of models without a task head still match.
     resolved["num_classes"] = int(num_classes)
+  for key in OPTIONAL_KEYS:  # Likewise: only when a config sets them.
+    if model_config.get(key) is not None:
+      value = model_config[key]
+      resolved[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
   return resolved
 
 

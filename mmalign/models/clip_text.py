@@ -29,7 +29,10 @@ class CausalTextTransformer(nn.Module):
   token equal to `eot_id`, or with `eot_id=None` the first of the row's highest id (CLIP's
   EOT is the last id of its vocabulary, and open_clip reads it so); `sequence [b, l, width]`,
   the final states up to and including that token, zero after it (and all zero for a row of
-  padding only). Raises UsageError for
+  padding only). SigLIP's text tower is this Transformer with `causal=False,
+  pooling="last"`: its tokenizer pads every row to the full length with its own pad token,
+  and `pooled` is the last position's state, `sequence` every state (no token is padding to
+  the model). Raises UsageError for
   more tokens than `max_length` (the position table's size).
   """
   vocab_size: int
@@ -41,6 +44,8 @@ class CausalTextTransformer(nn.Module):
   activation: str = "quick_gelu"  # One of vit.ACTIVATIONS: OpenAI's models use quick_gelu.
   norm_epsilon: float = 1e-5
   eot_id: int | None = None
+  causal: bool = True  # False: every token attends to every token (SigLIP).
+  pooling: str = "eot"  # Or "last": the final state at the last position (SigLIP).
   dropout: float = 0.0
   freeze_embeddings: bool = False  # Also list the table in train.frozen: AdamW decays it otherwise.
   dtype: Any = jnp.float32
@@ -51,6 +56,8 @@ class CausalTextTransformer(nn.Module):
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"clip_text activation {self.activation!r} is not one of "
                        f"{list(ACTIVATIONS)}")
+    if self.pooling not in ("eot", "last"):
+      raise ValueError(f"clip_text pooling {self.pooling!r} is not one of ['eot', 'last']")
     batch, length = tokens.shape
     if length > self.max_length:
       raise UsageError(f"clip_text: {length} tokens exceed max_length={self.max_length} "
@@ -61,11 +68,13 @@ class CausalTextTransformer(nn.Module):
     positions = self.param("positions", nn.initializers.normal(0.01),
                            (self.max_length, self.width), self.param_dtype)
     x = x + positions[:length].astype(self.dtype)  # [b, l, width]
-    causal = nn.make_causal_mask(tokens)  # [b, 1, l, l]
+    mask = nn.make_causal_mask(tokens) if self.causal else None  # [b, 1, l, l]
     for i in range(self.depth):
       x = ViTBlock(self.heads, self.mlp_dim or 4 * self.width, self.dropout, self.activation,
-                   self.norm_epsilon, name=f"block{i}", **dense)(x, train=train, mask=causal)
+                   self.norm_epsilon, name=f"block{i}", **dense)(x, train=train, mask=mask)
     x = nn.LayerNorm(epsilon=self.norm_epsilon, name="final_norm", **dense)(x)
+    if self.pooling == "last":
+      return x[:, -1], x
     ends = tokens if self.eot_id is None else (tokens == self.eot_id).astype(jnp.int32)
     end = jnp.argmax(ends, axis=-1)  # [b], the first maximum.
     pooled = x[jnp.arange(batch), end]  # [b, width]

@@ -32,6 +32,9 @@ class DualEncoder(nn.Module):
   image_kwargs: dict[str, Any]
   embed_dim: int = 256
   projection_kwargs: dict[str, Any] | None = None  # Projection head: hidden, dropout.
+  # Per tower, over projection_kwargs (SigLIP: the text head has a bias, the image none).
+  text_projection_kwargs: dict[str, Any] | None = None
+  image_projection_kwargs: dict[str, Any] | None = None
   init_scale: float = 10.0
   max_scale: float = 100.0
   init_bias: float = -10.0  # The sigmoid loss's learnable bias (SigLIP's initial value).
@@ -48,8 +51,11 @@ class DualEncoder(nn.Module):
         **self.text_kwargs)
     self.image_tower = IMAGE_ENCODERS.get(self.image_encoder,
                                           config_key="model.image_encoder")(**self.image_kwargs)
-    self.text_projection = Projection(self.embed_dim, **(self.projection_kwargs or {}))
-    self.image_projection = Projection(self.embed_dim, **(self.projection_kwargs or {}))
+    shared = dict(self.projection_kwargs or {})
+    self.text_projection = Projection(self.embed_dim,
+                                      **{**shared, **(self.text_projection_kwargs or {})})
+    self.image_projection = Projection(self.embed_dim,
+                                       **{**shared, **(self.image_projection_kwargs or {})})
     self.log_scale = self.param("log_scale", nn.initializers.constant(np.log(self.init_scale)),
                                 ())
     self.bias = self.param("bias", nn.initializers.constant(self.init_bias), ())

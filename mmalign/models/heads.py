@@ -42,20 +42,28 @@ class Projection(nn.Module):
   """Into the shared embedding space: [b, dim] → [b, out_dim] float32.
 
   With `l2_normalize` rows have unit norm. No bias by default, as in CLIP: it would shift
-  every embedding the same way.
+  every embedding the same way. `linear=False` has no parameters: the tower's output is
+  the embedding (SigLIP's image side), so its width must be `out_dim` (else ValueError).
   """
   out_dim: int
   hidden: Sequence[int] = ()
   l2_normalize: bool = True
   use_bias: bool = False
   dropout: float = 0.0
+  linear: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
-    y = MLP(self.out_dim, self.hidden, self.dropout, self.use_bias, self.dtype, self.param_dtype,
-            name="mlp")(x, train=train).astype(jnp.float32)
+    if self.linear:
+      y = MLP(self.out_dim, self.hidden, self.dropout, self.use_bias, self.dtype,
+              self.param_dtype, name="mlp")(x, train=train).astype(jnp.float32)
+    elif x.shape[-1] != self.out_dim:
+      raise ValueError(f"a projection with linear=False keeps the tower's width {x.shape[-1]}, "
+                       f"which differs from embed_dim={self.out_dim}")
+    else:
+      y = x.astype(jnp.float32)
     return l2_normalize(y) if self.l2_normalize else y
 
 

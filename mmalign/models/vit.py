@@ -7,7 +7,8 @@ are sized by the image shape seen at `init` and not interpolated: a model initia
 
 CLIP's vision tower (OpenAI, and Hugging Face `CLIPVisionModel`) is the same Transformer with
 `patch_bias=False, norm_embeddings=True, final_norm_on="pooled", activation="quick_gelu",
-norm_epsilon=1e-5`; the defaults are timm's, and leave the parameter tree as it was.
+norm_epsilon=1e-5`; SigLIP's with `pooling="map", activation="gelu_tanh"`. The defaults are
+timm's, and leave the parameter tree as it was.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ VIT_VARIANTS: dict[str, tuple[int, int, int]] = {
     "L": (1024, 24, 16),
 }
 LAYER_NORM_EPSILON = 1e-6
-ACTIVATIONS = ("gelu", "quick_gelu")  # Exact GELU (ViT, timm); x·sigmoid(1.702x) (CLIP).
+# Exact GELU (ViT, timm); x·sigmoid(1.702x) (CLIP); GELU's tanh approximation (SigLIP).
+ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
+POOLINGS = ("cls", "mean", "map")
 
 
 def activate(x, activation: str):
   """The MLP's nonlinearity by name (one of ACTIVATIONS)."""
   if activation == "quick_gelu":
     return x * nn.sigmoid(1.702 * x)
-  return nn.gelu(x, approximate=False)
+  return nn.gelu(x, approximate=activation == "gelu_tanh")
 
 
 class ViTBlock(nn.Module):
@@ -63,13 +66,37 @@ class ViTBlock(nn.Module):
     return x + drop(y)
 
 
+class MAPHead(nn.Module):
+  """Multi-head attention pooling (Lee et al. 2019; SigLIP's head): a learned probe attends
+  over the tokens, then a residual MLP on its LayerNorm. [b, tokens, width] → [b, width]."""
+  heads: int
+  mlp_dim: int
+  activation: str = "gelu"
+  norm_epsilon: float = LAYER_NORM_EPSILON
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    batch, _, width = x.shape
+    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, width),
+                       self.param_dtype)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.heads, name="attention", **dense)(
+        jnp.broadcast_to(probe.astype(self.dtype), (batch, 1, width)), x)  # [b, 1, width]
+    z = nn.LayerNorm(epsilon=self.norm_epsilon, name="norm", **dense)(y)
+    z = activate(nn.Dense(self.mlp_dim, name="mlp_in", **dense)(z), self.activation)
+    return (y + nn.Dense(width, name="mlp_out", **dense)(z))[:, 0]
+
+
 @register_image_encoder("vit")
 class ViT(nn.Module):
   """ViT-Ti/S/B/L by `variant`, or any size through `width`/`depth`/`heads`.
 
   Explicit `width`, `depth`, `heads` or `mlp_dim` (default 4·width) override the variant's.
   Outputs: `sequence [b, patches, width]`, the patch tokens without CLS; `pooled [b, width]`,
-  the CLS token (`pooling="cls"`) or the mean of `sequence` (`"mean"`, no CLS token at all).
+  the CLS token (`pooling="cls"`), the mean of `sequence` (`"mean"`) or its attention pooling
+  (`"map"`, a `MAPHead` as SigLIP's); only "cls" adds a CLS token.
   The final LayerNorm (`final_norm_on`) is applied to every token before pooling (`"all"`,
   timm), or to `pooled` only (`"pooled"`, CLIP's post_layernorm): `sequence` is then the
   un-normed last hidden state, as Hugging Face's `last_hidden_state[:, 1:]`. With
@@ -84,7 +111,7 @@ class ViT(nn.Module):
   depth: int | None = None
   heads: int | None = None
   mlp_dim: int | None = None
-  pooling: str = "cls"  # "cls" | "mean"
+  pooling: str = "cls"  # One of POOLINGS.
   dropout: float = 0.0
   num_classes: int | None = None
   patch_bias: bool = True  # The patch embedding (a conv) has a bias; CLIP's has none.
@@ -105,8 +132,8 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
-    if self.pooling not in ("cls", "mean"):
-      raise ValueError(f"ViT pooling {self.pooling!r} is not one of ['cls', 'mean']")
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"ViT pooling {self.pooling!r} is not one of {list(POOLINGS)}")
     if self.final_norm_on not in ("all", "pooled"):
       raise ValueError(f"ViT final_norm_on {self.final_norm_on!r} is not one of "
                        f"['all', 'pooled']")
@@ -141,7 +168,11 @@ class ViT(nn.Module):
     if self.final_norm_on == "all":
       x = final_norm(x)
     sequence = x[:, -num_patches:]  # [b, patches, width]
-    pooled = x[:, 0] if self.pooling == "cls" else sequence.mean(axis=1)  # [b, width]
+    if self.pooling == "map":
+      pooled = MAPHead(heads, mlp_dim, self.activation, self.norm_epsilon, name="map_head",
+                       **dense)(sequence)
+    else:
+      pooled = x[:, 0] if self.pooling == "cls" else sequence.mean(axis=1)  # [b, width]
     if self.final_norm_on == "pooled":
       pooled = final_norm(pooled)
     if self.num_classes is not None:

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import clip, tiny
+from experiments.configs import clip, siglip, tiny
 from mmalign import experiment as experiment_lib
 from mmalign import run as run_lib
 from mmalign.checkpoints import files
@@ -70,6 +70,33 @@ def test_eval_and_search_run_on_a_published_model_with_no_training(tiny_data_dir
   exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
   ids = np.load(os.path.join(FIXTURES, "hf_clip_w32_io.npz"))["token_ids"]
   np.testing.assert_array_equal(exp.tokenizer.encode(["a photo of a cat"])[0], ids[1])
+
+
+def test_eval_runs_on_a_published_siglip_folder(tiny_data_dir, tmp_path, capsys):
+  """A SiglipModel folder (model.safetensors, spiece.model): its attention-pooling image
+  tower, last-position text tower, sigmoid bias and SentencePiece tokenizer."""
+  folder = tmp_path / "siglip"
+  folder.mkdir()
+  shutil.copy(os.path.join(FIXTURES, "hf_siglip_w32.safetensors"), folder / "model.safetensors")
+  shutil.copy(os.path.join(FIXTURES, "siglip_spiece.model"), folder / "spiece.model")
+  config = tiny_clip_config(tiny_data_dir, str(folder))
+  published = siglip.get_config("b16")
+  config.data.update(name="unicode_glyphs", config="tiny", image_size=64,
+                     image_mean=published.data.image_mean, image_std=published.data.image_std)
+  config.model.text_kwargs.clip_text.update(**siglip.SIGLIP_TEXT)
+  config.model.image_kwargs.vit.update(**siglip.SIGLIP_VIT)
+  config.model.embed_dim = 32
+  for key in ("text_projection_kwargs", "image_projection_kwargs", "max_scale", "init_bias"):
+    config.model[key] = published.model[key]
+  config.loss.name = "sigmoid"
+  workdir = str(tmp_path / "published")
+  outcome = run_lib.execute(config, workdir, "eval")
+  assert "(hf_siglip): loaded 92 tensors" in capsys.readouterr().out
+  assert outcome.step == 0 and outcome.results
+  np.testing.assert_allclose(outcome.variables["params"]["bias"], -3.0)
+  exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)
+  ids = np.load(os.path.join(FIXTURES, "hf_siglip_w32_io.npz"))["token_ids"]
+  np.testing.assert_array_equal(exp.tokenizer.encode(["a green square"])[0], ids[1])
 
 
 def test_lit_from_a_published_clip_trains_and_resumes_bitwise(rgb_data_dir, tmp_path, capsys):

@@ -288,7 +288,7 @@ def test_a_resnet_is_not_a_place_for_clip_weights():
 
 @pytest.mark.parametrize("field, value, allowed", [
     ("final_norm_on", "sequence", "'all', 'pooled'"),
-    ("activation", "relu", "'gelu', 'quick_gelu'")])
+    ("activation", "relu", "'gelu', 'quick_gelu', 'gelu_tanh'")])
 def test_unknown_vit_options_are_refused(field, value, allowed):
   with pytest.raises(ValueError, match=f"{field} '{value}' is not one of \\[{allowed}\\]"):
     _tiny_vit(**{field: value}).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

@@ -80,7 +80,11 @@ def test_bad_paths_give_one_line_errors(tmp_path):
   merges.write_text("#version\na b c\n")
   with pytest.raises(UsageError, match="not a BPE merges file"):
     pretrained_tokenizer.from_path(str(merges), 8)
-  other = tmp_path / "vocab.model"
+  other = tmp_path / "vocab.bin"
   other.write_bytes(b"x")
   with pytest.raises(UsageError, match="expected a tokenizer.json"):
     pretrained_tokenizer.from_path(str(other), 8)
+  not_sentencepiece = tmp_path / "spiece.model"
+  not_sentencepiece.write_bytes(b"x")
+  with pytest.raises(UsageError, match=r"spiece\.model' cannot be read: "):
+    pretrained_tokenizer.from_path(str(not_sentencepiece), 8)
