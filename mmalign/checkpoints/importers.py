@@ -10,7 +10,9 @@ the run can then print exactly what was loaded and what stays newly initialised.
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -103,8 +105,12 @@ def initialise(variables: dict, init_config, tokenizer) -> tuple[dict, list[str]
   (both shapes named) or a non-finite value; `variables` is then left as it was.
   """
   path, chosen = checkpoint_file(init_config), format_of(init_config)
-  imported: Imported = IMPORTERS.get(chosen)(path, variables, tokenizer)
   flat = traverse_util.flatten_dict(variables, sep="/")
+  # Importers see scanned layers (`blocks`, stacked) as the separate `block{i}` they map to.
+  unstacked = traverse_util.unflatten_dict(unstack_layers(flat), sep="/")
+  imported: Imported = IMPORTERS.get(chosen)(path, unstacked, tokenizer)
+  imported = Imported(stack_layers(imported.arrays, flat, path), imported.ignored,
+                      imported.notes)
   for name, value in imported.arrays.items():
     if name not in flat:
       raise UsageError(f"init.checkpoint {path!r}: {name} has no place in this model")
@@ -124,6 +130,43 @@ def initialise(variables: dict, init_config, tokenizer) -> tuple[dict, list[str]
                  f"{', '.join(imported.ignored)}")
   lines += [f"  {note}" for note in imported.notes]
   return traverse_util.unflatten_dict({**flat, **loaded}, sep="/"), lines
+
+
+_LAYER = re.compile(r"(.*)/block(\d+)/(.*)")
+_SCANNED = re.compile(r"(.*)/blocks/(.*)")
+
+
+def unstack_layers(flat: dict) -> dict:
+  """{path: array} with each scanned `X/blocks/Y` [depth, ...] as `X/block{i}/Y` [...]."""
+  out = {}
+  for name, value in flat.items():
+    match = _SCANNED.fullmatch(name)
+    if match is None:
+      out[name] = value
+      continue
+    for i in range(value.shape[0]):
+      out[f"{match[1]}/block{i}/{match[2]}"] = value[i]
+  return out
+
+
+def stack_layers(arrays: dict, flat: dict, path: str) -> dict:
+  """`arrays` with the `X/block{i}/Y` of a scanned model (`flat` has `X/blocks/Y`) stacked
+  in layer order. Raises UsageError naming the parameter if a layer is missing."""
+  out, layers = {}, collections.defaultdict(dict)
+  for name, value in arrays.items():
+    match = _LAYER.fullmatch(name)
+    scanned = match and f"{match[1]}/blocks/{match[3]}"
+    if match and name not in flat and scanned in flat:
+      layers[scanned][int(match[2])] = value
+    else:
+      out[name] = value
+  for name, by_layer in layers.items():
+    depth = flat[name].shape[0]
+    if sorted(by_layer) != list(range(depth)):
+      raise UsageError(f"init.checkpoint {path!r}: {name} (scanned over {depth} layers) gets "
+                       f"layers {sorted(by_layer)} only")
+    out[name] = np.stack([by_layer[i] for i in range(depth)])
+  return out
 
 
 def _count(arrays: dict) -> int:

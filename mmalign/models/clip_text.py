@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from mmalign.errors import UsageError
 from mmalign.models.registry import register_text_encoder
 from mmalign.models.text_encoders import TokenEmbedding
-from mmalign.models.vit import ACTIVATIONS, ViTBlock
+from mmalign.models.vit import ACTIVATIONS, transformer_layers
 
 
 @register_text_encoder("clip_text")
@@ -48,6 +48,8 @@ class CausalTextTransformer(nn.Module):
   pooling: str = "eot"  # Or "last": the final state at the last position (SigLIP).
   dropout: float = 0.0
   freeze_embeddings: bool = False  # Also list the table in train.frozen: AdamW decays it otherwise.
+  remat: str = "none"  # Memory: one of vit.REMAT_POLICIES (vit.transformer_layers).
+  scan_layers: bool = False  # Compile one block: parameters stacked under `blocks`.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -69,9 +71,11 @@ class CausalTextTransformer(nn.Module):
                            (self.max_length, self.width), self.param_dtype)
     x = x + positions[:length].astype(self.dtype)  # [b, l, width]
     mask = nn.make_causal_mask(tokens) if self.causal else None  # [b, 1, l, l]
-    for i in range(self.depth):
-      x = ViTBlock(self.heads, self.mlp_dim or 4 * self.width, self.dropout, self.activation,
-                   self.norm_epsilon, name=f"block{i}", **dense)(x, train=train, mask=mask)
+    x = transformer_layers(
+        x, mask, depth=self.depth, train=train, remat=self.remat, scan=self.scan_layers,
+        block=dict(heads=self.heads, mlp_dim=self.mlp_dim or 4 * self.width,
+                   dropout=self.dropout, activation=self.activation,
+                   norm_epsilon=self.norm_epsilon, **dense))
     x = nn.LayerNorm(epsilon=self.norm_epsilon, name="final_norm", **dense)(x)
     if self.pooling == "last":
       return x[:, -1], x

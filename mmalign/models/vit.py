@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mmalign.models.registry import register_image_encoder
@@ -64,6 +65,51 @@ class ViTBlock(nn.Module):
     y = drop(activate(nn.Dense(self.mlp_dim, name="mlp_in", **dense)(y), self.activation))
     y = nn.Dense(x.shape[-1], name="mlp_out", **dense)(y)
     return x + drop(y)
+
+
+# What a rematerialised block keeps for the backward pass (the rest is recomputed): nothing,
+# or the outputs of its matrix multiplications.
+REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+class _LayerStep(ViTBlock):
+  """A ViTBlock called `(x, mask) → (x, None)` with `train` fixed: the form `nn.remat`
+  (a static flag cannot be a traced argument) and `nn.scan` (carry, input) take. Same
+  parameters as ViTBlock."""
+  training: bool = False
+
+  def __call__(self, x, mask):  # pylint: disable=arguments-differ
+    return super().__call__(x, train=self.training, mask=mask), None
+
+
+def transformer_layers(x, mask, *, depth: int, block: dict, train: bool, remat: str = "none",
+                       scan: bool = False):
+  """`depth` ViTBlocks over x [b, tokens, width], created in the calling module's scope as
+  `block{i}`, or with `scan` as one `blocks` whose parameters have a leading [depth] axis.
+
+  `remat` (a REMAT_POLICIES key) recomputes each block's activations in the backward pass
+  instead of storing them; scan compiles one block instead of `depth`. Both give the plain
+  path's outputs and gradients. Use them together: XLA:CPU schedules an unrolled remat's
+  recomputation early, so it saves memory only inside a scan (benchmarks/vit_b16.py).
+  Raises ValueError for an unknown `remat`.
+  """
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat {remat!r} is not one of {list(REMAT_POLICIES)}")
+  if remat == "none" and not scan:
+    for i in range(depth):
+      x = ViTBlock(**block, name=f"block{i}")(x, train=train, mask=mask)
+    return x
+  layer = _LayerStep if remat == "none" else nn.remat(_LayerStep, policy=REMAT_POLICIES[remat],
+                                                      prevent_cse=not scan)
+  if scan:
+    stack = nn.scan(layer, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                    length=depth)
+    return stack(**block, training=train, name="blocks")(x, mask)[0]
+  for i in range(depth):
+    x = layer(**block, training=train, name=f"block{i}")(x, mask)[0]
+  return x
 
 
 class MAPHead(nn.Module):
@@ -119,6 +165,8 @@ class ViT(nn.Module):
   final_norm_on: str = "all"  # "all" tokens | "pooled" only (see above).
   activation: str = "gelu"  # In the MLPs: one of ACTIVATIONS.
   norm_epsilon: float = LAYER_NORM_EPSILON  # Of every LayerNorm; CLIP's is 1e-5.
+  remat: str = "none"  # Memory: one of REMAT_POLICIES (transformer_layers).
+  scan_layers: bool = False  # Compile one block: parameters stacked under `blocks`.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -161,9 +209,10 @@ class ViT(nn.Module):
     if self.norm_embeddings:
       x = nn.LayerNorm(epsilon=self.norm_epsilon, name="embedding_norm", **dense)(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    for i in range(depth):
-      x = ViTBlock(heads, mlp_dim, self.dropout, self.activation, self.norm_epsilon,
-                   name=f"block{i}", **dense)(x, train=train)
+    x = transformer_layers(
+        x, None, depth=depth, train=train, remat=self.remat, scan=self.scan_layers,
+        block=dict(heads=heads, mlp_dim=mlp_dim, dropout=self.dropout,
+                   activation=self.activation, norm_epsilon=self.norm_epsilon, **dense))
     final_norm = nn.LayerNorm(epsilon=self.norm_epsilon, name="final_norm", **dense)
     if self.final_norm_on == "all":
       x = final_norm(x)

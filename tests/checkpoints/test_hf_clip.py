@@ -34,13 +34,15 @@ TINY_TEXT = {"vocab_size": VOCAB, "max_length": 12, "width": 32, "depth": 2, "he
 
 
 def tiny_dual_encoder(text_encoder: str = "clip_text", image_encoder: str = "vit",
-                      **kwargs) -> DualEncoder:
-  """The fixtures' CLIP as a dual encoder (both tiny fixtures share this architecture)."""
-  text_kwargs = TINY_TEXT if text_encoder == "clip_text" else {"vocab_size": VOCAB, "width": 32}
+                      **tower_options) -> DualEncoder:
+  """The fixtures' CLIP as a dual encoder (both tiny fixtures share this architecture);
+  `tower_options` (remat, scan_layers) go to both Transformer towers."""
+  text_kwargs = ({**TINY_TEXT, **tower_options} if text_encoder == "clip_text"
+                 else {"vocab_size": VOCAB, "width": 32})
   image_kwargs = ({"width": 32, "depth": 2, "heads": 4, "mlp_dim": 64, "patch_size": 16,
-                   **hf_clip.CLIP_VIT} if image_encoder == "vit" else {"depth": 18, "width": 8})
-  return DualEncoder(text_encoder, text_kwargs, image_encoder, image_kwargs,
-                     **{"embed_dim": 16, **kwargs})
+                   **hf_clip.CLIP_VIT, **tower_options} if image_encoder == "vit"
+                  else {"depth": 18, "width": 8})
+  return DualEncoder(text_encoder, text_kwargs, image_encoder, image_kwargs, embed_dim=16)
 
 
 def dual_variables(model: DualEncoder) -> dict:
