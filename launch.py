@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from mmalign.errors import UsageError
 
-MODES = ("all", "train", "eval", "search", "index")
+MODES = ("all", "train", "eval", "search", "index", "export")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config.",
                                           lock_config=True)
@@ -31,6 +31,11 @@ _QUERY = flags.DEFINE_string("query", None, "Text to search for (--mode=search).
 _QUERY_IMAGE = flags.DEFINE_string("query_image", None, "PNG to search the split's captions "
                                    "with (image→text, --mode=search).")
 _K = flags.DEFINE_integer("k", None, "Number of results (default: config.retrieval.k).")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where --mode=export writes the model "
+                                  "(weights, config, a published tokenizer).")
+_EXPORT_LAYOUT = flags.DEFINE_enum("export_layout", "hf_clip", ["hf_clip", "open_clip"],
+                                   "--mode=export's layout: Hugging Face (CLIP or SigLIP) or "
+                                   "open_clip (CLIP).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for a multi-process job started by "
     "hand (SLURM, Open MPI and Cloud TPU pods are detected without flags).")
@@ -40,18 +45,22 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config, workdir: str, mode: str, query: str | None, k: int | None,
-        query_image: str | None = None) -> None:
+        query_image: str | None = None, export_dir: str | None = None,
+        export_layout: str = "hf_clip") -> None:
   """Checks flags and config, builds the run context once, then runs `mode` under the
   workdir's lock."""
-  check_arguments(mode, query, k, query_image)
+  check_arguments(mode, query, k, query_image, export_dir)
   # Imported here so that --help and flag errors answer without loading JAX.
   from mmalign import run as run_lib  # pylint: disable=import-outside-toplevel
-  run_lib.execute(config, workdir, mode, query=query, k=k, query_image=query_image)
+  run_lib.execute(config, workdir, mode, query=query, k=k, query_image=query_image,
+                  export_to=(export_dir, export_layout) if mode == "export" else None)
 
 
 def check_arguments(mode: str, query: str | None, k: int | None,
-                    query_image: str | None) -> None:
+                    query_image: str | None, export_dir: str | None = None) -> None:
   """The launcher's own flags, checked before the config and before any work."""
+  if mode == "export" and not export_dir:
+    raise UsageError("--mode=export needs --export_dir, the folder to write the model to")
   if k is not None and k < 1:
     raise UsageError(f"--k={k} must be >= 1")
   if query is not None:
@@ -95,7 +104,8 @@ def main(argv):
   from mmalign.train import checkpoint, distributed, preemption, trainer  # pylint: disable=import-outside-toplevel
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    run(_CONFIG.value, _WORKDIR.value, _MODE.value, _QUERY.value, _K.value, _QUERY_IMAGE.value)
+    run(_CONFIG.value, _WORKDIR.value, _MODE.value, _QUERY.value, _K.value, _QUERY_IMAGE.value,
+        _EXPORT_DIR.value, _EXPORT_LAYOUT.value)
   except UsageError as e:
     _fail(str(e))
   except preemption.Preempted as e:  # A scheduler's SIGTERM: saved, resumable, not a failure.

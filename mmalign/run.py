@@ -14,6 +14,7 @@ import jax
 from mmalign import experiment as experiment_lib
 from mmalign import settings
 from mmalign import workdir as workdir_lib
+from mmalign.checkpoints import export
 from mmalign.errors import UsageError
 from mmalign.eval import evaluators as evaluators_lib
 from mmalign.retrieval import cli as retrieval_cli
@@ -47,24 +48,33 @@ def train_and_evaluate(exp: experiment_lib.Experiment, *, train: bool = True,
 
 
 def execute(config, workdir: str, mode: str, *, query: str | None = None,
-            k: int | None = None, query_image: str | None = None) -> Outcome | None:
+            k: int | None = None, query_image: str | None = None,
+            export_to: tuple[str, str] | None = None) -> Outcome | None:
   """`launch.py`'s work once its flags are checked: the config is checked and the run
   context built once (nothing written yet), then `run` holds the workdir's lock."""
-  # A published model (init.checkpoint) is evaluated or searched without training first.
-  published = bool(settings.value(config, "init.checkpoint")) and mode in ("eval", "search")
+  # A published model (init.checkpoint) is evaluated, searched or exported without training.
+  published = bool(settings.value(config, "init.checkpoint")) and mode in ("eval", "search",
+                                                                          "export")
   if mode not in ("all", "train") and not published and not os.path.isdir(workdir):
     raise UsageError(f"--workdir {workdir!r} does not exist: run --mode=train first")
   exp = experiment_lib.prepare(config, workdir,
                                allow_new_tokenizer=mode in ("all", "train") or published)
   with workdir_lib.locked(workdir, process_index=jax.process_index()):
-    return run(exp, mode, query=query, k=k, query_image=query_image)
+    return run(exp, mode, query=query, k=k, query_image=query_image, export_to=export_to)
 
 
 def run(exp: experiment_lib.Experiment, mode: str, *, query: str | None = None,
-        k: int | None = None, query_image: str | None = None) -> Outcome | None:
-  """What `launch.py --mode=<mode>` does, after the config and flags were checked."""
+        k: int | None = None, query_image: str | None = None,
+        export_to: tuple[str, str] | None = None) -> Outcome | None:
+  """What `launch.py --mode=<mode>` does, after the config and flags were checked.
+  export_to: (folder, layout) for mode "export"."""
   config = exp.config
   k = config.retrieval.k if k is None else k
+  if mode == "export":
+    variables, step = train_state.restore_variables(exp)
+    written = export.write(variables, exp.model, exp.tokenizer, export_to[1], export_to[0])
+    say(f"exported step {step} as {export_to[1]}: {', '.join(written)}")
+    return None
   if mode == "index":
     path = retrieval_cli.build_index_for_workdir(exp)
     print(f"indexes: {path} (images), {path}_text (captions)")

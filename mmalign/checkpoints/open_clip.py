@@ -32,7 +32,7 @@ _RENAMED = {"visual.conv1.weight": "vision_model.embeddings.patch_embedding.weig
             "ln_final.weight": "text_model.final_layer_norm.weight",
             "ln_final.bias": "text_model.final_layer_norm.bias",
             "logit_scale": "logit_scale"}
-_TRANSPOSED = {"visual.proj": "visual_projection.weight",
+TRANSPOSED = {"visual.proj": "visual_projection.weight",
                "text_projection": "text_projection.weight"}
 _BLOCK_MODULES = {"ln_1": "layer_norm1", "ln_2": "layer_norm2",
                   "attn.out_proj": "self_attn.out_proj", "mlp.c_fc": "mlp.fc1",
@@ -53,8 +53,8 @@ def clip_names(name: str, value: np.ndarray) -> dict[str, np.ndarray]:
   a tensor with no CLIPModel counterpart, such as the `attn_mask` buffer)."""
   if name in _RENAMED:
     return {_RENAMED[name]: value}
-  if name in _TRANSPOSED:
-    return {_TRANSPOSED[name]: np.ascontiguousarray(value.T)}
+  if name in TRANSPOSED:
+    return {TRANSPOSED[name]: np.ascontiguousarray(value.T)}
   for prefix, clip_prefix in _TOWER_PREFIXES:
     if not name.startswith(prefix):
       continue

@@ -121,6 +121,16 @@ class PretrainedTokenizer:
       return self._processor.encode(self.normalize(text), out_type=str)
     return self._tokenizer.encode(self.normalize(text), add_special_tokens=False).tokens
 
+  def published_file(self, directory: str) -> str:
+    """Writes the tokenizer as its reference reads it (tokenizer.json, or spiece.model for
+    SentencePiece) into `directory`; returns the file's name."""
+    if self._kind == "sentencepiece":
+      utils.write_atomic(os.path.join(directory, SENTENCEPIECE_FILE),
+                         base64.b64decode(self._model))
+      return SENTENCEPIECE_FILE
+    utils.write_atomic(os.path.join(directory, HF_FILE), self._model.encode("utf-8"))
+    return HF_FILE
+
   def save(self, directory: str) -> None:
     """The settings, then the tokenizer (what `exists` checks), each atomically."""
     os.makedirs(directory, exist_ok=True)
