@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,9 @@ from mmalign.errors import UsageError
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """A scalar config key: its type, the values allowed, and its default if absent."""
-  kind: str  # "int", "float", "bool", "str", "choice", "ints" (a tuple of ints).
+  # "int", "float", "bool", "str", "choice", "ints" (a tuple of ints), "scales" (a tuple of
+  # (regex, number) pairs, maybe empty; the numbers within low/high).
+  kind: str
   low: float | None = None  # Inclusive; for "ints", of each item.
   high: float | None = None  # Exclusive unless `high_included`.
   high_included: bool = False
@@ -103,6 +106,7 @@ RULES: dict[str, Rule] = {
     "retrieval.num_leaves_to_search": Rule("int", low=1, optional=True, required=False),
     "retrieval.reorder": Rule("int", low=0, default=100, required=False),
     "retrieval.example_query": Rule("str"),
+    "train.learning_rate_multipliers": Rule("scales", low=0.0, default=(), required=False),
     "init.checkpoint": Rule("str", optional=True, required=False),
     "init.format": Rule("choice", choices=_names("mmalign.checkpoints.importers:IMPORTERS"),
                         optional=True, required=False),
@@ -144,7 +148,8 @@ def _describe(rule: Rule) -> str:
   if rule.high is not None:
     bounds.append(f"{'<=' if rule.high_included else '<'} {_number(rule.high)}")
   what = {"int": "an integer", "float": "a finite number", "bool": "True or False",
-          "str": "a non-empty string", "ints": "a non-empty tuple of integers"}[rule.kind]
+          "str": "a non-empty string", "ints": "a non-empty tuple of integers",
+          "scales": "a tuple of (regex, number) pairs, each number"}[rule.kind]
   return " ".join([what, " and ".join(bounds)]).strip() + (" or None" if rule.optional else "")
 
 
@@ -164,7 +169,21 @@ def _valid(rule: Rule, x) -> bool:
   if rule.kind == "ints":
     items = tuple(x) if isinstance(x, (tuple, list)) else None
     return bool(items) and all(_in_range(rule, i, integer=True) for i in items)
+  if rule.kind == "scales":
+    return isinstance(x, (tuple, list)) and all(
+        isinstance(pair, (tuple, list)) and len(pair) == 2 and _is_regex(pair[0])
+        and _in_range(rule, pair[1], integer=False) for pair in x)
   return _in_range(rule, x, integer=rule.kind == "int")
+
+
+def _is_regex(x) -> bool:
+  if not isinstance(x, str) or not x:
+    return False
+  try:
+    re.compile(x)
+  except re.error:
+    return False
+  return True
 
 
 def _in_range(rule: Rule, x, *, integer: bool) -> bool:

@@ -106,6 +106,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Regexes over parameter paths ("text_tower/embed/embedding") that get no update and
   # no weight decay, e.g. ("text_tower/embed",) with model.text_kwargs.*.init_embeddings.
   c.train.frozen = ()
+  # (regex, multiplier) pairs: parameters whose path a regex matches (the first that does)
+  # learn at that multiple of the learning rate, e.g. (("image_tower", 0.1),) to fine-tune
+  # a pretrained tower gently.
+  c.train.learning_rate_multipliers = ()
   # Device mesh, -1 = all remaining devices. The batch is split over data × fsdp; arrays of
   # >= fsdp_min_size elements (parameters and their Adam moments) are split over fsdp.
   c.train.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})

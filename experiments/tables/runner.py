@@ -50,7 +50,7 @@ NEUTRAL_DEFAULTS: dict[str, object] = {
     **{key: settings.RULES[key].default for key in ("data.sampling", "train.gradient_cache_loop")},
     "init": {"checkpoint": None, "format": None, "tokenizer": None},  # Trained from scratch.
     "model.text_kwargs.clip_text": {"width": 256, "depth": 2, "heads": 4},
-    "data.image_size": None}
+    "data.image_size": None, "train.learning_rate_multipliers": ()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,9 +58,27 @@ def _adam_moments_in(dtype, *, b1: float, b2: float) -> optax.GradientTransforma
   return optax.GradientTransformation(init, adam.update)
 
 
+def scale_by_path(multipliers: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
+  """Each update times the multiplier of the first (regex, multiplier) whose regex matches
+  the parameter's path (1 when none does): a learning rate per parameter group, e.g. a
+  lower one for pretrained towers. Stateless."""
+  compiled = [(re.compile(pattern), float(multiplier)) for pattern, multiplier in multipliers]
+
+  def factor(path) -> float:
+    name = param_path(path)
+    return next((m for pattern, m in compiled if pattern.search(name)), 1.0)
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(lambda path, u: u * factor(path), updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def adamw(schedule: optax.Schedule, *, weight_decay: float, b1: float = 0.9, b2: float = 0.98,
           grad_clip_norm: float | None = 1.0, frozen: tuple[str, ...] = (),
-          moments_dtype: str = "float32") -> optax.GradientTransformation:
+          moments_dtype: str = "float32",
+          learning_rate_multipliers: tuple[tuple[str, float], ...] = ()
+          ) -> optax.GradientTransformation:
   """AdamW; parameters matching a `frozen` regex get no update at all (no weight decay).
 
   Frozen parameters are left out of the gradient-norm clipping too, so freezing
@@ -69,6 +87,9 @@ def adamw(schedule: optax.Schedule, *, weight_decay: float, b1: float = 0.9, b2:
   moments_dtype (`train.optimizer_moments_dtype`): "bfloat16" stores Adam's
   two moments in bfloat16, halving the optimizer's memory; the parameters
   (master weights) stay float32. The state has the same tree either way.
+  learning_rate_multipliers (`train.learning_rate_multipliers`): `scale_by_path` after
+  AdamW, so a group's learning rate and weight decay both scale; absent when empty, so
+  checkpoints of runs without it keep their optimizer state's tree.
   """
   chain = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
   if moments_dtype == "float32":
@@ -79,6 +100,8 @@ def adamw(schedule: optax.Schedule, *, weight_decay: float, b1: float = 0.9, b2:
         _adam_moments_in(MOMENT_DTYPES[moments_dtype], b1=b1, b2=b2),
         optax.add_decayed_weights(weight_decay, _decay_mask),
         optax.scale_by_learning_rate(schedule)))
+  if learning_rate_multipliers:
+    chain.append(scale_by_path(tuple(learning_rate_multipliers)))
   trained = optax.chain(*chain)
   if not frozen:
     return trained

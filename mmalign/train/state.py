@@ -26,7 +26,11 @@ def optimizer(config):
                                     total_steps=tc.steps)
   return adamw(schedule, weight_decay=tc.weight_decay, grad_clip_norm=tc.grad_clip_norm,
                frozen=tuple(tc.get("frozen", ())),
-               moments_dtype=settings.value(config, "train.optimizer_moments_dtype")), schedule
+               moments_dtype=settings.value(config, "train.optimizer_moments_dtype"),
+               learning_rate_multipliers=tuple(
+                   tuple(pair) for pair in settings.value(config,
+                                                          "train.learning_rate_multipliers"))
+               ), schedule
 
 
 def init_train_state(exp: experiment_lib.Experiment) -> dict:

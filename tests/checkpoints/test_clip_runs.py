@@ -16,6 +16,7 @@ from mmalign import experiment as experiment_lib
 from mmalign import run as run_lib
 from mmalign.checkpoints import files
 from mmalign.errors import UsageError
+from mmalign.train import trainer
 from tests.checkpoints.runs import train_resumed_bitwise
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "pretrained")
@@ -128,3 +129,19 @@ def test_a_workdir_keeps_the_tokenizer_it_was_made_with(rgb_data_dir, tmp_path):
   config.text.max_length = 16
   with pytest.raises(UsageError, match="text.max_length=16 differs from the tokenizer"):
     experiment_lib.for_training(config, workdir)
+
+
+def test_fine_tuning_gives_the_loaded_tower_its_own_learning_rate(rgb_data_dir, tmp_path):
+  """train.learning_rate_multipliers: the imported image tower at 0× stays as loaded (weight
+  decay scaled too), at 1e-3× moves a little; the text tower learns at the full rate."""
+  path = os.path.join(FIXTURES, "open_clip_w32.safetensors")
+  config = tiny_clip_config(rgb_data_dir, path, os.path.join(FIXTURES, "clip_bpe_4k.txt.gz"))
+  config.train.steps = 3
+  reference = files.conv_kernel(files.read_safetensors(path)["visual.conv1.weight"])
+  moved = {}
+  for multiplier in (0.0, 1e-3):
+    config.train.learning_rate_multipliers = (("image_tower", multiplier),)
+    state = trainer.train(experiment_lib.for_training(config, str(tmp_path / str(multiplier))))
+    moved[multiplier] = np.abs(jax.device_get(
+        state["params"]["image_tower"]["patch_embed"]["kernel"]) - reference).max()
+  assert moved[0.0] == 0.0 < moved[1e-3]

@@ -1,5 +1,6 @@
 """Optimizer: warm-up + cosine schedule, decay mask, and frozen parameters."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -50,3 +51,28 @@ def test_a_tower_is_locked_only_when_every_parameter_of_it_is_frozen():
   assert locked_towers(params, ("image_tower/stem",)) == ()
   assert locked_towers(params, ("tower",)) == ("text_tower", "image_tower")
   assert locked_towers(params, ()) == ()
+
+
+def test_a_learning_rate_multiplier_is_that_groups_learning_rate_for_several_steps():
+  """(("text_tower", 0.1),) at learning rate 0.1 moves the table exactly as AdamW at 0.01
+  does (weight decay included), and the head as AdamW at 0.1; the first matching regex
+  wins."""
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
+                        _params())
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+           for _ in range(3)]
+
+  def run(optimizer):
+    state, current = optimizer.init(params), params
+    for grad in grads:
+      updates, state = optimizer.update(grad, state, current)
+      current = optax.apply_updates(current, updates)
+    return current
+  grouped = run(adamw(optax.constant_schedule(0.1), weight_decay=0.5, grad_clip_norm=None,
+                      learning_rate_multipliers=(("text_tower", 0.1), ("text", 7.0))))
+  slow = run(adamw(optax.constant_schedule(0.01), weight_decay=0.5, grad_clip_norm=None))
+  fast = run(adamw(optax.constant_schedule(0.1), weight_decay=0.5, grad_clip_norm=None))
+  np.testing.assert_allclose(grouped["text_tower"]["embed"]["embedding"],
+                             slow["text_tower"]["embed"]["embedding"], rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(grouped["head"]["kernel"], fast["head"]["kernel"])
