@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mmalign.checkpoints import Imported, files, glove, hf_clip, open_clip, torchvision
+from mmalign.checkpoints import (Imported, big_vision, files, glove, hf_clip, open_clip,
+                                 torchvision)
 from mmalign.data import pretrained_tokenizer
 from mmalign.errors import UsageError
 from mmalign.registry import Registry
@@ -30,6 +31,7 @@ IMPORTERS.register("torchvision_vgg")(torchvision.load_vgg)
 IMPORTERS.register("hf_clip")(hf_clip.load)
 IMPORTERS.register("hf_siglip")(hf_clip.load)
 IMPORTERS.register("open_clip")(open_clip.load)
+IMPORTERS.register("big_vision")(big_vision.load)
 
 # Formats a .safetensors file is recognised as, by its tensor names; at most one may claim it.
 RECOGNISED_BY_NAMES = {"torchvision_resnet": torchvision.is_resnet,
@@ -74,6 +76,8 @@ def format_of(init_config) -> str:
   suffix = os.path.splitext(path)[1].lower()
   if suffix in (".txt", ".vec"):
     return "glove"
+  if suffix == ".npz":
+    return "big_vision"
   if suffix == ".safetensors":
     names = files.tensor_names(path)
     claimed = [name for name, recognises in RECOGNISED_BY_NAMES.items() if recognises(names)]

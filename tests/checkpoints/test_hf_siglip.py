@@ -18,6 +18,7 @@ import pytest
 from experiments.configs import siglip
 from mmalign.checkpoints import hf_clip, importers
 from mmalign.data import pretrained_tokenizer
+from mmalign.errors import UsageError
 from mmalign.models.dual_encoder import DualEncoder
 from mmalign.models.heads import Projection
 from tests.checkpoints.test_hf_clip import FIXTURES, assert_close, count, towers
@@ -25,6 +26,7 @@ from tests.checkpoints.test_hf_clip import FIXTURES, assert_close, count, towers
 TINY = os.path.join(FIXTURES, "hf_siglip_w32.safetensors")
 TINY_IO = os.path.join(FIXTURES, "hf_siglip_w32_io.npz")
 SPIECE = os.path.join(FIXTURES, "siglip_spiece.model")
+BIG_VISION = os.path.join(FIXTURES, "big_vision_siglip_w32.npz")
 VOCAB = 41  # The tiny SentencePiece model's pieces.
 
 
@@ -42,17 +44,28 @@ def _init(path: str):
   return ml_collections.ConfigDict({"checkpoint": path, "format": None})
 
 
-def test_imported_weights_reproduce_transformers():
-  """The attention-pooled image features, both towers' last hidden states, the text head's
-  features and logits_per_text (scale and bias included)."""
-  io = np.load(TINY_IO, allow_pickle=False)
-  model = tiny_siglip()
+def _imported(model: DualEncoder, path: str) -> tuple[dict, list[str]]:
+  """(the model's variables with `path`'s weights, the printed mapping), after checking
+  that every array was placed and nothing is newly initialised."""
   variables = dict(model.init(jax.random.key(0), jnp.zeros((1, 12), jnp.int32),
                               jnp.zeros((1, 64, 64, 3))))
-  variables, lines = importers.initialise(variables, _init(TINY), tokenizer=None)
-  assert "(hf_siglip): loaded 92 tensors" in lines[0]
-  assert "newly initialised: 0 tensors" in lines[1]
+  variables, lines = importers.initialise(variables, _init(path), tokenizer=None)
+  assert "loaded 92 tensors" in lines[0] and "newly initialised: 0 tensors" in lines[1]
   assert not any("ignored from the checkpoint" in line for line in lines)
+  return variables, lines
+
+
+@pytest.mark.parametrize("name", ["hf_siglip", "big_vision"])
+def test_imported_weights_reproduce_transformers(name):
+  """The attention-pooled image features, both towers' last hidden states, the text head's
+  features and logits_per_text (scale and bias included); from a SiglipModel file, and from
+  the same weights as big_vision's tree (transformers' conversion, reversed)."""
+  io = np.load(TINY_IO, allow_pickle=False)
+  model = tiny_siglip()
+  path = {"hf_siglip": TINY, "big_vision": BIG_VISION}[name]
+  assert importers.format_of(_init(path)) == name
+  variables, lines = _imported(model, path)
+  assert f"({name})" in lines[0]
   ids, images = io["token_ids"].astype(np.int32), io["images"]
   (text, text_sequence), (image, image_sequence) = towers(model, variables, ids, images)
   assert_close(image, io["image_features"])
@@ -109,3 +122,19 @@ def test_a_hugging_face_siglip_folder_brings_its_sentencepiece_model(tmp_path):
   assert pretrained_tokenizer.in_folder(str(tmp_path)) == str(tmp_path / "spiece.model")
   init = ml_collections.ConfigDict({"checkpoint": str(tmp_path), "tokenizer": None})
   assert importers.tokenizer_path(init) == str(tmp_path / "spiece.model")
+
+
+def test_a_big_vision_array_of_another_shape_is_named(tmp_path):
+  with np.load(BIG_VISION) as archive:
+    arrays = {name: archive[name] for name in archive.files}
+  arrays["params/img/MAPHead_0/MlpBlock_0/Dense_0/kernel"] = np.zeros((32, 48), np.float32)
+  path = str(tmp_path / "wide.npz")
+  np.savez(path, **arrays)
+  variables = dict(tiny_siglip().init(jax.random.key(0), jnp.zeros((1, 12), jnp.int32),
+                                      jnp.zeros((1, 64, 64, 3))))
+  with pytest.raises(UsageError, match=r"params/img/MAPHead_0/MlpBlock_0/Dense_0/kernel has "
+                     r"shape \(32, 48\) there and \(32, 64\) in this model"):
+    importers.initialise(variables, _init(path), tokenizer=None)
+  (tmp_path / "broken.npz").write_bytes(b"not a zip")
+  with pytest.raises(UsageError, match="is not a readable .npz file"):
+    importers.initialise(variables, _init(str(tmp_path / "broken.npz")), tokenizer=None)
