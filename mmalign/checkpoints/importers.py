@@ -11,6 +11,7 @@ the run can then print exactly what was loaded and what stays newly initialised.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 
@@ -110,6 +111,8 @@ def initialise(variables: dict, init_config, tokenizer) -> tuple[dict, list[str]
   """
   path, chosen = checkpoint_file(init_config), format_of(init_config)
   flat = traverse_util.flatten_dict(variables, sep="/")
+  if os.path.isdir(init_config.checkpoint):
+    check_heads(init_config.checkpoint, flat)
   # Importers see scanned layers (`blocks`, stacked) as the separate `block{i}` they map to.
   unstacked = traverse_util.unflatten_dict(unstack_layers(flat), sep="/")
   imported: Imported = IMPORTERS.get(chosen)(path, unstacked, tokenizer)
@@ -134,6 +137,29 @@ def initialise(variables: dict, init_config, tokenizer) -> tuple[dict, list[str]
                  f"{', '.join(imported.ignored)}")
   lines += [f"  {note}" for note in imported.notes]
   return traverse_util.unflatten_dict({**flat, **loaded}, sep="/"), lines
+
+
+# A Hugging Face config.json's towers, by this model's tower they load into.
+_HF_TOWER_CONFIGS = {"vision_config": "params/image_tower", "text_config": "params/text_tower"}
+
+
+def check_heads(folder: str, flat: dict) -> None:
+  """The attention heads of a Hugging Face folder's config.json against this model's (a
+  head count is no tensor's shape: other counts would load and compute something else).
+  Raises UsageError naming both; a folder without config.json is not checked."""
+  path = os.path.join(folder, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    config = json.load(f)
+  for section, tower in _HF_TOWER_CONFIGS.items():
+    heads = (config.get(section) or {}).get("num_attention_heads")
+    kernels = [v.shape for k, v in unstack_layers(flat).items()
+               if k.startswith(tower + "/block0/attention/query/kernel")]
+    if heads is not None and kernels and kernels[0][1] != heads:
+      raise UsageError(f"init.checkpoint {folder!r}: its config.json has {section}."
+                       f"num_attention_heads={heads}, this model's {tower.split('/')[1]} "
+                       f"{kernels[0][1]}; set the encoder's heads to {heads}")
 
 
 _LAYER = re.compile(r"(.*)/block(\d+)/(.*)")

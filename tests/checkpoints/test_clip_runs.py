@@ -4,10 +4,12 @@ The tiny fixture CLIP (tests/fixtures/pretrained/generate.py: 64 px, patch 16, t
 tokenizer fixture's vocabulary) on the built-in shapes/tiny dataset (64 px RGB).
 """
 
+import json
 import os
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -145,3 +147,21 @@ def test_fine_tuning_gives_the_loaded_tower_its_own_learning_rate(rgb_data_dir, 
     moved[multiplier] = np.abs(jax.device_get(
         state["params"]["image_tower"]["patch_embed"]["kernel"]) - reference).max()
   assert moved[0.0] == 0.0 < moved[1e-3]
+
+
+def test_a_folders_head_count_must_match_the_model(hf_folder, tmp_path):
+  """Heads are in config.json, not in any tensor's shape: 8 heads of width 4 load as well
+  as 4 of width 8 and compute something else, so the count is checked."""
+  from mmalign.checkpoints import importers  # pylint: disable=import-outside-toplevel
+  from tests.checkpoints.test_hf_clip import (  # pylint: disable=import-outside-toplevel
+      dual_variables, tiny_dual_encoder)
+  folder = tmp_path / "hf"
+  shutil.copytree(hf_folder, folder)
+  (folder / "config.json").write_text(json.dumps(
+      {"vision_config": {"num_attention_heads": 8}, "text_config": {"num_attention_heads": 4}}))
+  init = ml_collections.ConfigDict({"checkpoint": str(folder), "format": None})
+  with pytest.raises(UsageError, match=r"vision_config.num_attention_heads=8, this model's "
+                     r"image_tower 4; set the encoder's heads to 8"):
+    importers.initialise(dual_variables(tiny_dual_encoder()), init, None)
+  (folder / "config.json").write_text(json.dumps({"vision_config": {"num_attention_heads": 4}}))
+  importers.initialise(dual_variables(tiny_dual_encoder()), init, None)
