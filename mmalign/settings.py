@@ -20,7 +20,7 @@ from mmalign.errors import UsageError
 class Rule:
   """A scalar config key: its type, the values allowed, and its default if absent."""
   # "int", "float", "bool", "str", "choice", "ints" (a tuple of ints), "scales" (a tuple of
-  # (regex, number) pairs, maybe empty; the numbers within low/high).
+  # (regex, number) pairs, maybe empty; the numbers within low/high), "templates" (prompts).
   kind: str
   low: float | None = None  # Inclusive; for "ints", of each item.
   high: float | None = None  # Exclusive unless `high_included`.
@@ -149,7 +149,9 @@ def _describe(rule: Rule) -> str:
     bounds.append(f"{'<=' if rule.high_included else '<'} {_number(rule.high)}")
   what = {"int": "an integer", "float": "a finite number", "bool": "True or False",
           "str": "a non-empty string", "ints": "a non-empty tuple of integers",
-          "scales": "a tuple of (regex, number) pairs, each number"}[rule.kind]
+          "scales": "a tuple of (regex, number) pairs, each number",
+          "templates": "a non-empty tuple of strings, each with a '{}' for the class name"
+          }[rule.kind]
   return " ".join([what, " and ".join(bounds)]).strip() + (" or None" if rule.optional else "")
 
 
@@ -169,6 +171,9 @@ def _valid(rule: Rule, x) -> bool:
   if rule.kind == "ints":
     items = tuple(x) if isinstance(x, (tuple, list)) else None
     return bool(items) and all(_in_range(rule, i, integer=True) for i in items)
+  if rule.kind == "templates":
+    return (isinstance(x, (tuple, list)) and bool(x)
+            and all(isinstance(t, str) and "{}" in t for t in x))
   if rule.kind == "scales":
     return isinstance(x, (tuple, list)) and all(
         isinstance(pair, (tuple, list)) and len(pair) == 2 and _is_regex(pair[0])
@@ -246,7 +251,9 @@ def _evaluator_types() -> dict:
 
 # Keys of a `config.evals` entry beside "type", "split" and "every_steps", by type.
 EVAL_OPTIONS = {"retrieval": {"ks": Rule("ints", low=1), "batch_size": Rule("int", low=1)},
-                "classification": {"batch_size": Rule("int", low=1)}}
+                "classification": {"batch_size": Rule("int", low=1)},
+                "zero_shot": {"label": Rule("str"), "templates": Rule("templates"),
+                              "batch_size": Rule("int", low=1)}}
 
 
 def _check_evals(config) -> None:
@@ -275,6 +282,9 @@ def _check_evals(config) -> None:
         raise UsageError(f"{where}.{key}={x!r} is not allowed; it must be {_describe(rule)}")
     if kind == "classification" and not value(config, "task.label"):
       raise UsageError(f"{where}: a 'classification' evaluator needs task.label")
+    if kind == "zero_shot" and "label" not in block:
+      raise UsageError(f"{where}: a 'zero_shot' evaluator needs a label (a class-label "
+                       "feature of the dataset)")
 
 
 def check_with_dataset(config):
@@ -297,3 +307,7 @@ def check_dataset(config, builder) -> None:
     if split not in splits:
       raise UsageError(f"{key}={split!r}: dataset {builder.name}/{builder.builder_config.name} "
                        f"has no such split; available: {', '.join(splits)}")
+  from mmalign.data import sources  # pylint: disable=import-outside-toplevel
+  for name, block in (evals.items() if found and evals is not None else ()):
+    if block.get("type") == "zero_shot":
+      sources.class_names(builder, block["label"], config_key=f"evals.{name}.label")
