@@ -143,6 +143,8 @@ TINY = f"--config={os.path.join(ROOT, 'experiments', 'configs', 'tiny.py')}"
     ([TINY, "--config.model.text_encoder=bogus"], "model.text_encoder='bogus'"),
     ([TINY, "--config.loss.name=bogus"], "loss.name='bogus'"),
     ([TINY, "--mode=search", "--query=\udcff"], "--query"),
+    ([TINY, "--mode=export"], "--mode=export needs --export_dir"),
+    ([TINY, "--mode=export", "--export_dir=x", "--export_layout=onnx"], "--export_layout"),
 ])
 def test_launcher_refuses_at_once_with_one_line_and_writes_nothing(args, culprit, tiny_data_dir,
                                                                    tmp_path):

@@ -122,14 +122,14 @@ def test_vectors_of_another_width_name_the_tensor_and_both_shapes(exp, tmp_path)
 
 @pytest.mark.parametrize("name, init, named", [
     ("missing.txt", {"format": None}, "init.checkpoint='.*missing.txt' does not exist"),
-    ("vectors.npz", {"format": None}, "cannot tell its format from .npz suffix; set "
-                                      "init.format to one of glove"),
+    ("vectors.h5", {"format": None}, "cannot tell its format from .h5 suffix; set "
+                                      "init.format to one of big_vision"),
     ("vectors.bin", {"format": None}, "is a PyTorch file; convert it to safetensors"),
     ("vectors.txt", {"format": "safetensors"}, "init.format='safetensors' is not allowed"),
 ])
 def test_the_config_is_checked_before_any_work(tmp_path, name, init, named):
   (tmp_path / "vectors.bin").write_text("a 1\n")
-  (tmp_path / "vectors.npz").write_text("a 1\n")
+  (tmp_path / "vectors.h5").write_text("a 1\n")
   (tmp_path / "vectors.txt").write_text("a 1\n")
   config = tiny.get_config()
   config.init.update({"checkpoint": str(tmp_path / name), **init})
