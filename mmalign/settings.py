@@ -20,7 +20,8 @@ from mmalign.errors import UsageError
 class Rule:
   """A scalar config key: its type, the values allowed, and its default if absent."""
   # "int", "float", "bool", "str", "choice", "ints" (a tuple of ints), "scales" (a tuple of
-  # (regex, number) pairs, maybe empty; the numbers within low/high), "templates" (prompts).
+  # (regex, number) pairs, maybe empty; the numbers within low/high), "floats" (a tuple of
+  # numbers), "templates" (prompts).
   kind: str
   low: float | None = None  # Inclusive; for "ints", of each item.
   high: float | None = None  # Exclusive unless `high_included`.
@@ -150,8 +151,8 @@ def _describe(rule: Rule) -> str:
   what = {"int": "an integer", "float": "a finite number", "bool": "True or False",
           "str": "a non-empty string", "ints": "a non-empty tuple of integers",
           "scales": "a tuple of (regex, number) pairs, each number",
-          "templates": "a non-empty tuple of strings, each with a '{}' for the class name"
-          }[rule.kind]
+          "templates": "a non-empty tuple of strings, each with a '{}' for the class name",
+          "floats": "a non-empty tuple of numbers, each"}[rule.kind]
   return " ".join([what, " and ".join(bounds)]).strip() + (" or None" if rule.optional else "")
 
 
@@ -171,6 +172,9 @@ def _valid(rule: Rule, x) -> bool:
   if rule.kind == "ints":
     items = tuple(x) if isinstance(x, (tuple, list)) else None
     return bool(items) and all(_in_range(rule, i, integer=True) for i in items)
+  if rule.kind == "floats":
+    items = tuple(x) if isinstance(x, (tuple, list)) else None
+    return bool(items) and all(_in_range(rule, i, integer=False) for i in items)
   if rule.kind == "templates":
     return (isinstance(x, (tuple, list)) and bool(x)
             and all(isinstance(t, str) and "{}" in t for t in x))
@@ -253,7 +257,10 @@ def _evaluator_types() -> dict:
 EVAL_OPTIONS = {"retrieval": {"ks": Rule("ints", low=1), "batch_size": Rule("int", low=1)},
                 "classification": {"batch_size": Rule("int", low=1)},
                 "zero_shot": {"label": Rule("str"), "templates": Rule("templates"),
-                              "batch_size": Rule("int", low=1)}}
+                              "batch_size": Rule("int", low=1)},
+                "linear_probe": {"label": Rule("str"), "weight_decays": Rule("floats", low=0.0),
+                                 "train_split": Rule("str"), "validation_split": Rule("str"),
+                                 "steps": Rule("int", low=1), "batch_size": Rule("int", low=1)}}
 
 
 def _check_evals(config) -> None:
@@ -282,8 +289,8 @@ def _check_evals(config) -> None:
         raise UsageError(f"{where}.{key}={x!r} is not allowed; it must be {_describe(rule)}")
     if kind == "classification" and not value(config, "task.label"):
       raise UsageError(f"{where}: a 'classification' evaluator needs task.label")
-    if kind == "zero_shot" and "label" not in block:
-      raise UsageError(f"{where}: a 'zero_shot' evaluator needs a label (a class-label "
+    if kind in ("zero_shot", "linear_probe") and "label" not in block:
+      raise UsageError(f"{where}: a {kind!r} evaluator needs a label (a class-label "
                        "feature of the dataset)")
 
 
@@ -309,5 +316,10 @@ def check_dataset(config, builder) -> None:
                        f"has no such split; available: {', '.join(splits)}")
   from mmalign.data import sources  # pylint: disable=import-outside-toplevel
   for name, block in (evals.items() if found and evals is not None else ()):
-    if block.get("type") == "zero_shot":
+    if block.get("type") in ("zero_shot", "linear_probe"):
       sources.class_names(builder, block["label"], config_key=f"evals.{name}.label")
+    for role in ("train_split", "validation_split"):
+      if role in block and block[role] not in splits:
+        raise UsageError(f"evals.{name}.{role}={block[role]!r}: dataset {builder.name}/"
+                         f"{builder.builder_config.name} has no such split; available: "
+                         f"{', '.join(splits)}")

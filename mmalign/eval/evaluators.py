@@ -19,12 +19,13 @@ from typing import Any
 
 from mmalign import experiment as experiment_lib
 from mmalign.eval import classification_evaluator, evaluator as retrieval_evaluator
-from mmalign.eval import zero_shot_evaluator
+from mmalign.eval import linear_probe_evaluator, zero_shot_evaluator
 from mmalign.utils import say
 
 EVALUATORS = {"retrieval": retrieval_evaluator.RetrievalEvaluator,
               "classification": classification_evaluator.ClassificationEvaluator,
-              "zero_shot": zero_shot_evaluator.ZeroShotEvaluator}
+              "zero_shot": zero_shot_evaluator.ZeroShotEvaluator,
+              "linear_probe": linear_probe_evaluator.LinearProbeEvaluator}
 
 
 @dataclasses.dataclass(frozen=True)

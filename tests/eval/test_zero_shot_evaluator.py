@@ -34,14 +34,8 @@ def test_top_k_and_per_class_accuracy_match_sklearn():
       sk.balanced_accuracy_score(labels, predictions))
 
 
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("tfds_shapes"))
-  sources.ensure_built(sources.get_builder("shapes", "tiny", data_dir))
-  return data_dir
-
-
-def _config(data_dir: str):
+def shapes_config(data_dir: str):
+  """The tiny config on shapes/tiny, with a zero-shot evaluator of `shape1`."""
   config = tiny.get_config()
   config.data.update(name="shapes", config="tiny", data_dir=data_dir,
                      image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
@@ -53,7 +47,7 @@ def _config(data_dir: str):
 def test_the_evaluator_matches_an_independent_computation(shapes_dir, tmp_path):
   """A trained tiny model's zero-shot shape accuracy on shapes/tiny: the prompt ensemble
   computed here by hand (embed, normalise, average, normalise), scored by scikit-learn."""
-  config = _config(shapes_dir)
+  config = shapes_config(shapes_dir)
   outcome = run_lib.execute(config, str(tmp_path), "all")
   results = outcome.results["shape"]
   assert os.path.exists(tmp_path / "eval_test_zero_shot_shape1.json")
@@ -96,7 +90,7 @@ def test_bad_declarations_are_refused_before_any_work(block, message):
 
 
 def test_a_label_the_dataset_lacks_is_named(shapes_dir):
-  config = _config(shapes_dir)
+  config = shapes_config(shapes_dir)
   config.evals.shape.label = "colour"
   with pytest.raises(UsageError, match="evals.shape.label='colour' is not a class-label "
                      "feature of shapes/tiny"):
