@@ -21,12 +21,10 @@ from mmalign.checkpoints import hf_clip, importers, open_clip
 from mmalign.errors import UsageError
 
 LAYOUTS = ("hf_clip", "open_clip")
+# How a parameter goes back to its source tensor of shape `source`, by `hf_clip.KINDS` kind;
+# the kinds missing here are plain reshapes.
 _INVERSE = {
     "copy": lambda p, source: p,
-    "reshape": lambda p, source: p.reshape(source),
-    "scalar": lambda p, source: p.reshape(source),
-    "cls": lambda p, source: p.reshape(source),
-    "positions": lambda p, source: p.reshape(source),
     "conv": lambda p, source: np.transpose(p, (3, 2, 0, 1)),
     "linear": lambda p, source: p.reshape(source[1], source[0]).T,
     "linear_out": lambda p, source: p.reshape(source[1], source[0]).T,
@@ -51,7 +49,8 @@ def hf_tensors(variables: dict, siglip: bool) -> dict[str, np.ndarray]:
       continue
     source = (1,) if kind == "scalar" and siglip else hf_clip.source_shape(kind,
                                                                            flat[target].shape)
-    out[name] = np.array(_INVERSE[kind](flat[target], source), order="C")  # 0-d stays 0-d.
+    inverse = _INVERSE.get(kind, lambda p, shape: p.reshape(shape))
+    out[name] = np.array(inverse(flat[target], source), order="C")  # 0-d stays 0-d.
     placed.add(target)
   unplaced = sorted(set(flat) - placed)
   if unplaced:

@@ -188,11 +188,17 @@ def load(path: str, variables: dict, tokenizer) -> Imported:
   renamed = _with_prefixes(tensors)
   named, file_names = {}, {}
   for old, value in tensors.items():
-    parts = split_in_proj(renamed[old], value)
-    for new, part in parts.items():  # A third of an in_proj is named `...in_proj_weight[q]`.
-      named[new] = part
-      file_names[new] = old if len(parts) == 1 else f"{old}[{new.rsplit('.', 2)[-2][0]}]"
+    record(old, split_in_proj(renamed[old], value), named, file_names)
   return place(path, named, variables, file_names)
+
+
+def record(file_name: str, parts: dict[str, np.ndarray], named: dict, file_names: dict) -> None:
+  """Adds a file tensor's CLIPModel-named parts to `named` and their display names to
+  `file_names`: the file's name, or for a third of a fused in_proj `...in_proj_weight[q]`."""
+  for new, part in parts.items():
+    named[new] = part
+    file_names[new] = (file_name if len(parts) == 1
+                       else f"{file_name}[{new.rsplit('.', 2)[-2][0]}]")
 
 
 _IN_PROJ = re.compile(r"(.*)\.in_proj_(weight|bias)")

@@ -111,11 +111,12 @@ def initialise(variables: dict, init_config, tokenizer) -> tuple[dict, list[str]
   """
   path, chosen = checkpoint_file(init_config), format_of(init_config)
   flat = traverse_util.flatten_dict(variables, sep="/")
-  if os.path.isdir(init_config.checkpoint):
-    check_heads(init_config.checkpoint, flat)
   # Importers see scanned layers (`blocks`, stacked) as the separate `block{i}` they map to.
-  unstacked = traverse_util.unflatten_dict(unstack_layers(flat), sep="/")
-  imported: Imported = IMPORTERS.get(chosen)(path, unstacked, tokenizer)
+  unstacked = unstack_layers(flat)
+  if os.path.isdir(init_config.checkpoint):
+    check_heads(init_config.checkpoint, unstacked)
+  imported: Imported = IMPORTERS.get(chosen)(
+      path, traverse_util.unflatten_dict(unstacked, sep="/"), tokenizer)
   imported = Imported(stack_layers(imported.arrays, flat, path), imported.ignored,
                       imported.notes)
   for name, value in imported.arrays.items():
@@ -143,10 +144,11 @@ def initialise(variables: dict, init_config, tokenizer) -> tuple[dict, list[str]
 _HF_TOWER_CONFIGS = {"vision_config": "params/image_tower", "text_config": "params/text_tower"}
 
 
-def check_heads(folder: str, flat: dict) -> None:
+def check_heads(folder: str, unstacked: dict) -> None:
   """The attention heads of a Hugging Face folder's config.json against this model's (a
   head count is no tensor's shape: other counts would load and compute something else).
-  Raises UsageError naming both; a folder without config.json is not checked."""
+  Raises UsageError naming both; a folder without config.json is not checked.
+  unstacked: {path: array} with scanned layers apart (`unstack_layers`)."""
   path = os.path.join(folder, "config.json")
   if not os.path.exists(path):
     return
@@ -154,12 +156,11 @@ def check_heads(folder: str, flat: dict) -> None:
     config = json.load(f)
   for section, tower in _HF_TOWER_CONFIGS.items():
     heads = (config.get(section) or {}).get("num_attention_heads")
-    kernels = [v.shape for k, v in unstack_layers(flat).items()
-               if k.startswith(tower + "/block0/attention/query/kernel")]
-    if heads is not None and kernels and kernels[0][1] != heads:
+    kernel = unstacked.get(f"{tower}/block0/attention/query/kernel")  # [width, heads, dim]
+    if heads is not None and kernel is not None and kernel.shape[1] != heads:
       raise UsageError(f"init.checkpoint {folder!r}: its config.json has {section}."
                        f"num_attention_heads={heads}, this model's {tower.split('/')[1]} "
-                       f"{kernels[0][1]}; set the encoder's heads to {heads}")
+                       f"{kernel.shape[1]}; set the encoder's heads to {heads}")
 
 
 _LAYER = re.compile(r"(.*)/block(\d+)/(.*)")

@@ -79,9 +79,6 @@ def load(path: str, variables: dict, tokenizer) -> Imported:
     renamed = clip_names(name, value)
     if not renamed:
       unplaced.append(name)
-    for clip_name, array in renamed.items():
-      tensors[clip_name] = array
-      part = re.search(r"\.([qkv])_proj\.", clip_name) if "in_proj" in name else None
-      file_names[clip_name] = f"{name}[{part[1]}]" if part else name
+    hf_clip.record(name, renamed, tensors, file_names)
   imported = hf_clip.place(path, tensors, variables, file_names)
   return Imported(imported.arrays, imported.ignored + tuple(unplaced), imported.notes)

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from mmalign import utils
-from mmalign.data.tokenizer import PAD_ID, TextSettings
+from mmalign.data.tokenizer import PAD_ID, SETTINGS_FILE, TextSettings
 from mmalign.errors import UsageError
 
 FILE = "pretrained_tokenizer.json"
@@ -134,14 +134,12 @@ class PretrainedTokenizer:
   def save(self, directory: str) -> None:
     """The settings, then the tokenizer (what `exists` checks), each atomically."""
     os.makedirs(directory, exist_ok=True)
-    from mmalign.data.tokenizer import SETTINGS_FILE  # pylint: disable=import-outside-toplevel
     utils.write_json(os.path.join(directory, SETTINGS_FILE), {"max_length":
                                                               self.settings.max_length})
     utils.write_atomic(os.path.join(directory, FILE), self.model_proto)
 
   @classmethod
   def load(cls, directory: str) -> "PretrainedTokenizer":
-    from mmalign.data.tokenizer import SETTINGS_FILE  # pylint: disable=import-outside-toplevel
     with open(os.path.join(directory, FILE), encoding="utf-8") as f:
       saved = json.load(f)
     with open(os.path.join(directory, SETTINGS_FILE), encoding="utf-8") as f:
