@@ -215,11 +215,13 @@ def embed_texts(experiment: Experiment, variables, texts: list[str], batch_size:
                           experiment.tokenizer.encode(texts), batch_size)
 
 
-def embed_images(experiment: Experiment, variables, source, batch_size: int = 512):
-  """Embeds a whole split in order: [len(source), embed_dim] float32 numpy."""
-  if not len(source):
+def embed_images(experiment: Experiment, variables, source, batch_size: int = 512,
+                 indices: np.ndarray | None = None):
+  """Embeds a split's examples at `indices` (default: all, in order): [n, embed_dim]."""
+  indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+  if not len(indices):
     return np.zeros((0, experiment.model.embed_dim), np.float32)
-  return apply_in_batches(experiment, "embed_image", variables, np.arange(len(source)),
+  return apply_in_batches(experiment, "embed_image", variables, indices,
                           batch_size, prepare=lambda indices: split_images(experiment, source,
                                                                            indices))
 
@@ -232,7 +234,8 @@ def embed_image_array(experiment: Experiment, variables, images: np.ndarray,
 
 def split_images(experiment: Experiment, source, indices: np.ndarray) -> np.ndarray:
   """The split's images at indices, decoded and normalised: [len(indices), h, w, c] float32."""
-  return experiment.normalization(pipeline.decode_images(source, indices))
+  return experiment.normalization(pipeline.decode_images(source, indices,
+                                                         experiment.normalization.size))
 
 
 def batch_rows(total: int, batch_size: int, multiple: int) -> int:

@@ -21,7 +21,7 @@ class Rule:
   """A scalar config key: its type, the values allowed, and its default if absent."""
   # "int", "float", "bool", "str", "choice", "ints" (a tuple of ints), "scales" (a tuple of
   # (regex, number) pairs, maybe empty; the numbers within low/high), "floats" (a tuple of
-  # numbers), "templates" (prompts).
+  # numbers), "templates" (prompts), "strmap" (names to non-empty strings or None: unset).
   kind: str
   low: float | None = None  # Inclusive; for "ints", of each item.
   high: float | None = None  # Exclusive unless `high_included`.
@@ -47,14 +47,19 @@ def _kernel_impls() -> tuple:
 
 
 RULES: dict[str, Rule] = {
-    "data.name": Rule("choice", choices=_names("mmalign.data.sources:DATASETS")),
-    "data.config": Rule("str"),
+    "data.name": Rule("str"),  # A built-in dataset, else one prepared in data.data_dir.
+    "data.features": Rule("strmap", default={}, required=False),
+    "data.splits": Rule("strmap", default={}, required=False),
+    "data.config": Rule("str", optional=True),  # None: a dataset without configs.
     "data.data_dir": Rule("str", optional=True),
     "data.max_shift": Rule("int", low=0),
     "data.noisy_pair_fraction": Rule("float", low=0.0, high=1.0, default=0.0, required=False),
     "data.sampling": Rule("choice", choices=_names("mmalign.data.sampling:SAMPLINGS"),
                           default="captions", required=False),
     "data.image_size": Rule("int", low=1, optional=True, default=None, required=False),
+    "data.random_crop_min_area": Rule("float", low=0.01, high=1.0, high_included=True,
+                                      optional=True, default=None, required=False),
+    "data.random_flip": Rule("bool", default=False, required=False),
     "text.vocab_size": Rule("int", low=8),
     "text.max_length": Rule("int", low=1),
     "text.lowercase": Rule("bool"),
@@ -152,7 +157,8 @@ def _describe(rule: Rule) -> str:
           "str": "a non-empty string", "ints": "a non-empty tuple of integers",
           "scales": "a tuple of (regex, number) pairs, each number",
           "templates": "a non-empty tuple of strings, each with a '{}' for the class name",
-          "floats": "a non-empty tuple of numbers, each"}[rule.kind]
+          "floats": "a non-empty tuple of numbers, each",
+          "strmap": "a mapping of names to non-empty strings or None"}[rule.kind]
   return " ".join([what, " and ".join(bounds)]).strip() + (" or None" if rule.optional else "")
 
 
@@ -178,6 +184,10 @@ def _valid(rule: Rule, x) -> bool:
   if rule.kind == "templates":
     return (isinstance(x, (tuple, list)) and bool(x)
             and all(isinstance(t, str) and "{}" in t for t in x))
+  if rule.kind == "strmap":
+    return hasattr(x, "items") and all(
+        isinstance(k, str) and (v is None or isinstance(v, str) and v.strip())
+        for k, v in x.items())
   if rule.kind == "scales":
     return isinstance(x, (tuple, list)) and all(
         isinstance(pair, (tuple, list)) and len(pair) == 2 and _is_regex(pair[0])
@@ -215,7 +225,8 @@ def check(config) -> None:
         raise UsageError(f"config key {key} is missing; it must be {_describe(rule)}")
       continue
     if not _valid(rule, x):
-      raise UsageError(f"{key}={x!r} is not allowed; it must be {_describe(rule)}")
+      shown = x.to_dict() if hasattr(x, "to_dict") else x  # A ConfigDict prints in lines.
+      raise UsageError(f"{key}={shown!r} is not allowed; it must be {_describe(rule)}")
   _check_combinations(config)
 
 
@@ -257,6 +268,7 @@ def _evaluator_types() -> dict:
 EVAL_OPTIONS = {"retrieval": {"ks": Rule("ints", low=1), "batch_size": Rule("int", low=1)},
                 "classification": {"batch_size": Rule("int", low=1)},
                 "zero_shot": {"label": Rule("str"), "templates": Rule("templates"),
+                              "templates_file": Rule("str"), "class_names_file": Rule("str"),
                               "batch_size": Rule("int", low=1)},
                 "linear_probe": {"label": Rule("str"), "weight_decays": Rule("floats", low=0.0),
                                  "train_split": Rule("str"), "validation_split": Rule("str"),
@@ -297,15 +309,42 @@ def _check_evals(config) -> None:
 def check_with_dataset(config):
   """`check_dataset` on the config's dataset, built first if missing; returns the builder."""
   from mmalign.data import sources  # pylint: disable=import-outside-toplevel
-  builder = sources.get_builder(config.data.name, config.data.config, config.data.data_dir)
+  features, splits = ({k: v for k, v in value(config, key).items() if v is not None}
+                      for key in ("data.features", "data.splits"))
+  builder = sources.get_builder(config.data.name, config.data.config, config.data.data_dir,
+                                features=features, splits=splits)
   sources.ensure_built(builder)
   check_dataset(config, builder)
   return builder
 
 
+def _check_prompt_files(where: str, block, num_classes: int) -> None:
+  """A zero-shot evaluator's class-name file names every class; its templates hold '{}'."""
+  from mmalign.utils import read_lines  # pylint: disable=import-outside-toplevel
+  if "templates" in block and "templates_file" in block:
+    raise UsageError(f"{where}: give templates or templates_file, not both")
+  if "templates_file" in block:
+    templates = read_lines(block["templates_file"], f"{where}.templates_file")
+    if not _valid(Rule("templates"), templates):
+      bad = next(t for t in templates if "{}" not in t)
+      raise UsageError(f"{where}.templates_file: template {bad!r} has no '{{}}' for the "
+                       "class name")
+  if "class_names_file" in block:
+    names = read_lines(block["class_names_file"], f"{where}.class_names_file")
+    if len(names) != num_classes:
+      raise UsageError(f"{where}.class_names_file={block['class_names_file']!r} holds "
+                       f"{len(names)} names for the {num_classes} classes of "
+                       f"{block['label']!r} (one per line, in label order)")
+
+
 def check_dataset(config, builder) -> None:
-  """The checks that need the built dataset: the splits and the task label exist."""
+  """The checks that need the built dataset: the splits and the task label exist, and
+  images of varying size have a size to become."""
   splits = list(builder.info.splits)
+  height, width, _ = builder.info.features["image"].shape
+  if (height is None or width is None) and not value(config, "data.image_size"):
+    raise UsageError(f"dataset {config.data.name}'s images vary in size: set data.image_size "
+                     "(e.g. 224) to resize and crop them to one")
   found, evals = _lookup(config, "evals")
   declared = [(f"evals.{name}.split", block["split"]) for name, block in
               (evals.items() if found and evals is not None else ()) if "split" in block]
@@ -317,7 +356,8 @@ def check_dataset(config, builder) -> None:
   from mmalign.data import sources  # pylint: disable=import-outside-toplevel
   for name, block in (evals.items() if found and evals is not None else ()):
     if block.get("type") in ("zero_shot", "linear_probe"):
-      sources.class_names(builder, block["label"], config_key=f"evals.{name}.label")
+      classes = sources.class_names(builder, block["label"], config_key=f"evals.{name}.label")
+      _check_prompt_files(f"evals.{name}", block, len(classes))
     for role in ("train_split", "validation_split"):
       if role in block and block[role] not in splits:
         raise UsageError(f"evals.{name}.{role}={block[role]!r}: dataset {builder.name}/"

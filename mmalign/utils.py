@@ -66,3 +66,17 @@ def _ready(x):
   import sys  # pylint: disable=import-outside-toplevel
   jax = sys.modules.get("jax")
   return jax.block_until_ready(x) if jax is not None else x
+
+
+def read_lines(path: str, config_key: str) -> list[str]:
+  """The non-empty lines of a text file (class names, prompt templates), stripped;
+  UsageError naming `config_key` when it is missing or empty."""
+  from mmalign.errors import UsageError  # pylint: disable=import-outside-toplevel
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = [line.strip() for line in f if line.strip()]
+  except OSError as e:
+    raise UsageError(f"{config_key}={path!r} cannot be read: {e.strerror}") from None
+  if not lines:
+    raise UsageError(f"{config_key}={path!r} holds no lines")
+  return lines

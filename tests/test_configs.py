@@ -22,6 +22,8 @@ CONFIGS = sorted(os.path.basename(p)[:-3]
 
 
 def _runs(config, image_shape=None):
+  if image_shape is None and config.data.name not in sources.DATASETS.names():
+    image_shape = (config.data.image_size, config.data.image_size, 3)  # A prepared dataset.
   if image_shape is None:
     builder = sources.get_builder(config.data.name, config.data.config)
     image_shape = builder.info.features["image"].shape  # Known without building.
@@ -41,7 +43,8 @@ def test_there_are_configs():
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow)
-                                  if name in ("clip", "siglip") else name
+                                  if name in ("clip", "siglip", "coco_lit", "zero_shot_imagenet")
+                                  else name
                                   for name in CONFIGS])  # Published sizes: ViT-B.
 def test_config_builds_and_runs_its_model(name):
   _runs(importlib.import_module(f"experiments.configs.{name}").get_config())

@@ -25,6 +25,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # published CLIP weights; None: the dataset's own size.
   c.data.image_size = ml_collections.FieldReference(None, field_type=int)
   c.data.max_shift = 0  # Random translation in pixels (training only).
+  # Training only: a random crop of this share of the area or more, resized (None: off),
+  # and a random horizontal flip.
+  c.data.random_crop_min_area = ml_collections.FieldReference(None, field_type=float)
+  c.data.random_flip = False
+  # A data.name that is not built in is a TFDS dataset prepared in data.data_dir
+  # (mmalign/data/external.py): which feature is the image, the caption(s), the group
+  # (None: the defaults), and the TFDS split expression of each split (None: its own name).
+  none = lambda: ml_collections.FieldReference(None, field_type=str)  # noqa: E731
+  c.data.features = ml_collections.ConfigDict({"image": none(), "caption": none(),
+                                               "group": none()})
+  c.data.splits = ml_collections.ConfigDict({"train": none(), "validation": none(),
+                                             "test": none()})
   # Share of every training batch whose caption is paired with another row's image.
   c.data.noisy_pair_fraction = 0.0
   # How a training batch is drawn (mmalign/data/sampling.py): "captions", one image per

@@ -50,7 +50,10 @@ NEUTRAL_DEFAULTS: dict[str, object] = {
     **{key: settings.RULES[key].default for key in ("data.sampling", "train.gradient_cache_loop")},
     "init": {"checkpoint": None, "format": None, "tokenizer": None},  # Trained from scratch.
     "model.text_kwargs.clip_text": {"width": 256, "depth": 2, "heads": 4},
-    "data.image_size": None, "train.learning_rate_multipliers": ()}
+    "data.image_size": None, "train.learning_rate_multipliers": (),
+    "data.random_crop_min_area": None, "data.random_flip": False,
+    "data.features": {"image": None, "caption": None, "group": None},
+    "data.splits": {"train": None, "validation": None, "test": None}}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,16 @@ class SplitIndex:
   group_captions: list[str]          # [num_groups] caption of each group
   members: list[np.ndarray]          # [num_groups] example indices of each group
   captions: list[str] = dataclasses.field(default_factory=list)  # [examples] own wording
+  # [examples] which examples share one image (one per caption of a multi-caption image),
+  # None when every example has its own image (the built-in datasets).
+  image_records: np.ndarray | None = None
+
+  @property
+  def image_examples(self) -> np.ndarray:
+    """One example per distinct image, in order: [images] example indices."""
+    if self.image_records is None:
+      return np.arange(len(self.groups))
+    return np.unique(self.image_records, return_index=True)[1]
 
   @property
   def num_groups(self) -> int:
@@ -45,11 +55,15 @@ class SplitIndex:
 def index_split(caption_source) -> SplitIndex:
   """Scans a source opened with `decode_images=False` (fast: no PNG decoding)."""
   groups = np.empty(len(caption_source), np.int64)
+  image_records = np.empty(len(caption_source), np.int64)
   example_captions: list[str] = []
   captions: dict[int, str] = {}
+  multi_caption = False
   for i in range(len(caption_source)):
     example = caption_source[i]
     groups[i] = int(example["group"])
+    multi_caption = "image_record" in example
+    image_records[i] = int(example.get("image_record", i))
     example_captions.append(text_of(example["caption"]))
     captions.setdefault(int(groups[i]), example_captions[-1])
   group_ids = np.array(sorted(captions), np.int64)
@@ -57,7 +71,7 @@ def index_split(caption_source) -> SplitIndex:
   bounds = np.searchsorted(groups[order], group_ids, side="left")
   members = np.split(order, bounds[1:])
   return SplitIndex(groups, group_ids, [captions[int(g)] for g in group_ids], members,
-                    example_captions)
+                    example_captions, image_records if multi_caption else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +116,61 @@ def text_of(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def decode_images(source, indices: np.ndarray) -> np.ndarray:
-  """uint8 [len(indices), h, w, c], read by random access."""
-  return np.stack([source[int(i)]["image"] for i in indices])
+def decode_images(source, indices: np.ndarray, size: int | None = None,
+                  augmentation: Augmentation | None = None,
+                  row_seeds: list | None = None) -> np.ndarray:
+  """uint8 [len(indices), h, w, c] read by random access. An image not `size`² is resized
+  and centre-cropped to it; with `augmentation`, row n is cropped and flipped at random by
+  `row_seeds[n]` instead."""
+  images = []
+  for n, i in enumerate(indices):
+    image = source[int(i)]["image"]
+    if augmentation:
+      image = augmentation(image, size, np.random.default_rng(row_seeds[n]))
+    elif size and image.shape[:2] != (size, size):
+      image = resize_and_crop(image, size)
+    images.append(image)
+  return np.stack(images)
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Training-only: a random crop of `crop_min_area`..1 of the image's area with an aspect
+  ratio in [3/4, 4/3], resized to `size`² (or the image's own size), then a horizontal flip
+  with probability 1/2 when `flip` (the Inception/CLIP recipe). Drawn from a per-row seed,
+  so a batch is the same whichever process builds it and however often it is replayed."""
+  crop_min_area: float | None = None
+  flip: bool = False
+
+  def __bool__(self) -> bool:
+    return bool(self.crop_min_area) or self.flip
+
+  def __call__(self, image: np.ndarray, size: int | None,
+               rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    height, width, channels = image.shape
+    out_height, out_width = (size, size) if size else (height, width)
+    top, left, crop_height, crop_width = 0, 0, height, width
+    if self.crop_min_area:
+      area = height * width * rng.uniform(self.crop_min_area, 1.0)
+      ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+      crop_width = int(np.clip(round(np.sqrt(area * ratio)), 1, width))
+      crop_height = int(np.clip(round(np.sqrt(area / ratio)), 1, height))
+      top = int(rng.integers(0, height - crop_height + 1))
+      left = int(rng.integers(0, width - crop_width + 1))
+    pixels = image[top:top + crop_height, left:left + crop_width]
+    if (crop_height, crop_width) != (out_height, out_width):
+      resized = Image.fromarray(pixels[..., 0] if channels == 1 else pixels).resize(
+          (out_width, out_height), Image.Resampling.BICUBIC)
+      pixels = np.asarray(resized, np.uint8).reshape(out_height, out_width, channels)
+    if self.flip and rng.random() < 0.5:
+      pixels = pixels[:, ::-1]
+    return np.ascontiguousarray(pixels)
+
+
+def augmentation_seeds(seed: int, step: int, rows: np.ndarray) -> list:
+  """The seeds of `augmentation` for global batch rows `rows` at `step`."""
+  return [[seed, 6 << 20, step, int(row)] for row in rows]
 
 
 def process_rows(rows: int, context: str, noun: str = "rows", process_index: int | None = None,
@@ -133,7 +199,7 @@ class TrainBatches:
                seed: int, normalization: ImageNormalization,
                process_index: int | None = None, process_count: int | None = None,
                max_shift: int = 0, labels: np.ndarray | None = None,
-               noisy_pair_fraction: float = 0.0):
+               noisy_pair_fraction: float = 0.0, augmentation: Augmentation | None = None):
     """`labels` [examples] int: served as batch["labels"] (multi-task training).
     `noisy_pair_fraction` in [0, 1]: share of pairs given another row's image."""
     if global_batch > index.num_groups:
@@ -148,6 +214,7 @@ class TrainBatches:
     self._seed = seed
     self._normalization = normalization
     self._max_shift = max_shift
+    self._augmentation = augmentation
     if not 0.0 <= noisy_pair_fraction <= 1.0:
       raise UsageError(f"data.noisy_pair_fraction must be in [0, 1]; got {noisy_pair_fraction}")
     self._noisy_pair_fraction = noisy_pair_fraction
@@ -185,7 +252,9 @@ class TrainBatches:
     image_examples[noisy] = examples[np.roll(noisy, 1)]
     examples, image_examples = examples[self._local], image_examples[self._local]
     positions = global_positions[self._local]
-    images = self._normalization(decode_images(self._source, image_examples))
+    images = self._normalization(decode_images(
+        self._source, image_examples, self._normalization.size, self._augmentation,
+        augmentation_seeds(self._seed, step, np.arange(len(global_positions))[self._local])))
     if self._max_shift:
       shifts = rng.integers(0, 2 * self._max_shift + 1, size=(len(global_positions), 2))
       images = _shift(images, self._max_shift, shifts[self._local])

@@ -56,7 +56,8 @@ class ImageBatches:
                global_batch: int, seed: int, normalization: pipeline.ImageNormalization,
                process_index: int | None = None, process_count: int | None = None,
                max_shift: int = 0, labels: np.ndarray | None = None,
-               noisy_pair_fraction: float = 0.0):
+               noisy_pair_fraction: float = 0.0,
+               augmentation: pipeline.Augmentation | None = None):
     if labels is not None:
       raise UsageError("data.sampling='images' does not serve task labels (task.label): "
                        "a text row has no single example whose label it could carry; "
@@ -84,6 +85,7 @@ class ImageBatches:
     self._seed = seed
     self._normalization = normalization
     self._max_shift = max_shift
+    self._augmentation = augmentation
     self.steps_per_epoch = num_images // global_batch
 
   def image_examples(self, step: int) -> np.ndarray:
@@ -113,7 +115,10 @@ class ImageBatches:
     examples = self.image_examples(step)
     tokens, image_to_text = self.text_rows_of(step, examples)
     local = examples[self._local]
-    images = self._normalization(pipeline.decode_images(self._source, local))
+    images = self._normalization(pipeline.decode_images(
+        self._source, local, self._normalization.size, self._augmentation,
+        pipeline.augmentation_seeds(self._seed, step,
+                                    np.arange(self._global_batch)[self._local])))
     if self._max_shift:
       rng = np.random.default_rng([self._seed, _SHIFTS, step])
       shifts = rng.integers(0, 2 * self._max_shift + 1, size=(self._global_batch, 2))

@@ -15,14 +15,23 @@ from array_record.python import array_record_module
 from google.protobuf import json_format
 
 from mmalign.data import builders  # noqa: F401  (registers every builder)
+from mmalign.data import external
 from mmalign.data.registry import DATASETS
 from mmalign.errors import UsageError
 
 DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), ".cache", "mmalign", "tfds")
 
 
-def get_builder(name: str, config: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """The builder for `name`/`config`; unknown names fail listing the allowed ones."""
+def get_builder(name: str, config: str, data_dir: str | None = None, *,
+                features: dict | None = None, splits: dict | None = None):
+  """The built-in builder `name`/`config`, or else the TFDS dataset prepared in `data_dir`
+  (`external.open_prepared`, seen through `features` and `splits`)."""
+  if name not in DATASETS.names():
+    return external.open_prepared(name, config, data_dir, features or {}, splits or {},
+                                  built_in=tuple(DATASETS.names()))
+  if features or splits:
+    raise UsageError(f"data.features and data.splits map a prepared TFDS dataset; the "
+                     f"built-in dataset {name!r} already has image, caption and group")
   builder_cls = DATASETS.get(name, config_key="data.name")
   configs = [c.name for c in builder_cls.BUILDER_CONFIGS]
   if config not in configs:
@@ -81,7 +90,8 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str, *, decode_images: 
   if split not in builder.info.splits:
     raise UsageError(f"dataset {builder.name} has no split {split!r}; "
                      f"available: {', '.join(builder.info.splits)}")
-  for shard in builder.info.splits[split].file_instructions:
+  checked = () if getattr(builder, "external", False) else builder.info.splits[split]
+  for shard in getattr(checked, "file_instructions", ()):  # Files mmalign wrote itself.
     problem = _shard_problem(shard.filename, shard.examples_in_shard)
     if problem:
       raise _corrupt(builder.data_dir, f"{os.path.basename(shard.filename)} {problem}")

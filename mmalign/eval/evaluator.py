@@ -2,6 +2,8 @@
 
 Queries are the split's distinct captions (text→image) and its images (image→text);
 a hit is any item of the query's group (e.g. any font's drawing of the named character).
+Where images have several captions (COCO, Flickr30k), every caption is a query against the
+distinct images, and an image's hit is any of its captions (the standard 5k/1k protocol).
 Exact search is the ground truth the configured searcher is scored against.
 """
 
@@ -41,35 +43,42 @@ class RetrievalEvaluator:
     """The results dict (see `format_table`); nothing written."""
     exp, index, ks = self.exp, self.index, self.ks
     started = time.perf_counter()
+    image_rows = index.image_examples  # One example per distinct image.
+    image_groups = index.groups[image_rows]
     image_emb = experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder,
                                                                                self.split),
-                                            self.batch_size)  # [images, d]
-    text_emb = experiment_lib.embed_texts(exp, variables, index.group_captions)  # [groups, d]
+                                            self.batch_size, indices=image_rows)  # [images, d]
+    if index.image_records is None:  # Each group's caption once.
+      texts, text_groups = index.group_captions, index.group_ids
+    else:  # Several captions per image: every caption is a query (COCO/Flickr protocol).
+      texts, text_groups = index.captions, index.groups
+    text_emb = experiment_lib.embed_texts(exp, variables, texts)  # [texts, d]
     embed_s = time.perf_counter() - started
-    ranks = {"text_to_image": rm.first_hit_ranks(text_emb, index.group_ids, image_emb,
-                                                 index.groups),
-             "image_to_text": rm.first_hit_ranks(image_emb, index.groups, text_emb,
-                                                 index.group_ids)}
-    queries_and_gallery = {"text_to_image": (index.group_ids, index.groups),
-                           "image_to_text": (index.groups, index.group_ids)}
+    ranks = {"text_to_image": rm.first_hit_ranks(text_emb, text_groups, image_emb,
+                                                 image_groups),
+             "image_to_text": rm.first_hit_ranks(image_emb, image_groups, text_emb,
+                                                 text_groups)}
+    queries_and_gallery = {"text_to_image": (text_groups, image_groups),
+                           "image_to_text": (image_groups, text_groups)}
     curve_ks = range(1, max(CURVE_MAX_K, *ks) + 1)
     curves = {direction: {"recall": [float((ranks[direction] <= k).mean()) for k in curve_ks],
                           "chance": [rm.chance_recall_at_k(*queries_and_gallery[direction], k)
                                      for k in curve_ks]}
               for direction in ranks}
     results = {"dataset": f"{exp.config.data.name}/{exp.config.data.config}",
-               "split": self.split, "step": step, "num_text_queries": int(index.num_groups),
-               "gallery_images": int(len(index.groups))}
+               "split": self.split, "step": step, "num_text_queries": len(texts),
+               "gallery_images": len(image_rows)}
     for direction in ranks:
       results[direction] = rm.retrieval_metrics(ranks[direction], ks)
       results[direction].update({f"chance_recall@{k}": curves[direction]["chance"][k - 1]
                                  for k in ks})
-    return {**results, "searcher": self._through_searcher(text_emb, image_emb),
-            "embed_s": embed_s, "recall_curves": curves}
+    searched = self._through_searcher(text_emb, text_groups, image_emb, image_groups)
+    return {**results, "searcher": searched, "embed_s": embed_s, "recall_curves": curves}
 
-  def _through_searcher(self, text_emb: np.ndarray, image_emb: np.ndarray) -> dict:
+  def _through_searcher(self, text_emb: np.ndarray, text_groups: np.ndarray,
+                        image_emb: np.ndarray, image_groups: np.ndarray) -> dict:
     """The configured searcher's text→image answers, scored against exact search."""
-    index, k = self.index, self.exp.config.retrieval.k
+    k = self.exp.config.retrieval.k
     started = time.perf_counter()
     searcher = searchers.build_index(self.searcher, image_emb, self.searcher_config)
     build_s = time.perf_counter() - started
@@ -79,8 +88,8 @@ class RetrievalEvaluator:
     _, exact_ids = rm.exact_top_k(text_emb, image_emb, k)
     # Slots a searcher could not fill come back as id -1 (retrieval.vectors.MISSING_ID).
     found = found_ids >= 0
-    hits = (found & (index.groups[np.where(found, found_ids, 0)]
-                     == index.group_ids[:, None])).any(axis=1)
+    hits = (found & (image_groups[np.where(found, found_ids, 0)]
+                     == text_groups[:, None])).any(axis=1)
     return {"name": self.searcher, "k": k,
             "recall_at_k_vs_exact": rm.recall_vs_exact(found_ids, exact_ids, queries=text_emb,
                                                        gallery=image_emb),

@@ -3,6 +3,8 @@
   config.evals = {"shape": {"type": "zero_shot", "label": "shape1",
                             "templates": ("a photo of a {}.", "a drawing of a {}.")}}
 
+Class names and templates may also come from files (`class_names_file`, `templates_file`).
+
 Each class embeds as CLIP's prompt ensemble (`tasks.zero_shot.class_embeddings`: every
 template filled with the class name, embedded, normalised and averaged) and each image takes
 the class of highest cosine. Reported: top-1 and top-5 accuracy, each class's accuracy and
@@ -46,11 +48,16 @@ class ZeroShotEvaluator:
   the label and the templates before any work)."""
 
   def __init__(self, exp: experiment_lib.Experiment, *, split: str, label: str,
-               templates: tuple[str, ...] = DEFAULT_TEMPLATES, batch_size: int | None = None):
+               templates: tuple[str, ...] = DEFAULT_TEMPLATES, batch_size: int | None = None,
+               templates_file: str | None = None, class_names_file: str | None = None):
+    """`class_names_file`: readable names, one per line in label order, for datasets whose
+    labels are codes (imagenet2012's are WordNet ids); `templates_file`: one per line."""
     self.exp, self.split, self.label = exp, split, label
     self.batch_size = exp.config.eval.batch_size if batch_size is None else batch_size
-    self.class_names = sources.class_names(exp.builder, label)
-    self.templates = tuple(templates)
+    self.class_names = (utils.read_lines(class_names_file, "class_names_file")
+                        if class_names_file else sources.class_names(exp.builder, label))
+    self.templates = tuple(utils.read_lines(templates_file, "templates_file")
+                           if templates_file else templates)
     self.prompts = zero_shot.class_prompts(self.class_names, self.templates)
 
   def evaluate(self, variables, step: int | None) -> dict:

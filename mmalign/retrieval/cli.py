@@ -64,7 +64,10 @@ def search_image_query(exp: experiment_lib.Experiment, image_path: str,
   the path of the contact sheet PNG, `<workdir>/search_image_<file name>.png`.
   """
   k = exp.config.retrieval.k if k is None else k
-  pixels = read_query_image(image_path, exp.stored_image_shape)  # [h, w, c] uint8
+  height, width, channels = exp.stored_image_shape
+  if height is None or width is None:  # Images of any size: the model's input size.
+    height = width = exp.normalization.size
+  pixels = read_query_image(image_path, (height, width, channels))  # [h, w, c] uint8
   if variables is None:
     variables, step = train_state.restore_variables(exp)
   split = exp.config.eval.split
@@ -74,7 +77,8 @@ def search_image_query(exp: experiment_lib.Experiment, image_path: str,
   scores, ids = index.search(query, k)  # [k]
   hits = search_lib.hits_of(exp, split, "text", scores, ids)
   images = pipeline.decode_images(sources.open_split(exp.builder, split),
-                                  np.array([h.example_index for h in hits]))
+                                  np.array([h.example_index for h in hits]),
+                                  exp.normalization.size)
   stem = os.path.splitext(os.path.basename(image_path))[0]
   path = os.path.join(exp.workdir, f"search_image_{search_lib.slug(stem)}.png")
   save_contact_sheet(path, f"image query: {os.path.basename(image_path)}", images,

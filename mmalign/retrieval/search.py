@@ -51,9 +51,11 @@ class Gallery:
 
 
 def _embed_images(exp, variables, split):
+  """Each distinct image once (a multi-caption image is several examples), id'd by example."""
+  rows = _split_index(exp, split).image_examples.astype(np.int64)
   emb = experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder, split),
-                                    exp.config.eval.batch_size)  # [n, d]
-  return emb, np.arange(len(emb), dtype=np.int64)
+                                    exp.config.eval.batch_size, indices=rows)  # [n, d]
+  return emb, rows
 
 
 def _describe_images(exp, split, ids):
@@ -113,6 +115,8 @@ def embedding_config_hash(exp: experiment_lib.Experiment) -> str:
   config = exp.config
   payload = {"meta": exp.meta(), "image_mean": list(config.data.image_mean),
              "image_std": list(config.data.image_std), "text": config.text.to_dict()}
+  if exp.normalization.size:  # Absent before image_size existed: older indexes stay valid.
+    payload["image_size"] = exp.normalization.size
   return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -192,7 +196,8 @@ def search(exp: experiment_lib.Experiment, variables, step: int, query: str, *, 
   scores, ids = index.search(query_emb[0], k)  # [k]
   hits = hits_of(exp, split, "image", scores, ids)
   images = pipeline.decode_images(sources.open_split(exp.builder, split),
-                                  np.array([h.example_index for h in hits]))
+                                  np.array([h.example_index for h in hits]),
+                                  exp.normalization.size)
   wanted = exp.tokenizer.normalize(query.strip())
   correct = [exp.tokenizer.normalize(h.caption) == wanted for h in hits]
   path = os.path.join(exp.workdir, f"search_{slug(query)}.png")

@@ -124,7 +124,9 @@ def _train(exp: experiment_lib.Experiment, stop_after: int | None, evaluators) -
       sampling, sources.open_split(exp.builder, "train"), train_index, exp.tokenizer,
       global_batch=tc.batch_size, seed=tc.seed, normalization=exp.normalization,
       max_shift=config.data.max_shift, labels=labels,
-      noisy_pair_fraction=float(settings.value(config, "data.noisy_pair_fraction")))
+      noisy_pair_fraction=float(settings.value(config, "data.noisy_pair_fraction")),
+      augmentation=pipeline.Augmentation(settings.value(config, "data.random_crop_min_area"),
+                                         settings.value(config, "data.random_flip")))
   optimizer, schedule = train_state.optimizer(exp.config)
   mesh = mesh_lib.make_mesh(tc.get("mesh"))
   objective = build_objective(config.loss, model_fuses=exp.model.fusion is not None,
