@@ -24,8 +24,8 @@ SXM); `--peak_tflops` changes it. `--calibrate` (on by default) also times a
 plain bf16 `jnp.dot` on the same device as a measured ceiling.
 
 FLOP convention: 8·N·M·d per step, as flash-attention benchmarks count, the same
-for both implementations; why the throughput target cannot be met with today's
-tiling is in the README ("Kernel benchmark").
+for both implementations; what the kernels execute (10·N·M·d) is in the README
+("Kernel benchmark").
 
 `--dry_run` runs a tiny size (N = 256, d = 128 unless --n/--d are given) on
 whatever backend exists, with `interpret=True` off the GPU, to check the
@@ -313,9 +313,9 @@ def to_markdown(report: dict[str, Any]) -> str:
       f"Peak assumed, not measured: {report['peak_tflops']:g} TFLOP/s dense bf16 (H200 SXM "
       "datasheet, no sparsity). FLOPs counted: 8·N·M·d per step = "
       f"{report['flops'] / 1e12:.3f} TFLOP (forward logits, their backward recomputation, dT "
-      "and dI). The reference executes 6·N·M·d in float32; the Pallas kernels more, since "
-      "their backward recomputes each logit tile once per d chunk of the output (32·N·M·d "
-      "at 128-row blocks and d = 768; see the docstring of benchmarks/kernels_gpu.py).",
+      "and dI). The reference executes 6·N·M·d in float32; the Pallas kernels 10·N·M·d "
+      "(one forward sweep, two backward sweeps computing each logit tile once: "
+      "tests/kernels/test_flop_count.py).",
       "",
       "## Results",
       "",

@@ -3,20 +3,27 @@
 The InfoNCE and sigmoid losses only ever need row statistics of l = s·T·Iᵀ
 (a logsumexp, a sum of log-sigmoids), and their gradients are sums over j of a
 per-tile weight times image j. So every kernel here is one *sweep*: a program
-owns a block of rows of A, walks over all column blocks of B, recomputes the
-[block_a, block_b] logit tile from the embeddings, and keeps only O(block_a)
-running state (online max/sum, or a gradient accumulator). Peak memory is
-O((N + M)·d), never O(N·M); the price is recomputing the tiles in the backward
-pass, as flash attention does.
+owns a block of rows of A, walks over all column blocks of B, computes each
+[block_a, block_b] logit tile once from the embeddings, and keeps only
+O(block_a·d) running state (online max/sum, or a gradient accumulator). Peak
+memory is O((N + M)·d + N·M / block_n), never O(N·M); the price is recomputing
+the tiles in the backward pass, as flash attention does. A training step
+executes 10·N·M·d matmul FLOPs on the padded sizes: one forward sweep, then one
+sweep per side of the gradient, each computing its tiles once.
 
-Each sweep is also run on swapped inputs (A = images, B = texts) for the
-column statistics: l is symmetric under that swap, so one kernel serves both.
+The forward sweep yields the column statistics too, as one partial logsumexp
+per row block. The gradient sweep runs a second time on swapped inputs
+(A = images, B = texts) for dI: l is symmetric under that swap, so one kernel
+serves both, and no program has to add into another's output (Triton offers
+no portable atomics for that).
 
 What runs where:
-  inside the kernels   logsumexp over rows/columns, the positive logit of each
-                       row (a key match inside the tile), Σ log σ, and the
-                       softmax/sigmoid parts of dT, dI, ds, db;
-  outside (jnp, O(N·d)) the multi-positive column term lse_{i: pos(i)=j} l_ij,
+  inside the kernels   logsumexp over rows (and over each row block's part of
+                       a column), the positive logit of each row (a key match
+                       inside the tile), Σ log σ, and the softmax/sigmoid parts
+                       of dT, dI, ds, db;
+  outside (jnp)        the reduction of the [N / block_n, M] column partials,
+                       the multi-positive column term lse_{i: pos(i)=j} l_ij,
                        which only involves the N positive logits (segment
                        max/sum over `positives`), and the δ (positive-pair)
                        terms of the InfoNCE gradient, which are a gather of
@@ -25,15 +32,15 @@ What runs where:
 Triton wants power-of-two tiles, so N and M are padded to their block sizes,
 d to a multiple of the contraction chunk (16, 32 or 64), and padded rows and
 columns are masked by index. The contraction over d runs in chunks so that no
-[block, d] operand must live in registers for d = 768; the backward pass adds
-a grid axis over chunks of d for the same reason (its [block, d] accumulator).
+[block, d] operand must live in registers for d = 768; the backward pass keeps
+its [block, d] accumulator in registers and shrinks its row block to fit.
 
 `correspondence_loss` and `top_k` delegate to the jnp reference: the first
 consumes a dense [N, M] target anyway, and the second has no Pallas kernel yet.
 
 The loss assembly (padding, the positives bookkeeping, the custom VJP) is
 backend-independent and shared with `pallas_tpu.py`, which supplies its own
-sweeps through the same small interface (`_Backend`).
+sweeps through the same small interface ("Loss assembly" below).
 """
 
 from __future__ import annotations
@@ -154,37 +161,44 @@ def _raw_tile(a_ref, b_ref, col_start, block_b: int, block_k: int):
                        jnp.zeros((block_a, block_b), jnp.float32))
 
 
-def _lse_kernel(params_ref, a_ref, b_ref, key_a_ref, key_b_ref, lse_ref, *pos_ref,
-                n_b: int, block_b: int, block_k: int):
-  """Row logsumexp of s·A_blk·Bᵀ by an online max/sum over column blocks.
+def _lse_kernel(params_ref, a_ref, b_ref, key_a_ref, key_b_ref, lse_ref, pos_ref,
+                col_ref, *, n_a: int, n_b: int, block_b: int, block_k: int):
+  """Both directions' logsumexp statistics of s·A_blk·Bᵀ from one pass over its tiles.
 
-  With `pos_ref`, also Σ_j [key_a_i = key_b_j]·raw_ij: the raw positive logit
-  of each row, read off the same tiles so that lse − positive is consistent.
+  lse_ref: row logsumexp over valid columns (an online max/sum over column
+  blocks); pos_ref: Σ_j [key_a_i = key_b_j]·raw_ij, the raw positive logit of
+  each row, read off the same tiles so that lse − positive is consistent;
+  col_ref: for every column, the logsumexp over this block's valid rows, which
+  the caller reduces over row blocks, so the column statistics cost no second
+  sweep over the tiles.
   """
   s = params_ref[0]
   block_a = a_ref.shape[0]
   key_a = key_a_ref[...]  # [block_a] int32
+  row_ok = pl.program_id(0) * block_a + jnp.arange(block_a) < n_a
 
   def step(j, carry):
     m_prev, l_prev, pos = carry
     start = pl.multiple_of(j * block_b, block_b)
     raw = _raw_tile(a_ref, b_ref, start, block_b, block_k)  # [ba, bb]
-    cols = start + jnp.arange(block_b)
-    logits = jnp.where((cols < n_b)[None, :], s * raw, _MASK)
+    col_ok = (start + jnp.arange(block_b)) < n_b
+    logits = jnp.where(row_ok[:, None] & col_ok[None, :], s * raw, _MASK)
     m_new = jnp.maximum(m_prev, jnp.max(logits, axis=1))
     l_new = (l_prev * jnp.exp(m_prev - m_new)
              + jnp.sum(jnp.exp(logits - m_new[:, None]), axis=1))
-    if pos_ref:
-      hit = key_a[:, None] == key_b_ref[pl.ds(start, block_b)][None, :]
-      pos = pos + jnp.sum(jnp.where(hit, raw, 0.0), axis=1)
+    # Every row block holds a valid row, so the column max is a real logit.
+    col_max = jnp.max(logits, axis=0)  # [bb]
+    col_ref[pl.ds(start, block_b)] = col_max + jnp.log(
+        jnp.sum(jnp.exp(logits - col_max[None, :]), axis=0))
+    hit = key_a[:, None] == key_b_ref[pl.ds(start, block_b)][None, :]
+    pos = pos + jnp.sum(jnp.where(hit, raw, 0.0), axis=1)
     return m_new, l_new, pos
 
   init = (jnp.full((block_a,), _MASK, jnp.float32), jnp.zeros((block_a,), jnp.float32),
           jnp.zeros((block_a,), jnp.float32))
   m, l, pos = lax.fori_loop(0, b_ref.shape[0] // block_b, step, init)
   lse_ref[...] = m + jnp.log(l)
-  if pos_ref:
-    pos_ref[0][...] = pos
+  pos_ref[...] = pos
 
 
 def _log_sigmoid_kernel(params_ref, a_ref, b_ref, key_a_ref, key_b_ref, out_ref, *,
@@ -210,10 +224,11 @@ def _log_sigmoid_kernel(params_ref, a_ref, b_ref, key_a_ref, key_b_ref, out_ref,
 def _grad_kernel(params_ref, a_ref, b_ref, *refs, tile_grad: Callable, n_rows: int,
                  n_cols: int, n_a: int, n_b: int, block_b: int, block_k: int,
                  block_d: int, with_ds: bool, with_db: bool):
-  """dA[blk, d-chunk] = s·Σ_j G_ij·B_j, with G = tile_grad(...) recomputed per tile.
+  """dA_blk = s·Σ_j G_ij·B_j over the whole of d, with G = tile_grad(...) per tile.
 
-  Grid: (row block, d chunk). Also Σ_j G_ij·raw_ij (for ds) and Σ_j G_ij (for
-  db), written per d chunk (identical copies; the caller reads chunk 0).
+  Grid: row blocks. Each logit tile is computed once and G meets every d chunk
+  of B_j before the sweep moves on, so no tile is recomputed per output chunk.
+  Also Σ_j G_ij·raw_ij (for ds) and Σ_j G_ij (for db).
   """
   row_refs, refs = refs[:n_rows], refs[n_rows:]
   col_refs, refs = refs[:n_cols], refs[n_cols:]
@@ -221,10 +236,12 @@ def _grad_kernel(params_ref, a_ref, b_ref, *refs, tile_grad: Callable, n_rows: i
   ds_ref = refs[0] if with_ds else None
   db_ref = refs[-1] if with_db else None
   params = (params_ref[0], params_ref[1], params_ref[2])
-  block_a = a_ref.shape[0]
-  d0 = pl.multiple_of(pl.program_id(1) * block_d, block_d)
+  block_a, dp = a_ref.shape
   row_ok = pl.program_id(0) * block_a + jnp.arange(block_a) < n_a
   rows = tuple(r[...][:, None] for r in row_refs)  # each [block_a, 1]
+  # Triton arrays have power-of-two shapes, so the [block_a, dp] accumulator
+  # is carried as dp // block_d chunks of [block_a, block_d].
+  chunks = [pl.ds(c * block_d, block_d) for c in range(dp // block_d)]
 
   def step(j, carry):
     acc, ds, db = carry
@@ -233,9 +250,12 @@ def _grad_kernel(params_ref, a_ref, b_ref, *refs, tile_grad: Callable, n_rows: i
     cols = tuple(c[pl.ds(start, block_b)][None, :] for c in col_refs)
     ok = row_ok[:, None] & ((start + jnp.arange(block_b)) < n_b)[None, :]
     g = jnp.where(ok, tile_grad(params, raw, rows, cols), 0.0)  # [ba, bb]
-    b = b_ref[pl.ds(start, block_b), pl.ds(d0, block_d)]  # [bb, block_d]
     # Mixed precision as in flash attention: G meets B in B's dtype, f32 accumulate.
-    acc = acc + jnp.dot(g.astype(b.dtype), b, preferred_element_type=jnp.float32)
+    g_in = g.astype(b_ref.dtype)
+    acc = tuple(
+        chunk + jnp.dot(g_in, b_ref[pl.ds(start, block_b), ks],
+                        preferred_element_type=jnp.float32)  # [ba, block_d]
+        for chunk, ks in zip(acc, chunks))
     if with_ds:
       ds = ds + jnp.sum(g * raw, axis=1)
     if with_db:
@@ -243,9 +263,10 @@ def _grad_kernel(params_ref, a_ref, b_ref, *refs, tile_grad: Callable, n_rows: i
     return acc, ds, db
 
   zeros = jnp.zeros((block_a,), jnp.float32)
-  acc, ds, db = lax.fori_loop(0, b_ref.shape[0] // block_b, step,
-                              (jnp.zeros((block_a, block_d), jnp.float32), zeros, zeros))
-  da_ref[...] = acc * params[0]
+  acc0 = tuple(jnp.zeros((block_a, block_d), jnp.float32) for _ in chunks)
+  acc, ds, db = lax.fori_loop(0, b_ref.shape[0] // block_b, step, (acc0, zeros, zeros))
+  for chunk, ks in zip(acc, chunks):
+    da_ref[:, ks] = chunk * params[0]
   if with_ds:
     ds_ref[...] = ds
   if with_db:
@@ -256,8 +277,30 @@ def _contract_block(dp: int) -> int:
   return _pow2_divisor(dp, 64)
 
 
+# Register budget of the backward sweep (H100/H200: 64 Ki 32-bit registers per
+# SM, at most 255 per thread). Its [block_a, dp] float32 dA accumulator stays in
+# registers for the whole sweep, block_a·dp / (32·num_warps) per thread. At 8
+# warps, 32768 elements is 128 registers per thread, leaving the rest for the
+# [block_a, block_b] logit tile and G (16 each at 32 × 128) and the dot
+# fragments. The dot operands go through shared memory: a [block_a, 64] and a
+# [block_b, 64] slice per contraction step and a [block_b, block_d] slab of B
+# per output chunk, 32 KiB in bfloat16 (64 KiB in float32) at 128 × 128, well
+# inside the 227 KiB per block. So block_a is 128 up to d = 256, 64 up to
+# d = 512 and 32 up to d = 1024; past d = 2048 the accumulator spills to local
+# memory, which stays correct but slower.
+_GRAD_ACC_ELEMENTS = 32768
+_GRAD_WARPS = 8
+_GRAD_BLOCK_D = 128  # Width of one accumulator chunk (and of one B slab).
+
+
+def _grad_block_a(block_a: int, dp: int) -> int:
+  """Rows per backward program: block_a shrunk until its [rows, dp] accumulator fits the budget."""
+  fit = 1 << (max(1, _GRAD_ACC_ELEMENTS // dp).bit_length() - 1)  # Largest power of two ≤.
+  return min(block_a, max(16, fit))
+
+
 class _TritonBackend:
-  """The four sweeps on the Pallas Triton backend (see `_Backend` for the contract)."""
+  """The sweeps on the Pallas Triton backend (contract: "Loss assembly" below)."""
 
   name = "triton"
 
@@ -277,24 +320,30 @@ class _TritonBackend:
     return block_n, block_m, _round_up(n, block_n), _round_up(m, block_m), _round_up(d, block_k)
 
   @staticmethod
-  def lse(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b, with_pos, interpret):
-    """(lse [Na_pad] f32, raw positive [Na_pad] f32 or None) of s·A·Bᵀ over valid columns."""
-    del n_a  # Padded rows give finite garbage that the caller slices off.
+  def lse_rows_cols(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b, interpret):
+    """(row lse [Na_pad], raw positive [Na_pad], column lse [Nb_pad]) of s·A·Bᵀ, f32.
+
+    Each over the valid entries; padded positions hold finite garbage. The
+    column lse is reduced here from one [Nb_pad] partial per row block, an
+    [Na_pad / block_a, Nb_pad] float32 array.
+    """
     na_p, dp = a.shape
+    nb_p = b.shape[0]
+    n_blocks = na_p // block_a
     row = pl.BlockSpec((block_a,), lambda i: (i,))
-    n_out = 2 if with_pos else 1
-    outs = pl.pallas_call(
-        functools.partial(_lse_kernel, n_b=n_b, block_b=block_b,
+    vec = jax.ShapeDtypeStruct((na_p,), jnp.float32)
+    lse_row, pos, col_parts = pl.pallas_call(
+        functools.partial(_lse_kernel, n_a=n_a, n_b=n_b, block_b=block_b,
                           block_k=_contract_block(dp)),
-        grid=(na_p // block_a,),
+        grid=(n_blocks,),
         in_specs=[_full(params.shape), pl.BlockSpec((block_a, dp), lambda i: (i, 0)),
                   _full(b.shape), row, _full(key_b.shape)],
-        out_specs=[row] * n_out,
-        out_shape=[jax.ShapeDtypeStruct((na_p,), jnp.float32)] * n_out,
+        out_specs=[row, row, pl.BlockSpec((None, nb_p), lambda i: (i, 0))],
+        out_shape=[vec, vec, jax.ShapeDtypeStruct((n_blocks, nb_p), jnp.float32)],
         compiler_params=_compiler_params(block_a, block_b),
         interpret=interpret, name="contrastive_lse",
     )(params, a, b, key_a, key_b)
-    return (outs[0], outs[1]) if with_pos else (outs[0], None)
+    return lse_row, pos, jax.nn.logsumexp(col_parts, axis=0)
 
   @staticmethod
   def log_sigmoid_rows(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b,
@@ -319,35 +368,29 @@ class _TritonBackend:
            with_ds, with_db, interpret):
     """(dA [Na_pad, d_pad] f32 = s·G·B, Σ_j G·raw [Na_pad] or None, Σ_j G [Na_pad] or None)."""
     na_p, dp = a.shape
-    block_k = _contract_block(dp)
-    # Output chunk of d: the [block_a, block_d] accumulator must fit in registers.
-    block_d = max(block_k, _pow2_divisor(dp, 256 if block_a <= 64 else 128))
-    n_d = dp // block_d
-    row = pl.BlockSpec((block_a,), lambda i, k: (i,))
-    per_chunk = pl.BlockSpec((None, block_a), lambda i, k: (k, i))
-    out_specs = [pl.BlockSpec((block_a, block_d), lambda i, k: (i, k))]
-    out_shape = [jax.ShapeDtypeStruct((na_p, dp), jnp.float32)]
-    for flag in (with_ds, with_db):
-      if flag:
-        out_specs.append(per_chunk)
-        out_shape.append(jax.ShapeDtypeStruct((n_d, na_p), jnp.float32))
+    block_a = _grad_block_a(block_a, dp)  # A power of two ≤ block_a: still divides na_p.
+    row = pl.BlockSpec((block_a,), lambda i: (i,))
+    vec = jax.ShapeDtypeStruct((na_p,), jnp.float32)
+    n_vec = with_ds + with_db
     outs = pl.pallas_call(
         functools.partial(_grad_kernel, tile_grad=tile_grad, n_rows=len(row_vecs),
                           n_cols=len(col_vecs), n_a=n_a, n_b=n_b, block_b=block_b,
-                          block_k=block_k, block_d=block_d, with_ds=with_ds,
+                          block_k=_contract_block(dp),
+                          block_d=_pow2_divisor(dp, _GRAD_BLOCK_D), with_ds=with_ds,
                           with_db=with_db),
-        grid=(na_p // block_a, n_d),
-        in_specs=[_full(params.shape), pl.BlockSpec((block_a, dp), lambda i, k: (i, 0)),
+        grid=(na_p // block_a,),
+        in_specs=[_full(params.shape), pl.BlockSpec((block_a, dp), lambda i: (i, 0)),
                   _full(b.shape), *[row] * len(row_vecs),
                   *[_full(c.shape) for c in col_vecs]],
-        out_specs=out_specs, out_shape=out_shape,
-        compiler_params=_compiler_params(block_a, block_b),
+        out_specs=[pl.BlockSpec((block_a, dp), lambda i: (i, 0))] + [row] * n_vec,
+        out_shape=[jax.ShapeDtypeStruct((na_p, dp), jnp.float32)] + [vec] * n_vec,
+        compiler_params=plgpu.CompilerParams(num_warps=_GRAD_WARPS, num_stages=2),
         interpret=interpret, name="contrastive_grad",
     )(params, a, b, *row_vecs, *col_vecs)
     outs = list(outs)
     da = outs.pop(0)
-    ds = outs.pop(0)[0] if with_ds else None
-    db = outs.pop(0)[0] if with_db else None
+    ds = outs.pop(0) if with_ds else None
+    db = outs.pop(0) if with_db else None
     return da, ds, db
 
 
@@ -357,6 +400,8 @@ class _TritonBackend:
 # A backend provides:
 #   pad_dims(n, m, d, block_n, block_m) -> (block_n, block_m, n_pad, m_pad, d_pad)
 #   lse(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b, with_pos, interpret)
+#     or, in one sweep for both directions,
+#   lse_rows_cols(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b, interpret)
 #   log_sigmoid_rows(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b, interpret)
 #   grad(tile_grad, params, a, b, row_vecs, col_vecs, *, n_a, n_b, block_a, block_b,
 #        with_ds, with_db, interpret)
@@ -421,12 +466,17 @@ def _infonce_fwd(cfg: _Config, text, image, scale, positives):
   p = _prepare(cfg, text, image, positives)
   n, m, be = p.n, p.m, cfg.backend
   params = _params(scale)
-  lse_row, raw_pos = be.lse(params, p.t, p.im, p.text_keys, p.image_keys,
-                            n_a=n, n_b=m, block_a=p.bn, block_b=p.bm,
-                            with_pos=True, interpret=cfg.interpret)
-  lse_col, _ = be.lse(params, p.im, p.t, p.image_keys, p.text_keys,
-                      n_a=m, n_b=n, block_a=p.bm, block_b=p.bn,
-                      with_pos=False, interpret=cfg.interpret)
+  if hasattr(be, "lse_rows_cols"):
+    lse_row, raw_pos, lse_col = be.lse_rows_cols(
+        params, p.t, p.im, p.text_keys, p.image_keys, n_a=n, n_b=m, block_a=p.bn,
+        block_b=p.bm, interpret=cfg.interpret)
+  else:
+    lse_row, raw_pos = be.lse(params, p.t, p.im, p.text_keys, p.image_keys,
+                              n_a=n, n_b=m, block_a=p.bn, block_b=p.bm,
+                              with_pos=True, interpret=cfg.interpret)
+    lse_col, _ = be.lse(params, p.im, p.t, p.image_keys, p.text_keys,
+                        n_a=m, n_b=n, block_a=p.bm, block_b=p.bn,
+                        with_pos=False, interpret=cfg.interpret)
   pos_logit = scale * raw_pos[:n]  # [N]
   pos_lse, has_positive = _column_positive_lse(pos_logit, positives, m)  # [M]
   row_mean = jnp.mean(lse_row[:n] - pos_logit)

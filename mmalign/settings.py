@@ -60,6 +60,7 @@ RULES: dict[str, Rule] = {
     "data.random_crop_min_area": Rule("float", low=0.01, high=1.0, high_included=True,
                                       optional=True, default=None, required=False),
     "data.random_flip": Rule("bool", default=False, required=False),
+    "data.input_threads": Rule("int", low=1, default=2, required=False),
     "text.vocab_size": Rule("int", low=8),
     "text.max_length": Rule("int", low=1),
     "text.lowercase": Rule("bool"),
@@ -113,6 +114,11 @@ RULES: dict[str, Rule] = {
     "retrieval.reorder": Rule("int", low=0, default=100, required=False),
     "retrieval.example_query": Rule("str"),
     "train.learning_rate_multipliers": Rule("scales", low=0.0, default=(), required=False),
+    # Peak FLOP/s of one device, for the utilisation (MFU) in the training log; None: the
+    # known accelerators' table, or on CPU the host's measured matmul rate.
+    "train.peak_flops": Rule("float", low=1.0, optional=True, default=None, required=False),
+    # (first, last) steps to trace with the JAX profiler into <workdir>/tensorboard.
+    "train.profile_steps": Rule("ints", low=1, optional=True, default=None, required=False),
     "init.checkpoint": Rule("str", optional=True, required=False),
     "init.format": Rule("choice", choices=_names("mmalign.checkpoints.importers:IMPORTERS"),
                         optional=True, required=False),
@@ -252,6 +258,10 @@ def _check_combinations(config) -> None:
     raise UsageError(f"loss.kernel.impl={impl!r} with loss.name='regression': that loss "
                      "compares matched pairs only and has no kernel; leave it 'auto'")
   _check_evals(config)
+  profiled = value(config, "train.profile_steps")
+  if profiled is not None and (len(profiled) != 2 or not profiled[0] <= profiled[1] <= steps):
+    raise UsageError(f"train.profile_steps={tuple(profiled)} must be (first, last) with "
+                     f"first <= last <= train.steps={steps}")
   if value(config, "loss.task_weight") > 0 and not value(config, "task.label"):
     raise UsageError("loss.task_weight > 0 needs task.label (the dataset label to classify)")
   if value(config, "init.checkpoint") or value(config, "init.tokenizer"):

@@ -91,6 +91,8 @@ def test_bad_value_is_named_with_what_is_allowed(key, value, named):
     ({"retrieval.num_leaves": 4, "retrieval.num_leaves_to_search": 8},
      "retrieval.num_leaves_to_search=8"),
     ({"loss.task_weight": 1.0}, "task.label"),
+    ({"train.profile_steps": (3, 2)}, "first <= last <= train.steps=6"),
+    ({"train.profile_steps": (1, 99)}, "last <= train.steps"),
 ])
 def test_combinations_that_cannot_work_are_refused(overrides, named):
   config = tiny.get_config()

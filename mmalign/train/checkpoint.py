@@ -103,12 +103,16 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def due(self, step: int, *, force: bool = False) -> bool:
+    """Whether `save(step, force=force)` would save."""
+    return force or self._manager.should_save(step)
+
   def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
     """Saves at `save_every` steps (or when forced); returns whether it saved.
 
     Raises NonFiniteStateError, writing nothing, when any array is not finite.
     """
-    if not (force or self._manager.should_save(step)):
+    if not self.due(step, force=force):
       return False
     bad = nonfinite_leaves(state)
     if bad:

@@ -19,6 +19,7 @@ import optax
 
 from mmalign import settings
 from mmalign.errors import UsageError
+from mmalign.train import utilisation
 from mmalign.train import accumulation, precision, sharding
 from mmalign.train.optimizer import locked_towers
 from mmalign import mesh as mesh_lib
@@ -174,13 +175,20 @@ class HostLoopGradientCache:
 def compiled_memory(train_step, state, batch) -> dict | None:
   """{"temp", "argument", "output"}: bytes per device of the compiled step, None if unknown
   (a HostLoopGradientCache: the largest over its programs, which run one at a time)."""
+  return compiled_costs(train_step, state, batch)[0]
+
+
+def compiled_costs(train_step, state, batch) -> tuple[dict | None, float | None]:
+  """(`compiled_memory`, FLOPs of one step on all devices or None) from one compilation,
+  the one the loop then reuses (same arguments)."""
   if isinstance(train_step, HostLoopGradientCache):
-    return train_step.memory_analysis(state, batch)
-  analysis = train_step.lower(state, batch).compile().memory_analysis()
-  if analysis is None:
-    return None
-  return {name: int(getattr(analysis, f"{name}_size_in_bytes"))
-          for name in ("temp", "argument", "output")}
+    return train_step.memory_analysis(state, batch), None
+  compiled = train_step.lower(state, batch).compile()
+  analysis = compiled.memory_analysis()
+  memory = None if analysis is None else {
+      name: int(getattr(analysis, f"{name}_size_in_bytes"))
+      for name in ("temp", "argument", "output")}
+  return memory, utilisation.step_flops(compiled)
 
 
 def build_train_step(train_config, model, objective, optimizer, mesh, state):

@@ -7,14 +7,17 @@ uninterrupted one.
 Faults: SIGTERM checkpoints the step just finished and raises `Preempted` (the launcher
 exits 0). A non-finite loss or gradient raises `NonFiniteLossError` naming the step
 before anything of it is saved (`train.on_nonfinite="stop"`), or, with "skip", leaves
-the state unchanged with a warning.
+the state unchanged with a warning. Nothing is read back from the devices between the
+steps that log, save, evaluate or stop (`health.Health`), and batches are placed on the
+devices two steps ahead.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
-import warnings
+import time
 
 import jax
 import numpy as np
@@ -30,34 +33,16 @@ from mmalign.losses.objective import build_objective
 from mmalign.plots import plot_training_curves
 from mmalign import mesh as mesh_lib
 from mmalign.train import step as step_lib
+from mmalign.train import utilisation
 from mmalign.train import checkpoint as checkpoint_lib
 from mmalign.train.checkpoint import Checkpointer
+from mmalign.train.health import Health, NonFiniteLossError  # noqa: F401  (callers catch it here)
 from mmalign.train.metrics_log import MetricsLog
 from mmalign.train.preemption import Preempted, SigtermWatch
 
 
-class NonFiniteLossError(FloatingPointError):
-  """The loss, the gradient norm or the updated state of a step is NaN or infinite."""
-
-
 class RunEndedError(RuntimeError):
   """The run could not go on (e.g. its metrics could not be written); its state is saved."""
-
-
-def _check_finite(step: int, metrics: dict) -> None:
-  """Stops before a non-finite step is logged or saved (one scalar sync per step)."""
-  loss, grad_norm, state_finite = (float(x) for x in jax.device_get(
-      (metrics["loss"], metrics["grad_norm"], metrics.pop("state_finite"))))
-  if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-    what = f"loss {loss} / gradient norm {grad_norm}"
-  elif not state_finite:
-    what = "parameters or optimizer state after the update (loss and gradient were finite)"
-  else:
-    return
-  raise NonFiniteLossError(
-      f"non-finite {what} at step {step}; nothing of this step was saved, so the latest "
-      "checkpoint is the last good state. Lower train.learning_rate or check the inputs, "
-      "then rerun to resume from it.")
 
 
 STEP_MEMORY = "step_memory.json"
@@ -83,18 +68,45 @@ def _check_image_batches(train_config, text_rows: int, mesh) -> None:
                      "batch shards")
 
 
-def _record_step_memory(train_step, state, batch, workdir: str) -> None:
-  """Writes XLA's memory account of the compiled step (per device) to STEP_MEMORY.
+def _on_devices(batches, mesh, ahead: int = 2):
+  """Each host batch placed on the mesh `ahead` steps before the step that takes it."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(mesh_lib.global_batch(batch, mesh))
+    if len(queue) > ahead:
+      yield queue.popleft()
+  yield from queue
+
+
+def _log(metrics_log, step: int, metrics: dict, schedule, checkpointer, state, meta,
+         saved: bool, workdir: str) -> None:
+  """Logs `step`'s metrics; if they cannot be written, saves the state and ends the run."""
+  try:
+    values = jax.device_get({k: v for k, v in metrics.items() if k != "state_finite"})
+    metrics_log.log(step, {**values, "learning_rate": schedule(step - 1)})
+  except OSError as e:
+    if not saved:
+      checkpointer.save(step, state, meta, force=True)
+    raise RunEndedError(
+        f"could not write the metrics of step {step} into {workdir!r} "
+        f"({e.strerror or e}); the state of step {step} is saved in "
+        f"{checkpointer.directory}: fix the cause and rerun to resume") from None
+
+
+def _record_step_costs(train_step, state, batch, workdir: str) -> float | None:
+  """Writes XLA's memory account of the compiled step (per device) to STEP_MEMORY and
+  returns the step's FLOPs (all devices), for the utilisation in the training log.
 
   Why: CPU reports no device memory; `temp_bytes` is the step's scratch (activations,
   loss tiles). Lowered with the loop's own arguments, so jit reuses this compilation.
   """
-  memory = step_lib.compiled_memory(train_step, state, batch)
-  if memory is None or jax.process_index() != 0:
-    return
-  record = {**{f"{name}_bytes": size for name, size in memory.items()},
-            "images": int(batch["images"].shape[0]), "text_rows": int(batch["tokens"].shape[0])}
-  utils.write_json(os.path.join(workdir, STEP_MEMORY), record)
+  memory, flops = step_lib.compiled_costs(train_step, state, batch)
+  if memory is not None and jax.process_index() == 0:
+    record = {**{f"{name}_bytes": size for name, size in memory.items()},
+              "images": int(batch["images"].shape[0]),
+              "text_rows": int(batch["tokens"].shape[0]), "flops": flops}
+    utils.write_json(os.path.join(workdir, STEP_MEMORY), record)
+  return flops
 
 
 def train(exp: experiment_lib.Experiment, *, stop_after: int | None = None,
@@ -160,40 +172,49 @@ def _train(exp: experiment_lib.Experiment, stop_after: int | None, evaluators) -
       f"{len(train_index.groups)} images, {batches.steps_per_epoch} steps per epoch; "
       f"training steps {start + 1}..{tc.steps}")
 
-  metrics_log = MetricsLog(workdir, tc.steps, start, batch_size=tc.batch_size)
+  metrics_log = MetricsLog(workdir, tc.steps, start, batch_size=tc.batch_size,
+                          peak_flops=utilisation.peak_flops(
+                              settings.value(config, "train.peak_flops")))
   last = tc.steps if stop_after is None else min(stop_after, tc.steps)
-  iterator = pipeline.train_iterator(batches, start_step=start, num_steps=last)
+  device_batches = _on_devices(pipeline.train_iterator(
+      batches, start_step=start, num_steps=last,
+      num_threads=settings.value(config, "data.input_threads")), mesh)
+  health = Health(skip=settings.value(config, "train.on_nonfinite") == "skip")
+  profiled = settings.value(config, "train.profile_steps") or (0, -1)
   try:
     with SigtermWatch() as sigterm:
       for step in range(start + 1, last + 1):
-        batch = mesh_lib.global_batch(next(iterator), mesh)
+        waited = time.perf_counter()
+        batch = next(device_batches)
+        metrics_log.waited(time.perf_counter() - waited)
         if step == start + 1:
-          _record_step_memory(train_step, state, batch, workdir)
+          metrics_log.set_step_flops(_record_step_costs(train_step, state, batch, workdir))
+        if step == profiled[0]:
+          jax.profiler.start_trace(os.path.join(workdir, "tensorboard"))
         state, metrics = train_step(state, batch)
-        if settings.value(config, "train.on_nonfinite") == "stop":
-          _check_finite(step, metrics)
-        elif float(jax.device_get(metrics["skipped"])):
-          warnings.warn(f"step {step}: non-finite loss, gradient or updated state; the update "
-                        "was skipped (train.on_nonfinite='skip')")
-        saved = checkpointer.save(step, state, meta, force=step == last)
-        if step % tc.log_every == 0 or step == last:
-          try:
-            metrics_log.log(step, {**jax.device_get(metrics),
-                                   "learning_rate": schedule(step - 1)})
-          except OSError as e:
+        health.update(step, metrics)  # Dispatched, not waited for.
+        if step == profiled[1]:
+          jax.block_until_ready(metrics)  # The traced steps' device work, finished.
+          jax.profiler.stop_trace()
+          utils.say(f"profiled steps {profiled[0]}..{step} into {workdir}/tensorboard")
+        logs = step % tc.log_every == 0 or step == last
+        evaluates = evaluators is not None and step < last and evaluators.periodic(step)
+        preempted = step < last and sigterm.requested()
+        saves = checkpointer.due(step, force=step == last)
+        if not (logs or evaluates or preempted or saves):
+          continue  # Nothing read back: the next step is dispatched at once.
+        with jax.transfer_guard_device_to_host("allow"):  # The loop's only reads.
+          health.check()  # Before anything of a bad step is logged or saved.
+          saved = saves and checkpointer.save(step, state, meta, force=True)
+          if logs:
+            _log(metrics_log, step, metrics, schedule, checkpointer, state, meta, saved,
+                 workdir)
+          if evaluates:
+            metrics_log.record(step, evaluators.scalars(train_state.variables_of(state), step))
+          if preempted:
             if not saved:
               checkpointer.save(step, state, meta, force=True)
-            raise RunEndedError(
-                f"could not write the metrics of step {step} into {workdir!r} "
-                f"({e.strerror or e}); the state of step {step} is saved in "
-                f"{checkpointer.directory}: fix the cause and rerun to resume") from None
-        if evaluators is not None and step < last and evaluators.periodic(step):
-          metrics_log.record(step, evaluators.scalars(
-              train_state.variables_of(state), step))
-        if step < last and sigterm.requested():
-          if not saved:
-            checkpointer.save(step, state, meta, force=True)
-          raise Preempted(step, checkpointer.directory)
+            raise Preempted(step, checkpointer.directory)
     checkpointer.wait()  # CheckpointWriteError if the last save failed.
   finally:  # Pending asynchronous saves of good states complete even on an error.
     with contextlib.suppress(checkpoint_lib.CheckpointWriteError):  # Already raised.

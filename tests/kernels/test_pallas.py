@@ -60,7 +60,8 @@ def _assert_close(got, want, rtol, name):
 
 
 # Shapes, input options, scale, bias and (value, gradient) rtol; `tpu_shape`
-# overrides (n, m) for the TPU backend, whose blocks are 128.
+# overrides (n, m) for the TPU backend, whose blocks are 128, and `gpu_block`
+# the GPU block size.
 CASES = {
     # Nothing a block multiple (d=20 pads to 32), explicit positives with
     # repeated images and empty columns.
@@ -73,24 +74,30 @@ CASES = {
     # would overflow float32 without the online max.
     "square_large_logits": dict(n=32, m=32, d=16, normalise=True, scale=200.0, bias=-10.0,
                          rtol=(1e-4, 1e-3)),
+    # A wide d at the default GPU block: the backward's row block shrinks to
+    # fit its [rows, d] accumulator, held as several d chunks (d=600 pads to 640).
+    "wide_d": dict(n=64, m=48, d=600, normalise=True, positives="random", scale=10.0,
+                   bias=-5.0, rtol=(1e-5, 1e-4), gpu_block=128),
 }
 
 
 def _case(name, backend):
-  """Inputs for one CASES entry: (text, image, positives, scale, bias, (rtol value, grads))."""
+  """One CASES entry: (text, image, positives, scale, bias, (rtol value, grads), block)."""
   case = CASES[name]
   n, m = case.get(f"{backend}_shape", (case["n"], case["m"]))
   text, image, pos = _inputs(n, m, case["d"], dtype=case.get("dtype", jnp.float32),
                              normalise=case.get("normalise", False),
                              positives=case.get("positives", "diagonal"))
-  return text, image, pos, jnp.float32(case["scale"]), jnp.float32(case["bias"]), case["rtol"]
+  block = case.get(f"{backend}_block", BACKENDS[backend][1])
+  return (text, image, pos, jnp.float32(case["scale"]), jnp.float32(case["bias"]),
+          case["rtol"], block)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("backend,interpret", _modes())
 def test_infonce_matches_reference(backend, interpret, case):
-  module, block, _ = BACKENDS[backend]
-  text, image, pos, scale, _, (rtol_value, rtol_grad) = _case(case, backend)
+  module = BACKENDS[backend][0]
+  text, image, pos, scale, _, (rtol_value, rtol_grad), block = _case(case, backend)
 
   def kernel(t, i, s, p):
     return module.infonce_loss(t, i, s, p, block_n=block, block_m=block, interpret=interpret)
@@ -106,8 +113,8 @@ def test_infonce_matches_reference(backend, interpret, case):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("backend,interpret", _modes())
 def test_sigmoid_matches_reference(backend, interpret, case):
-  module, block, _ = BACKENDS[backend]
-  text, image, pos, scale, bias, (rtol_value, rtol_grad) = _case(case, backend)
+  module = BACKENDS[backend][0]
+  text, image, pos, scale, bias, (rtol_value, rtol_grad), block = _case(case, backend)
 
   def kernel(t, i, s, b, p):
     return module.sigmoid_loss(t, i, s, b, p, block_n=block, block_m=block,
