@@ -16,13 +16,14 @@ import os
 import re
 from typing import Callable
 
+import jax
 import numpy as np
 
 from mmalign import experiment as experiment_lib
 from mmalign import settings
 from mmalign.data import pipeline, sources
 from mmalign.errors import UsageError
-from mmalign.retrieval import searchers
+from mmalign.retrieval import searchers, sharded
 from mmalign.retrieval.base import Index
 from mmalign.retrieval.contact_sheet import save_contact_sheet
 from mmalign.retrieval.manifest import MANIFEST, IndexMismatchError, Provenance
@@ -46,13 +47,14 @@ class Gallery:
   modality: str
   suffix: str  # Of the index directory name.
   item_key: str  # What an item id names; {dataset} and {split} are filled in.
-  embed: Callable  # (exp, variables, split) -> (embeddings [n, d], ids [n])
+  embed: Callable  # (exp, variables, split[, (p, P)]) -> (embeddings [n, d], ids [n])
   describe: Callable  # (exp, split, ids [m]) -> (captions [m], example indices [m])
 
 
-def _embed_images(exp, variables, split):
-  """Each distinct image once (a multi-caption image is several examples), id'd by example."""
-  rows = _split_index(exp, split).image_examples.astype(np.int64)
+def _embed_images(exp, variables, split, part=(0, 1)):
+  """Each distinct image once (a multi-caption image is several examples), id'd by example;
+  `part` (p, P): only every P-th of them from the p-th, one process's shard."""
+  rows = _split_index(exp, split).image_examples.astype(np.int64)[part[0]::part[1]]
   emb = experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder, split),
                                     exp.config.eval.batch_size, indices=rows)  # [n, d]
   return emb, rows
@@ -67,9 +69,10 @@ def _split_index(exp, split) -> pipeline.SplitIndex:
   return pipeline.index_split(sources.open_split(exp.builder, split, decode_images=False))
 
 
-def _embed_texts(exp, variables, split):
+def _embed_texts(exp, variables, split, part=(0, 1)):
   index = _split_index(exp, split)
-  return experiment_lib.embed_texts(exp, variables, index.group_captions), index.group_ids
+  captions = index.group_captions[part[0]::part[1]]
+  return experiment_lib.embed_texts(exp, variables, captions), index.group_ids[part[0]::part[1]]
 
 
 def _describe_texts(exp, split, ids):
@@ -144,28 +147,38 @@ def build_gallery_index(exp: experiment_lib.Experiment, variables, step: int, sp
   if searcher == "scann" and scann_config is not None:
     config = scann_config
   gallery = _gallery(modality)
+  directory = index_dir(exp.workdir, split, step, modality)
+  origin = provenance(exp, step, split, modality)
+  if jax.process_count() > 1:  # Process p embeds and indexes items p, p + P, ...: shard p.
+    embeddings, ids = gallery.embed(exp, variables, split,
+                                    (jax.process_index(), jax.process_count()))
+    sharded.build_sharded(directory, searcher, embeddings, ids, config, provenance=origin)
+    return sharded.ShardedIndex.load(directory)
   embeddings, ids = gallery.embed(exp, variables, split)
-  index = searchers.build_index(searcher, embeddings, config, ids=ids,
-                                provenance=provenance(exp, step, split, modality))
-  index.save(index_dir(exp.workdir, split, step, modality))
+  index = searchers.build_index(searcher, embeddings, config, ids=ids, provenance=origin)
+  index.save(directory)
   return index
 
 
 def gallery_index(exp: experiment_lib.Experiment, variables, step: int, split: str,
                   scann_config: ScannConfig | None = None, *, modality: str = "image",
                   searcher: str | None = None) -> Index:
-  """Loads the saved index of this step, split and modality, or builds and saves it.
+  """Loads the saved index of this step, split and modality (sharded or one), or builds
+  and saves it (sharded when several processes run).
 
   Raises IndexMismatchError (a UsageError) when the saved one was built for another
   model, config or searcher (None -> `config.retrieval.searcher`).
   """
   searcher = searcher_of(exp.config, searcher)[0]
   directory = index_dir(exp.workdir, split, step, modality)
-  if not os.path.exists(os.path.join(directory, MANIFEST)):
+  expect = provenance(exp, step, split, modality)
+  if os.path.exists(os.path.join(directory, sharded.SHARDS_FILE)):  # Built by P processes.
+    index = sharded.ShardedIndex.load(directory, expect=expect)
+  elif os.path.exists(os.path.join(directory, MANIFEST)):
+    index = searchers.load_index(directory, dim=exp.model.embed_dim, expect=expect)
+  else:
     return build_gallery_index(exp, variables, step, split, scann_config, modality=modality,
                                searcher=searcher)
-  index = searchers.load_index(directory, dim=exp.model.embed_dim,
-                               expect=provenance(exp, step, split, modality))
   if index.name != searcher:
     raise IndexMismatchError(f"index {directory!r} is a {index.name!r} index but the config "
                              f"asks for {searcher!r} (retrieval.searcher); rebuild it "

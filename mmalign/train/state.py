@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mmalign import experiment as experiment_lib
+from mmalign import mesh as mesh_lib
 from mmalign import settings, utils
 from mmalign.checkpoints import importers
 from mmalign.errors import UsageError
@@ -61,6 +63,15 @@ def abstract_train_state(exp: experiment_lib.Experiment):
   return jax.eval_shape(lambda: init_train_state(exp))
 
 
+def restorable(abstract_state):
+  """`abstract_state` replicated over every device of every process: what a checkpoint is
+  restored into, so each process holds all of it, however many processes wrote it."""
+  replicated = NamedSharding(jax.make_mesh((jax.device_count(),), ("devices",)),
+                             PartitionSpec())
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                      abstract_state)
+
+
 def variables_of(state: dict) -> dict:
   """The model variables ({"params", ...state collections}) of a train state."""
   return {"params": state["params"], **state.get("model_state", {})}
@@ -82,7 +93,7 @@ def restore_variables(exp: experiment_lib.Experiment, step: int | None = None):
       return jax.device_get(variables_of(with_pretrained(exp, init_train_state(exp)))), 0
     if checkpointer.latest_step() is None:
       raise UsageError(f"--workdir {exp.workdir!r} has no checkpoint: run --mode=train first")
-    abstract = abstract_train_state(exp)
+    abstract = restorable(abstract_train_state(exp))
     if step is None:
       state, _ = checkpointer.restore_latest_good(abstract, exp.meta())
       if state is None:
@@ -92,4 +103,6 @@ def restore_variables(exp: experiment_lib.Experiment, step: int | None = None):
       state, _ = checkpointer.restore(abstract, exp.meta(), step)
   finally:
     checkpointer.close()
-  return variables_of(state), int(state["step"])
+  # Each process's own copy, on the devices it evaluates with (`exp.eval_mesh`).
+  local = jax.tree.map(lambda x: x.addressable_data(0), variables_of(state))
+  return jax.device_put(local, mesh_lib.replicated(exp.eval_mesh())), int(state["step"])

@@ -157,7 +157,8 @@ def _train(exp: experiment_lib.Experiment, stop_after: int | None, evaluators) -
                               save_every=tc.checkpoint_every)
   meta = exp.meta()
   if resuming:
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state)
+    abstract = train_state.restorable(
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state))
     restored, _ = checkpointer.restore_latest_good(abstract, meta)
     if restored is not None:
       state = restored

@@ -2,13 +2,13 @@
 
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import processes
+from tests.processes import ROOT
+
 
 _WORKER = """
 import hashlib, json, sys
@@ -32,27 +32,14 @@ print(json.dumps({{"process": jax.process_index(), "count": jax.process_count(),
 """
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_together_and_agree(tiny_data_dir, tmp_path):
-  address = f"localhost:{_free_port()}"
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["JAX_PLATFORMS"] = "cpu"
-  workers = [subprocess.Popen(
+  address = processes.coordinator_address()
+  outputs = processes.run_together([
       [sys.executable, "-c", _WORKER.format(root=ROOT, address=address, process_id=i,
-                                            data_dir=tiny_data_dir, workdir=str(tmp_path))],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  reports = []
-  for worker in workers:
-    stdout, stderr = worker.communicate(timeout=300)
-    assert worker.returncode == 0, stderr[-3000:]
-    reports.append(json.loads(stdout.strip().splitlines()[-1]))
+                                            data_dir=tiny_data_dir, workdir=str(tmp_path))]
+      for i in range(2)])
+  reports = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
   assert [r["process"] for r in reports] == [0, 1]
   assert all(r["count"] == 2 and r["devices"] == 2 and r["step"] == 3 for r in reports)
   assert reports[0]["params_sha256"] == reports[1]["params_sha256"]
