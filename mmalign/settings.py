@@ -282,7 +282,8 @@ EVAL_OPTIONS = {"retrieval": {"ks": Rule("ints", low=1), "batch_size": Rule("int
                               "batch_size": Rule("int", low=1)},
                 "linear_probe": {"label": Rule("str"), "weight_decays": Rule("floats", low=0.0),
                                  "train_split": Rule("str"), "validation_split": Rule("str"),
-                                 "steps": Rule("int", low=1), "batch_size": Rule("int", low=1)}}
+                                 "steps": Rule("int", low=1), "batch_size": Rule("int", low=1),
+                                 "inputs": Rule("choice", choices=("image", "text", "fused"))}}
 
 
 def _check_evals(config) -> None:

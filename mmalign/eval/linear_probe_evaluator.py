@@ -1,4 +1,5 @@
-"""Linear probe: a softmax classifier on frozen image embeddings, its L2 weight chosen on a
+"""Linear probe: a softmax classifier on frozen image embeddings (or, with `inputs`, the
+example's caption embedding, or both fused as [t, i, t·i]), its L2 weight chosen on a
 validation split, as the CLIP paper's protocol does.
 
   config.evals = {"probe": {"type": "linear_probe", "label": "shape1",
@@ -34,20 +35,25 @@ class LinearProbeEvaluator:
   def __init__(self, exp: experiment_lib.Experiment, *, split: str, label: str,
                weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS,
                train_split: str = "train", validation_split: str = "validation",
-               steps: int = 500, batch_size: int | None = None):
-    self.exp, self.split, self.label = exp, split, label
+               steps: int = 500, batch_size: int | None = None, inputs: str = "image"):
+    self.exp, self.split, self.label, self.inputs = exp, split, label, inputs
     self.weight_decays, self.steps = tuple(float(w) for w in weight_decays), int(steps)
     self.splits = {"train": train_split, "validation": validation_split, "eval": split}
     self.batch_size = exp.config.eval.batch_size if batch_size is None else batch_size
     self.class_names = sources.class_names(exp.builder, label)
 
   def features(self, variables, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(image embeddings [examples, d], labels [examples]) of a split."""
+    """(features [examples, d] (image) or [examples, 3d] (text, fused), labels [examples])."""
     exp = self.exp
-    labels = pipeline.read_labels(sources.open_split(exp.builder, split, decode_images=False),
-                                  self.label)
-    return experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder, split),
-                                       self.batch_size), labels
+    captions = sources.open_split(exp.builder, split, decode_images=False)
+    labels = pipeline.read_labels(captions, self.label)
+    image_emb = experiment_lib.embed_images(exp, variables, sources.open_split(exp.builder,
+                                                                               split),
+                                            self.batch_size)
+    if self.inputs == "image":
+      return image_emb, labels
+    text_emb = experiment_lib.embed_texts(exp, variables, pipeline.index_split(captions).captions)
+    return probe.probe_features(self.inputs, text_emb, image_emb), labels
 
   def evaluate(self, variables, step: int | None) -> dict:
     data = {role: self.features(variables, split) for role, split in self.splits.items()}

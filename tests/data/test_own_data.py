@@ -10,9 +10,11 @@ import numpy as np
 from PIL import Image
 
 from experiments.configs import tiny
+from mmalign import experiment as experiment_lib
 from mmalign import run as run_lib
 from mmalign.data import convert, pipeline, sources
 from mmalign.data.split import split_of
+from mmalign.eval import linear_probe_evaluator as lpe
 
 IMAGES = 120
 
@@ -64,13 +66,26 @@ def test_a_jsonl_manifest_converts_trains_and_evaluates(tiny_data_dir, tmp_path)
   config.evals = ml_collections.ConfigDict({
       "retrieval": {"type": "retrieval", "split": "test"},
       "zero_shot": {"type": "zero_shot", "split": "test", "label": "label"},
-      "probe": {"type": "linear_probe", "split": "test", "label": "label", "steps": 20}})
+      "probe": {"type": "linear_probe", "split": "test", "label": "label", "steps": 20},
+      "fused_probe": {"type": "linear_probe", "split": "test", "label": "label", "steps": 20,
+                      "inputs": "fused"}})
   outcome = run_lib.execute(config, str(tmp_path / "run"), "all")
   assert outcome.step == 4
   test_images = sum(split_of(name) == "test" for name, _, _ in glyph_files(tiny_data_dir))
   assert outcome.results["retrieval"]["gallery_images"] == test_images
   assert outcome.results["zero_shot"]["num_examples"] == test_images
   assert 0.0 <= outcome.results["probe"]["top1"] <= 1.0
+  # The fused probe reads [t, i, t·i] of each example's own caption and image.
+  exp = experiment_lib.prepare(config, str(tmp_path / "run"), allow_new_tokenizer=False)
+  fused, labels = lpe.LinearProbeEvaluator(exp, split="test", label="label",
+                                           inputs="fused").features(outcome.variables, "test")
+  source = sources.open_split(exp.builder, "test")
+  text = experiment_lib.embed_texts(exp, outcome.variables,
+                                    [source[i]["caption"] for i in range(len(source))])
+  image = experiment_lib.embed_images(exp, outcome.variables, source)
+  np.testing.assert_allclose(fused, np.concatenate([text, image, text * image], axis=1),
+                             rtol=1e-5, atol=1e-6)
+  assert len(labels) == test_images and 0.0 <= outcome.results["fused_probe"]["top1"] <= 1.0
 
 
 def test_webdataset_shards_convert_in_two_processes_and_train(tiny_data_dir, tmp_path):
