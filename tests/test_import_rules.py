@@ -17,7 +17,7 @@ LAYERS = [
     ("mmalign.data", "mmalign.models", "mmalign.losses", "mmalign.checkpoints", "mmalign.matching", "mmalign.alignment",
      "mmalign.retrieval.vectors", "mmalign.retrieval.manifest", "mmalign.retrieval.base",
      "mmalign.retrieval.scann_index", "mmalign.retrieval.exact_index",
-     "mmalign.retrieval.searchers", "mmalign.retrieval.contact_sheet",
+     "mmalign.retrieval.searchers", "mmalign.retrieval.contact_sheet", "mmalign.retrieval.sharded",
      "mmalign.eval.retrieval_metrics", "mmalign.eval.metrics"),
     ("mmalign.retrieval.tuning", "mmalign.tasks.probe", "mmalign.tasks.zero_shot",
      "mmalign.tasks.annotation", "mmalign.tasks.shapes_tasks", "mmalign.tasks"),

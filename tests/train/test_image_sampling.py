@@ -4,7 +4,6 @@ the refused micro-batching, and a tiny training run that records the step's memo
 import functools
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -21,6 +20,7 @@ from mmalign.errors import UsageError
 from mmalign.losses.objective import build_objective
 from mmalign.train import accumulation, trainer
 from mmalign.train import step as step_lib
+from tests import processes
 from tests.train import tiny_model
 from tests.train.test_accumulation import _assert_gradients_close
 
@@ -125,21 +125,12 @@ trainer.train(experiment_lib.for_training(config, {workdir!r}))
 def test_two_processes_compute_the_one_process_loss(tiny_data_dir, tmp_path):
   # Each process holds half the images and half the text rows, while image_to_text
   # indexes the global text rows: a local index would change the loss at once.
-  from tests.train.test_multihost import _free_port  # pylint: disable=import-outside-toplevel
-  address = f"localhost:{_free_port()}"
+  address = processes.coordinator_address()
   batch = _tiny_batch()  # Of this process's devices; the two workers have one each.
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["JAX_PLATFORMS"] = "cpu"
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  workers = [subprocess.Popen(
-      [sys.executable, "-c", _WORKER.format(root=root, address=address, process_id=i,
+  processes.run_together([
+      [sys.executable, "-c", _WORKER.format(root=processes.ROOT, address=address, process_id=i,
                                             data_dir=tiny_data_dir, batch=batch,
-                                            workdir=str(tmp_path / "two"))],
-      cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  for worker in workers:
-    _, stderr = worker.communicate(timeout=300)
-    assert worker.returncode == 0, stderr[-3000:]
+                                            workdir=str(tmp_path / "two"))] for i in range(2)])
   config = tiny.get_config()
   config.data.data_dir = tiny_data_dir
   config.data.sampling = "images"
