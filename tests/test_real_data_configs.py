@@ -11,7 +11,7 @@ from tests.data import tfds_metadata as tm
 
 @pytest.fixture(name="data_dir")
 def fixture_data_dir(tmp_path):
-  with tm.coco_and_imagenet(str(tmp_path / "tfds"), {"train": 20, "validation": 25}) as path:
+  with tm.coco_and_imagenet(str(tmp_path / "tfds"), {"train": 80, "validation": 25}) as path:
     yield path
 
 
@@ -22,7 +22,7 @@ def shrunk(config: ml_collections.ConfigDict, data_dir: str) -> ml_collections.C
   config.model.image_kwargs.vit.update(width=32, depth=1, heads=2, mlp_dim=64,
                                        patch_size=16)
   config.model.embed_dim = 16
-  config.train.update(batch_size=4, steps=3, warmup_steps=1, checkpoint_every=3, log_every=1)
+  config.train.update(batch_size=8, steps=3, warmup_steps=1, checkpoint_every=3, log_every=1)
   return config
 
 

@@ -87,7 +87,7 @@ def imagenet_config(data_dir: str) -> ml_collections.ConfigDict:
   config.data.update(name="imagenet2012", config=None, data_dir=data_dir, image_size=16,
                      image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
   config.eval.split = "validation"
-  config.train.batch_size = 4  # Five classes: one caption (the class name) per class.
+  config.train.batch_size = 8  # Ten classes: one caption (the class name) per class.
   config.train.steps, config.train.checkpoint_every = 4, 2
   config.evals = ml_collections.ConfigDict({
       "zero_shot": {"type": "zero_shot", "split": "validation", "label": "label",
@@ -98,7 +98,8 @@ def imagenet_config(data_dir: str) -> ml_collections.ConfigDict:
 
 
 READABLE = ["a tench fish", "a goldfish", "a great white shark", "a tiger shark",
-            "a hammerhead shark"]
+            "a hammerhead shark", "an electric ray", "a stingray", "a cock", "a hen",
+            "an ostrich"]
 
 
 def test_imagenet_like_zero_shot_and_linear_probe(data_dir, tmp_path):
@@ -151,7 +152,7 @@ def test_bad_mappings_fail_in_one_line(data_dir, tmp_path):
   config = imagenet_config(data_dir)
   (tmp_path / "classes.txt").write_text("tench\ngoldfish\n")
   config.evals.zero_shot.class_names_file = str(tmp_path / "classes.txt")
-  with pytest.raises(UsageError, match="holds 2 names for the 5 classes of 'label'"):
+  with pytest.raises(UsageError, match="holds 2 names for the 10 classes of 'label'"):
     experiment_lib.for_training(config, str(tmp_path / "f"))
   config = tiny.get_config()
   config.data.features.caption = "text"
