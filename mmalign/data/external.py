@@ -70,7 +70,7 @@ class ExternalDataset:
     self.data_dir = os.fspath(builder.data_dir)
     self._layout = _layout(builder, dict(features))
     own = builder.info.splits
-    mapped = {name: expression for name, expression in dict(splits).items()}
+    mapped = dict(splits)
     for name, expression in mapped.items():
       try:
         own[expression]  # pylint: disable=pointless-statement
@@ -81,8 +81,9 @@ class ExternalDataset:
     self._splits = {**{name: name for name in own}, **mapped}
     labels = {name: feature for name, feature in builder.info.features.items()
               if isinstance(feature, tfds.features.ClassLabel)}
-    self.info = _Info(splits={name: own[expression] for name, expression in self._splits.items()},
-                      features={"image": builder.info.features[self._layout.image], **labels})
+    self.info = _Info(
+        splits={name: own[expression] for name, expression in self._splits.items()},
+        features={"image": builder.info.features[self._layout.image], **labels})
 
   @property
   def label(self) -> str:
