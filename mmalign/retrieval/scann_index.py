@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import scann
+from google.protobuf import text_format
+from scann.proto import partitioning_pb2, scann_pb2
 
 from mmalign.retrieval.base import SEARCHERS, Index
 from mmalign.retrieval.manifest import IndexFileError, Provenance
@@ -72,6 +74,20 @@ def resolved_tree_params(config: ScannConfig, count: int) -> dict[str, int] | No
           "training_sample_size": min(sample, count)}
 
 
+def seeded_tree_config(config_text: str) -> str:
+  """`config_text` with the k-means tree seeded by k-means++ instead of random centres.
+
+  Why: ScaNN's random tree initialisation is not seeded, so two builds over the same
+  vectors gave different trees and answers; k-means++ (and the seeded training sample)
+  makes a build a function of its vectors and config, in any process.
+  """
+  proto = text_format.Parse(config_text, scann_pb2.ScannConfig())
+  if proto.HasField("partitioning"):
+    proto.partitioning.single_machine_center_initialization = (
+        partitioning_pb2.PartitioningConfig.DEFAULT_KMEANS_PLUS_PLUS)
+  return text_format.MessageToString(proto)
+
+
 @SEARCHERS.register("scann")
 class ScannIndex(Index):
   """A ScaNN searcher (tree + AH + reorder, or brute force) behind the `Index` API."""
@@ -118,10 +134,12 @@ class ScannIndex(Index):
           config.dims_per_block,
           anisotropic_quantization_threshold=config.anisotropic_quantization_threshold,
       ).reorder(config.reorder)
+    searcher = scann.scann_ops_pybind.create_searcher(
+        gallery, seeded_tree_config(builder.create_config()))
     params = {"mode": "brute_force" if tree is None else "tree", "tree": tree,
               "reorder": None if tree is None else config.reorder,
               "num_neighbors": config.num_neighbors, "config": dataclasses.asdict(config)}
-    return cls(builder.build(), dim, ids, params, provenance)
+    return cls(searcher, dim, ids, params, provenance)
 
   def _query_knobs(self, k: int) -> tuple[int, int]:
     """(pre_reorder, leaves_to_search) for the raw searcher; -1 = the searcher's own."""

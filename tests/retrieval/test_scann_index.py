@@ -1,9 +1,13 @@
 """ScaNN-specific behaviour: the tree path, its padding, and how its size is chosen."""
 
+import pathlib
+import sys
+
 import numpy as np
 import pytest
 
 from mmalign.retrieval.scann_index import ScannConfig, ScannIndex, resolved_tree_params
+from tests.processes import run_together
 from tests.retrieval.reference import clustered, cosine, numpy_top_k, recall, unit_rows
 
 
@@ -99,3 +103,27 @@ def test_resolved_tree_params():
   assert resolved_tree_params(custom, 300) is None  # 300 < 2 * 300 leaves.
   assert resolved_tree_params(custom, 1000) == {
       "num_leaves": 400, "num_leaves_to_search": 400, "training_sample_size": 1000}
+
+
+_BUILD_AND_SAVE = """
+import sys
+from mmalign.retrieval.scann_index import ScannIndex
+from tests.retrieval.reference import clustered
+gallery, _ = clustered(3, num=8000, num_queries=1, num_clusters=300)
+ScannIndex.build(gallery).save(sys.argv[1])
+"""
+
+
+def test_builds_are_the_same_in_any_process(tmp_path):
+  """Two processes building over the same vectors write the same index, file for file."""
+  directories = [str(tmp_path / name) for name in ("a", "b")]
+  run_together([[sys.executable, "-c", _BUILD_AND_SAVE, d] for d in directories])
+  trained = ["serialized_partitioner.pb", "datapoint_to_token.npy", "ah_codebook.pb",
+             "hashed_dataset.npy"]
+  for name in trained:
+    contents = [(pathlib.Path(d) / name).read_bytes() for d in directories]
+    assert contents[0] == contents[1], name
+  gallery, queries = clustered(3, num=8000, num_queries=100, num_clusters=300)
+  answers = [ScannIndex.load(d).search(queries) for d in directories]
+  np.testing.assert_array_equal(answers[0][1], answers[1][1])
+  np.testing.assert_array_equal(answers[0][0], answers[1][0])

@@ -46,7 +46,7 @@ def test_scann_shards_reach_one_indexs_recall(tmp_path):
   _, ids = sharded.ShardedIndex.load(str(tmp_path), process_index=0,
                                      process_count=1).search(queries, 10)
   _, whole = searchers.build_index("scann", gallery).search(queries, 10)
-  assert recall(ids, truth) >= recall(whole, truth) - 0.005
+  assert recall(ids, truth) >= recall(whole, truth)  # Builds are deterministic.
 
 
 def test_ties_and_missing_slots_merge_as_one_index_orders_them():
