@@ -2,7 +2,8 @@
 
 A crash during a save leaves the previous checkpoint as the latest good one (orbax
 renames a step's directory when complete). A checkpoint that goes bad later is moved
-aside by `restore_latest_good` to `<step>.corrupt` (never deleted), with a warning.
+aside by `restore_latest_good` to `<step>.corrupt` (never deleted), with a warning; a
+restore that fails for another reason (placement, memory) raises and moves nothing.
 
 Every saved array is finite and has a SHA-256 checksum in the meta, which `restore`
 checks: orbax's files carry none, so a flipped byte would otherwise restore silently.
@@ -48,6 +49,24 @@ class CheckpointWriteError(RuntimeError):
 
 class CorruptCheckpointError(RuntimeError):
   """A checkpoint's arrays do not match the checksums saved with them."""
+
+
+class CheckpointRestoreError(RuntimeError):
+  """A checkpoint could not be restored for a reason that does not mean its files are
+  damaged (placement, memory, a bug); it was left where it is."""
+
+
+# What orbax and TensorStore say when a file's bytes are damaged or missing.
+_DAMAGE_MARKERS = ("DATA_LOSS", "Error reading", "Error opening", "error while reading")
+
+
+def _is_damage(error: Exception) -> bool:
+  """Whether `error` says the checkpoint's files are damaged, as opposed to a fault of this
+  run, which must not move a good checkpoint aside."""
+  if isinstance(error, (CorruptCheckpointError, OSError, UnicodeDecodeError,
+                        json.JSONDecodeError)):
+    return True
+  return any(marker in str(error) for marker in _DAMAGE_MARKERS)
 
 
 def _host_array(x) -> np.ndarray:
@@ -184,18 +203,24 @@ class Checkpointer:
           f"{', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}")
 
   def restore_latest_good(self, abstract_state, meta: dict):
-    """`restore` of the newest readable step, moving unreadable ones aside.
+    """`restore` of the newest readable step, moving damaged ones aside.
 
-    A mismatch (another model) is raised at once; any other failure to read a step marks
-    it corrupt. Returns (state, meta), or (None, None) when no step could be read.
+    A mismatch (another model) is raised at once, and so is any failure that does not say
+    the files are damaged (CheckpointRestoreError, the step left in place). Returns
+    (state, meta), or (None, None) when no step could be read.
     """
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         return self.restore(abstract_state, meta, step)
       except CheckpointMismatchError:
         raise
-      except Exception as e:  # pylint: disable=broad-except  # Any unreadable file.
+      except Exception as e:  # pylint: disable=broad-except  # Sorted just below.
         bad = os.path.join(self.directory, str(step))
+        if not _is_damage(e):
+          first = (str(e).strip().splitlines() or [""])[0][:200]
+          raise CheckpointRestoreError(
+              f"could not restore checkpoint {bad} ({type(e).__name__}: {first}); its files "
+              "do not look damaged, so it was left in place") from e
         aside = f"{bad}.corrupt"
         warnings.warn(f"checkpoint {bad} is unreadable ({type(e).__name__}: "
                       f"{str(e)[:200]}); moved it to {aside} and trying the previous one")

@@ -17,7 +17,7 @@ from mmalign import experiment as experiment_lib
 from mmalign.train import state as train_state
 from mmalign.data import pipeline
 from mmalign.train import trainer
-from mmalign.train.checkpoint import Checkpointer
+from mmalign.train.checkpoint import CheckpointRestoreError, Checkpointer
 from tests.trees import assert_trees_bitwise_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -178,3 +178,24 @@ def test_non_finite_steps_can_be_skipped(tiny_data_dir, tmp_path, monkeypatch):
   with open(tmp_path / "metrics.jsonl") as f:
     skipped = [json.loads(line)["skipped"] for line in f]
   assert skipped == [0, 0, 1, 1, 0, 0]
+
+
+def test_a_restore_failure_that_is_not_damage_moves_nothing(tiny_data_dir, tmp_path,
+                                                              monkeypatch):
+  """A good checkpoint that fails to restore for another reason (here a placement error,
+  as a one-process checkpoint once raised in a two-process job) stays where it is."""
+  config = _config(tiny_data_dir)
+  config.train.update(steps=3, checkpoint_every=3)
+  trainer.train(experiment_lib.for_training(config, str(tmp_path)))
+  exp = experiment_lib.prepare(config, str(tmp_path), allow_new_tokenizer=False)
+  checkpointer = Checkpointer(str(tmp_path))
+
+  def misplaced(*args, **kwargs):
+    raise ValueError("Array has no addressable shards")
+
+  monkeypatch.setattr(checkpointer, "restore", misplaced)
+  with pytest.raises(CheckpointRestoreError, match=r"checkpoints/3 \(ValueError: Array has "
+                     r"no addressable shards\).*left in place"):
+    checkpointer.restore_latest_good(train_state.abstract_train_state(exp), exp.meta())
+  checkpointer.close()
+  assert "3" in os.listdir(os.path.join(str(tmp_path), "checkpoints"))
