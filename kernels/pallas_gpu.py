@@ -399,8 +399,6 @@ class _TritonBackend:
 #
 # A backend provides:
 #   pad_dims(n, m, d, block_n, block_m) -> (block_n, block_m, n_pad, m_pad, d_pad)
-#   lse(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b, with_pos, interpret)
-#     or, in one sweep for both directions,
 #   lse_rows_cols(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b, interpret)
 #   log_sigmoid_rows(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b, interpret)
 #   grad(tile_grad, params, a, b, row_vecs, col_vecs, *, n_a, n_b, block_a, block_b,
@@ -466,17 +464,9 @@ def _infonce_fwd(cfg: _Config, text, image, scale, positives):
   p = _prepare(cfg, text, image, positives)
   n, m, be = p.n, p.m, cfg.backend
   params = _params(scale)
-  if hasattr(be, "lse_rows_cols"):
-    lse_row, raw_pos, lse_col = be.lse_rows_cols(
-        params, p.t, p.im, p.text_keys, p.image_keys, n_a=n, n_b=m, block_a=p.bn,
-        block_b=p.bm, interpret=cfg.interpret)
-  else:
-    lse_row, raw_pos = be.lse(params, p.t, p.im, p.text_keys, p.image_keys,
-                              n_a=n, n_b=m, block_a=p.bn, block_b=p.bm,
-                              with_pos=True, interpret=cfg.interpret)
-    lse_col, _ = be.lse(params, p.im, p.t, p.image_keys, p.text_keys,
-                        n_a=m, n_b=n, block_a=p.bm, block_b=p.bn,
-                        with_pos=False, interpret=cfg.interpret)
+  lse_row, raw_pos, lse_col = be.lse_rows_cols(
+      params, p.t, p.im, p.text_keys, p.image_keys, n_a=n, n_b=m, block_a=p.bn,
+      block_b=p.bm, interpret=cfg.interpret)
   pos_logit = scale * raw_pos[:n]  # [N]
   pos_lse, has_positive = _column_positive_lse(pos_logit, positives, m)  # [M]
   row_mean = jnp.mean(lse_row[:n] - pos_logit)

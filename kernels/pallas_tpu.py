@@ -64,13 +64,14 @@ def _valid(block_a: int, block_b: int, n_a: int | None, n_b: int):
   return ok
 
 
-def _lse_kernel(params_ref, a_ref, b_ref, key_a_ref, key_b_ref, *refs, n_b: int,
-                with_pos: bool):
-  """Online logsumexp over column blocks j (and the raw positive logit per row)."""
-  if with_pos:
-    lse_ref, pos_ref, m_scr, l_scr, pos_scr = refs
-  else:
-    (lse_ref, m_scr, l_scr), pos_ref, pos_scr = refs, None, None
+def _lse_kernel(params_ref, a_ref, b_ref, key_a_ref, key_b_ref, lse_ref, pos_ref, col_ref,
+                m_scr, l_scr, pos_scr, *, n_a: int, n_b: int):
+  """Both directions' logsumexp statistics of s·A_blk·B_jᵀ from one sweep.
+
+  Over column blocks j: the row logsumexp (online max/sum) and the raw positive logit per
+  row; per tile (i, j): the column logsumexp over block i's valid rows into col_ref, which
+  the caller reduces over row blocks, so the columns cost no second sweep.
+  """
   j = pl.program_id(1)
   block_a, block_b = a_ref.shape[0], b_ref.shape[0]
 
@@ -78,26 +79,27 @@ def _lse_kernel(params_ref, a_ref, b_ref, key_a_ref, key_b_ref, *refs, n_b: int,
   def _init():
     m_scr[...] = jnp.full(m_scr.shape, _MASK, jnp.float32)
     l_scr[...] = jnp.zeros(l_scr.shape, jnp.float32)
-    if with_pos:
-      pos_scr[...] = jnp.zeros(pos_scr.shape, jnp.float32)
+    pos_scr[...] = jnp.zeros(pos_scr.shape, jnp.float32)
 
   raw = _dot(a_ref[...], b_ref[...], _NT)  # [ba, bb]
-  # Padded rows give finite values that the caller slices off; mask columns only.
-  logits = jnp.where(_valid(block_a, block_b, None, n_b), params_ref[0] * raw, _MASK)
+  # Padded rows give finite row values that the caller slices off; rows are masked for
+  # the column statistics, and every row block holds a valid row.
+  logits = jnp.where(_valid(block_a, block_b, n_a, n_b), params_ref[0] * raw, _MASK)
   m_prev = m_scr[...]  # [ba, 128]
   m_new = jnp.maximum(m_prev, jnp.max(logits, axis=1, keepdims=True))  # [ba, 128]
   p = jnp.exp(logits - _lanes(m_new, block_b))
   l_scr[...] = jnp.exp(m_prev - m_new) * l_scr[...] + jnp.sum(p, axis=1, keepdims=True)
   m_scr[...] = m_new
-  if with_pos:
-    hit = _lanes(key_a_ref[...], block_b) == key_b_ref[0:1, :]  # [ba, bb]
-    pos_scr[...] += jnp.sum(jnp.where(hit, raw, 0.0), axis=1, keepdims=True)
+  hit = _lanes(key_a_ref[...], block_b) == key_b_ref[0:1, :]  # [ba, bb]
+  pos_scr[...] += jnp.sum(jnp.where(hit, raw, 0.0), axis=1, keepdims=True)
+  col_max = jnp.max(logits, axis=0, keepdims=True)  # [1, bb]
+  col_lse = col_max + jnp.log(jnp.sum(jnp.exp(logits - col_max), axis=0, keepdims=True))
+  col_ref[...] = jnp.broadcast_to(col_lse, col_ref.shape)  # [8, bb], sublane-replicated.
 
   @pl.when(j == pl.num_programs(1) - 1)
   def _write():
     lse_ref[...] = m_scr[...] + jnp.log(l_scr[...])
-    if with_pos:
-      pos_ref[...] = pos_scr[...]
+    pos_ref[...] = pos_scr[...]
 
 
 def _log_sigmoid_kernel(params_ref, a_ref, b_ref, key_a_ref, key_b_ref, out_ref, acc_scr,
@@ -216,18 +218,24 @@ class _MosaicBackend:
             _round_up(d, _LANES))
 
   @staticmethod
-  def lse(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b, with_pos, interpret):
-    na_p = a.shape[0]
+  def lse_rows_cols(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b, interpret):
+    """(row lse [Na_pad], raw positive [Na_pad], column lse [Nb_pad]) of s·A·Bᵀ, f32.
+
+    The column lse is reduced here from one partial per row block.
+    """
+    na_p, nb_p = a.shape[0], b.shape[0]
+    n_blocks = na_p // block_a
     row_out = pl.BlockSpec((block_a, _LANES), lambda i, j: (i, 0))
     vec = jax.ShapeDtypeStruct((na_p, _LANES), jnp.float32)
     acc = pltpu.VMEM((block_a, _LANES), jnp.float32)
-    n_out = 2 if with_pos else 1
-    del n_a  # Padded rows give finite garbage that is sliced off.
-    outs = _call(functools.partial(_lse_kernel, n_b=n_b, with_pos=with_pos), params, a, b,
-                 (key_a,), (key_b,), block_a=block_a, block_b=block_b,
-                 out_specs=[row_out] * n_out, out_shape=[vec] * n_out,
-                 scratch=[acc] * (n_out + 1), name="contrastive_lse", interpret=interpret)
-    return outs[0][:, 0], (outs[1][:, 0] if with_pos else None)
+    lse_row, pos, col_parts = _call(
+        functools.partial(_lse_kernel, n_a=n_a, n_b=n_b), params, a, b, (key_a,),
+        (key_b,), block_a=block_a, block_b=block_b,
+        out_specs=[row_out, row_out, pl.BlockSpec((_SUBLANES, block_b), lambda i, j: (i, j))],
+        out_shape=[vec, vec, jax.ShapeDtypeStruct((n_blocks * _SUBLANES, nb_p), jnp.float32)],
+        scratch=[acc] * 3, name="contrastive_lse", interpret=interpret)
+    col_parts = col_parts.reshape(n_blocks, _SUBLANES, nb_p)[:, 0]
+    return lse_row[:, 0], pos[:, 0], jax.nn.logsumexp(col_parts, axis=0)
 
   @staticmethod
   def log_sigmoid_rows(params, a, b, key_a, key_b, *, n_a, n_b, block_a, block_b,

@@ -1,10 +1,11 @@
-"""Matmul FLOPs the Pallas GPU losses execute per step, counted from their traced programs.
+"""Matmul FLOPs the Pallas GPU and TPU losses execute per step, counted from their traced
+programs.
 
 The count walks the jaxpr of one value-and-gradient step: a dot_general costs
 2·(output size)·(contraction size), times the trip count of every loop around
 it (a fori_loop with static bounds traces to a scan of that length) and, inside
 a kernel, times the number of programs in its pallas_call grid. Nothing is
-compiled or run, so this checks the GPU path from a CPU-only machine. The
+compiled or run, so this checks both paths from a CPU-only machine. The
 budget is 1.25 × the 8·N·M·d FLOPs that benchmarks credit a step with (the
 forward logits, their recomputation in the backward, dT and dI).
 """
@@ -17,7 +18,7 @@ from jax.extend import core as jax_core
 import jax.numpy as jnp
 import pytest
 
-from kernels import pallas_gpu
+from kernels import pallas_gpu, pallas_tpu
 
 
 def _sub_jaxprs(params):
@@ -82,16 +83,16 @@ def test_counter_multiplies_grid_and_loop_trips():
   assert [(grid, flops) for _, grid, flops in kernels] == [((2,), 2 * 3 * 2 * 8 * 16 * 32)]
 
 
-def _step_flops(loss, n, m, d, dtype, block_n, block_m):
+def _step_flops(backend, loss, n, m, d, dtype, block_n, block_m):
   """(matmul FLOPs of one value-and-gradient step, [(kernel, grid, FLOPs)])."""
   if loss == "infonce":
     def fn(t, i, s, b, p):
       del b
-      return pallas_gpu.infonce_loss(t, i, s, p, block_n=block_n, block_m=block_m)
+      return backend.infonce_loss(t, i, s, p, block_n=block_n, block_m=block_m)
     argnums = (0, 1, 2)
   else:
     def fn(t, i, s, b, p):
-      return pallas_gpu.sigmoid_loss(t, i, s, b, p, block_n=block_n, block_m=block_m)
+      return backend.sigmoid_loss(t, i, s, b, p, block_n=block_n, block_m=block_m)
     argnums = (0, 1, 2, 3)
   scalar = jax.ShapeDtypeStruct((), jnp.float32)
   jaxpr = jax.make_jaxpr(jax.value_and_grad(fn, argnums=argnums))(
@@ -102,13 +103,16 @@ def _step_flops(loss, n, m, d, dtype, block_n, block_m):
 
 
 # (N, M, d): the benchmark's d and a half-width one with N ≠ M; (block_n, block_m):
-# the defaults that kernels.api passes on GPU, and a narrower row block.
-@pytest.mark.parametrize("blocks", [(128, 128), (64, 128)], ids=["128x128", "64x128"])
+# the defaults that kernels.api passes, and a narrower row block on GPU (TPU blocks are
+# multiples of 128).
+@pytest.mark.parametrize("backend,blocks", [(pallas_gpu, (128, 128)), (pallas_gpu, (64, 128)),
+                                            (pallas_tpu, (128, 128))],
+                         ids=["gpu-128x128", "gpu-64x128", "tpu-128x128"])
 @pytest.mark.parametrize("n,m,d", [(256, 256, 768), (512, 256, 384)])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
 @pytest.mark.parametrize("loss", ["infonce", "sigmoid"])
-def test_step_stays_within_flop_budget(loss, dtype, n, m, d, blocks):
-  flops, kernels = _step_flops(loss, n, m, d, dtype, *blocks)
+def test_step_stays_within_flop_budget(backend, loss, dtype, n, m, d, blocks):
+  flops, kernels = _step_flops(backend, loss, n, m, d, dtype, *blocks)
   counted = 8 * n * m * d
   assert {name for name, _, _ in kernels} >= {"contrastive_grad"}, kernels
   assert flops <= 1.25 * counted, (

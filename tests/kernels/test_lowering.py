@@ -31,8 +31,7 @@ PLATFORMS = {
 # InfoNCE forward gets row and column statistics from one sweep, Mosaic from two.
 KERNELS = {
     ("cuda", "infonce"): (["contrastive_lse"], ["contrastive_lse"] + ["contrastive_grad"] * 2),
-    ("tpu", "infonce"): (["contrastive_lse"] * 2,
-                         ["contrastive_lse"] * 2 + ["contrastive_grad"] * 2),
+    ("tpu", "infonce"): (["contrastive_lse"], ["contrastive_lse"] + ["contrastive_grad"] * 2),
     ("cuda", "sigmoid"): (["sigmoid_rows"], ["sigmoid_rows"] + ["contrastive_grad"] * 2),
     ("tpu", "sigmoid"): (["sigmoid_rows"], ["sigmoid_rows"] + ["contrastive_grad"] * 2),
 }
