@@ -44,6 +44,7 @@ if ROOT not in sys.path:  # For `python benchmarks/retrieval.py` as well as `-m`
   sys.path.insert(0, ROOT)
 
 # pylint: disable=wrong-import-position
+from benchmarks.galleries import mixture, unit_rows  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
 from mmalign import utils  # noqa: E402
 from mmalign.retrieval import tuning  # noqa: E402
@@ -84,43 +85,6 @@ HARDNESS_LIMIT = 0.9
 
 
 # ------------------------------------------------------------------------------ data
-
-
-def mixture(n: int, num_queries: int, dim: int, clusters: int, spread: float,
-            seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(gallery [n, dim], queries [q, dim]): float32 unit rows of one skewed mixture.
-
-  Cluster c has weight ∝ 1/(c+1) (a few huge clusters, a long tail), spread
-  spread · lognormal(0, 0.35), noise with standard deviations ∝ i^-1/2 along a random
-  basis (anisotropic), and its centre near one of 40 super-centres (clusters overlap).
-  Queries are fresh draws, never gallery rows.
-  """
-  rng = np.random.default_rng(seed)
-  supers = _unit(rng.normal(size=(40, dim)))
-  centres = _unit(supers[rng.integers(0, 40, clusters)]
-                  + 0.7 * rng.normal(size=(clusters, dim)) / np.sqrt(dim))
-  weights = 1.0 / np.arange(1, clusters + 1)
-  weights /= weights.sum()
-  scale = spread * np.exp(rng.normal(0, 0.35, clusters)) / np.sqrt(dim)  # [clusters]
-  spectrum = np.arange(1, dim + 1) ** -0.5
-  spectrum *= np.sqrt(dim / np.sum(spectrum ** 2))  # [dim], mean square 1
-  basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0].astype(np.float32)  # [dim, dim]
-
-  def draw(count: int, draw_rng) -> np.ndarray:
-    members = draw_rng.choice(clusters, size=count, p=weights)
-    out = np.empty((count, dim), np.float32)
-    for start in range(0, count, 100_000):
-      c = members[start:start + 100_000]
-      noise = draw_rng.standard_normal((len(c), dim), dtype=np.float32) * spectrum.astype(
-          np.float32)
-      out[start:start + len(c)] = _unit(centres[c] + scale[c, None] * (noise @ basis))
-    return out
-
-  return draw(n, np.random.default_rng(seed + 1)), draw(num_queries, np.random.default_rng(seed + 2))
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-  return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------ timing
@@ -541,7 +505,7 @@ def real_embeddings(workdir: str, config_path: str, log):
                                        config.eval.batch_size)
   index = pipeline.index_split(sources.open_split(exp.builder, split, decode_images=False))
   texts = experiment_lib.embed_texts(exp, variables, index.group_captions)
-  return (_unit(images), _unit(texts)), f"{config.data.name}/{config.data.config} {split}, step {step}"
+  return (unit_rows(images), unit_rows(texts)), f"{config.data.name}/{config.data.config} {split}, step {step}"
 
 
 # ------------------------------------------------------------------------------ report

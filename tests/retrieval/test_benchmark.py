@@ -12,18 +12,18 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import retrieval as bench
+from benchmarks import galleries, retrieval as bench
 from tests.retrieval.reference import numpy_top_k
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_mixture_is_unit_float32_deterministic_and_held_out():
-  gallery, queries = bench.mixture(3000, 50, 16, clusters=40, spread=0.6, seed=3)
+  gallery, queries = galleries.mixture(3000, 50, 16, clusters=40, spread=0.6, seed=3)
   assert gallery.shape == (3000, 16) and queries.shape == (50, 16)
   assert gallery.dtype == queries.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(gallery, axis=1), 1, atol=1e-5)
-  again, _ = bench.mixture(3000, 50, 16, clusters=40, spread=0.6, seed=3)
+  again, _ = galleries.mixture(3000, 50, 16, clusters=40, spread=0.6, seed=3)
   np.testing.assert_array_equal(gallery, again)
   nearest = (queries @ gallery.T).max(axis=1)
   assert np.all(nearest < 1 - 1e-6)  # No query is a gallery row.
