@@ -24,7 +24,7 @@ queries/s are reported as min and median; recall@10 is against exact search
 (`ExactIndex`) over the whole gallery. All processes share this machine's cores.
 
 Writes `<out_dir>/scaling.{json,md}` (`scaling_quick` with --quick); a part run alone
-keeps the other part's section of an existing report.
+keeps the other part's section of an existing report, each section naming its command.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def run_train_case(num_devices: int, repeats: int, fsdp: int, quick: bool,
   assert jax.device_count() == num_devices, (jax.device_count(), num_devices)
   config = (tiny if quick else quickstart).get_config()
   config.data.data_dir = data_dir
-  config.train.update(steps=2 * repeats, log_every=repeats, checkpoint_every=2 * repeats,
+  config.train.update(steps=2 * repeats, warmup_steps=1, log_every=repeats,
+                      checkpoint_every=2 * repeats,
                       mesh={"data": -1, "fsdp": fsdp})
   with tempfile.TemporaryDirectory() as workdir:
     trainer.train(experiment_lib.for_training(config, workdir))
@@ -250,13 +251,16 @@ def measure_retrieval(process_counts: list[int], gallery_size: int, dim: int,
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-  lines = ["# Scaling on this machine (CPU)", "",
-           f"Command: `{report['command']}`  ",
-           f"JAX {report['jax_version']}, {report['date']}, {report['cpu_count']} CPUs.", ""]
+  lines = ["# Scaling on this machine (CPU)", ""]
+
+  def measured(section: dict[str, Any]) -> list[str]:
+    return [f"Command: `{section['command']}`  ",
+            f"JAX {section['jax_version']}, {section['date']}, {section['cpu_count']} CPUs.  "]
+
   train = report.get("train")
   if train:
     lines += [
-        "## Training over simulated devices", "",
+        "## Training over simulated devices", "", *measured(train),
         f"{train['config']} config, the real trainer, {train['repeats']} steps per logged "
         "window; every figure is read from the run's `metrics.jsonl` (the second window) "
         "and `step_memory.json`. MFU as the log states it: the compiled step's FLOPs × "
@@ -278,7 +282,7 @@ def to_markdown(report: dict[str, Any]) -> str:
   retrieval = report.get("retrieval")
   if retrieval:
     lines += [
-        "## Sharded retrieval over processes", "",
+        "## Sharded retrieval over processes", "", *measured(retrieval),
         f"Gallery {retrieval['gallery']:,} × {retrieval['dim']} (seeded skewed mixture), "
         f"{retrieval['queries']:,} queries, top-{retrieval['k']}, {retrieval['searcher']} "
         "per shard; one `jax.distributed` job per process count, shards merged by the "
@@ -324,12 +328,13 @@ def main(argv):
     report["retrieval"] = measure_retrieval(
         counts, _GALLERY.value or (20_000 if quick else 1_000_000), _DIM.value,
         _QUERIES.value or (500 if quick else 10_000), _ROUNDS.value or (1 if quick else 3))
-  report.update({
-      "command": " ".join(["python -m benchmarks.scaling"]
-                          + [shlex.quote(a) for a in sys.argv[1:]]),
-      "jax_version": jax.__version__,
-      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-      "cpu_count": os.cpu_count()})
+  for part in ("train", "retrieval"):
+    if _PART.value in ("all", part):
+      report[part].update({
+          "command": " ".join(["python -m benchmarks.scaling"]
+                              + [shlex.quote(a) for a in sys.argv[1:]]),
+          "jax_version": jax.__version__, "cpu_count": os.cpu_count(),
+          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
   write_report(_OUT_DIR.value, name, report, to_markdown(report))
 
 

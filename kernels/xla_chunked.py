@@ -90,8 +90,21 @@ def _infonce_column_stats(m: int, pos: jnp.ndarray) -> tuple[jnp.ndarray, jnp.nd
   return has_positive, jnp.maximum(has_positive.sum(), 1).astype(jnp.float32)
 
 
+def _positive_lse(positive_logits: jnp.ndarray, pos: jnp.ndarray, m: int) -> jnp.ndarray:
+  """[M]: logsumexp_{i: pos(i)=j} l_ij from the N positive logits (0 where j has none).
+
+  Why from the N logits: a masked logsumexp over every tile would exponentiate all N·M
+  logits once more to find N of them.
+  """
+  count = jax.ops.segment_sum(jnp.ones_like(positive_logits), pos, m)
+  peak = jnp.where(count > 0, jax.ops.segment_max(positive_logits, pos, m), 0.0)
+  total = jax.ops.segment_sum(jnp.exp(positive_logits - peak[pos]), pos, m)
+  return peak + jnp.log(jnp.where(count > 0, total, 1.0))
+
+
 def _infonce_forward(text, image, scale, pos, block_size):
-  """Loss plus the residuals the backward pass needs: (loss, row_lse, col_lse, pos_lse)."""
+  """Loss plus the residuals the backward pass needs:
+  (loss, (row_lse, col_lse, pos_lse, positive logit of each row))."""
   n, m = text.shape[0], image.shape[0]
   image_blocks, offsets = _blocks(image, block_size)  # [nb, B, d], [nb]
   has_positive, num_columns = _infonce_column_stats(m, pos)
@@ -108,24 +121,21 @@ def _infonce_forward(text, image, scale, pos, block_size):
     new_max = jnp.maximum(row_max, valid_logits.max(axis=1))
     row_sum = (row_sum * jnp.exp(row_max - new_max)
                + jnp.exp(valid_logits - new_max[:, None]).sum(axis=1))
+    # Read off the same tile, so lse − positive is consistent.
     row_positive = row_positive + jnp.where(mask, logits, 0.0).sum(axis=1)
     # Each tile holds whole columns, so their logsumexps are exact here.
-    col_lse = jax.nn.logsumexp(logits, axis=0)  # [B]
-    has_block = mask.any(axis=0)  # [B]
-    # Columns with no positive would give −inf; they get 0 instead and are never used.
-    positive_logits = jnp.where(has_block[None, :], jnp.where(mask, logits, -jnp.inf), 0.0)
-    pos_lse = jnp.where(has_block, jax.nn.logsumexp(positive_logits, axis=0), 0.0)
-    return (new_max, row_sum, row_positive), (col_lse, pos_lse)
+    return (new_max, row_sum, row_positive), jax.nn.logsumexp(logits, axis=0)  # [B]
 
   init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32),
           jnp.zeros((n,), jnp.float32))
-  (row_max, row_sum, row_positive), (col_lse, pos_lse) = jax.lax.scan(
+  (row_max, row_sum, row_positive), col_lse = jax.lax.scan(
       step, init, (image_blocks, offsets))
   row_lse = row_max + jnp.log(row_sum)  # [N]
-  col_lse, pos_lse = _unblock(col_lse, m), _unblock(pos_lse, m)  # [M] each
+  col_lse = _unblock(col_lse, m)  # [M]
+  pos_lse = _positive_lse(row_positive, pos, m)  # [M]
   row_mean = jnp.mean(row_lse - row_positive)
   col_mean = jnp.where(has_positive, col_lse - pos_lse, 0.0).sum() / num_columns
-  return 0.5 * (row_mean + col_mean), (row_lse, col_lse, pos_lse)
+  return 0.5 * (row_mean + col_mean), (row_lse, col_lse, pos_lse, row_positive)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -139,29 +149,33 @@ def _infonce_fwd(text, image, scale, pos, block_size):
 
 
 def _infonce_bwd(block_size, residuals, g):
-  """dL/dl_ij = ½ [(softmax_row − mask) / N + has_j (softmax_col − softmax_pos_col) / C]."""
-  text, image, scale, pos, (row_lse, col_lse, pos_lse) = residuals
+  """dL/dl_ij = ½ [(softmax_row − δ_ij) / N + has_j (softmax_col − δ_ij w_i) / C].
+
+  δ_ij = [pos(i) = j] and w_i = exp(l_{i,pos(i)} − pos_lse_{pos(i)}), the positive
+  column softmax, which touches N entries: it is computed once here, not per tile.
+  """
+  text, image, scale, pos, (row_lse, col_lse, pos_lse, row_positive) = residuals
   n, m = text.shape[0], image.shape[0]
   image_blocks, offsets = _blocks(image, block_size)
   col_lse_blocks, _ = _blocks(col_lse[:, None], block_size)  # [nb, B, 1]
-  pos_lse_blocks, _ = _blocks(pos_lse[:, None], block_size)
   has_positive, num_columns = _infonce_column_stats(m, pos)
   has_blocks, _ = _blocks(has_positive[:, None], block_size)  # Padding is False.
+  # The δ_ij coefficient of each row; pos(i) always has a positive.
+  positive_coef = 1.0 / n + jnp.exp(row_positive - pos_lse[pos]) / num_columns  # [N]
 
   def step(carry, block):
     d_text, d_scale = carry  # [N, d], scalar
-    image_block, offset, block_col_lse, block_pos_lse, block_has = block
+    image_block, offset, block_col_lse, block_has = block
     columns = offset + jnp.arange(block_size, dtype=jnp.int32)  # [B]
     similarity = text @ image_block.T  # [N, B]
     logits = scale * similarity
     mask = pos[:, None] == columns[None, :]  # [N, B]
     valid = columns[None, :] < m
     row_softmax = jnp.where(valid, jnp.exp(logits - row_lse[:, None]), 0.0)
-    row_grad = (row_softmax - mask) / n
-    col_softmax = jnp.exp(logits - block_col_lse[:, 0][None, :])
-    pos_softmax = jnp.where(mask, jnp.exp(logits - block_pos_lse[:, 0][None, :]), 0.0)
-    col_grad = jnp.where(block_has[:, 0][None, :], col_softmax - pos_softmax, 0.0) / num_columns
-    grad = (0.5 * g) * (row_grad + col_grad)  # [N, B], dL/dlogits
+    col_softmax = jnp.where(block_has[:, 0][None, :],
+                            jnp.exp(logits - block_col_lse[:, 0][None, :]), 0.0)
+    grad = (0.5 * g) * (row_softmax / n + col_softmax / num_columns
+                        - jnp.where(mask, positive_coef[:, None], 0.0))  # [N, B], dL/dlogits
     d_text = d_text + grad @ image_block
     d_scale = d_scale + jnp.sum(grad * similarity)
     d_image_block = grad.T @ text  # [B, d]
@@ -169,7 +183,7 @@ def _infonce_bwd(block_size, residuals, g):
 
   init = (jnp.zeros_like(text), jnp.zeros((), jnp.float32))
   (d_text, d_scale), d_image = jax.lax.scan(
-      step, init, (image_blocks, offsets, col_lse_blocks, pos_lse_blocks, has_blocks))
+      step, init, (image_blocks, offsets, col_lse_blocks, has_blocks))
   d_image = _unblock(d_image, m) * scale
   return d_text * scale, d_image, d_scale.reshape(scale.shape), None
 

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DURATIONS = os.path.join(ROOT, "tests", "durations.txt")
-SLOW_SECONDS = 1.0  # A test measured at this or more (setup + call + teardown) is `slow`.
+SLOW_SECONDS = 0.5  # A test measured at this or more (setup + call + teardown) is `slow`.
 if ROOT not in sys.path:  # For `experiments.configs` and `launch`.
   sys.path.insert(0, ROOT)
 

@@ -43,14 +43,15 @@ def peak_flops(per_device: float | None = None) -> tuple[float | None, str]:
   return None, f"no known peak for {kind!r}: set train.peak_flops"
 
 
-def measured_sgemm(size: int = SGEMM_SIZE, repeats: int = 3) -> float:
-  """FLOP/s of the fastest of `repeats` jitted float32 matmuls of size²."""
+def measured_sgemm(size: int = SGEMM_SIZE, min_seconds: float = 0.25) -> float:
+  """FLOP/s of the fastest of the jitted float32 matmuls of size² run for `min_seconds`
+  (at least 5): a shared host's first calls are slow, and a few would halve the peak."""
   matmul = jax.jit(jnp.matmul)
   a = jnp.ones((size, size), jnp.float32)
   matmul(a, a).block_until_ready()  # Compiled outside the timing.
-  best = float("inf")
-  for _ in range(repeats):
-    started = time.perf_counter()
+  best, runs, started = float("inf"), 0, time.perf_counter()
+  while runs < 5 or time.perf_counter() - started < min_seconds:
+    begun = time.perf_counter()
     matmul(a, a).block_until_ready()
-    best = min(best, time.perf_counter() - started)
+    best, runs = min(best, time.perf_counter() - begun), runs + 1
   return 2.0 * size ** 3 / best
