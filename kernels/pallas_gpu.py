@@ -448,18 +448,6 @@ def _params(scale, bias=0.0, coef=0.0):
   return jnp.stack([jnp.asarray(x, jnp.float32) for x in (scale, bias, coef, 0.0)])
 
 
-def _column_positive_lse(pos_logit, positives, m: int):
-  """lse_{i: pos(i)=j} l_ij for each image j, from the N positive logits: O(N + M).
-
-  Returns (lse [M] with 0 on empty columns, has_positive [M] bool).
-  """
-  count = jax.ops.segment_sum(jnp.ones_like(pos_logit), positives, m)
-  has_positive = count > 0
-  peak = jnp.where(has_positive, jax.ops.segment_max(pos_logit, positives, m), 0.0)
-  total = jax.ops.segment_sum(jnp.exp(pos_logit - peak[positives]), positives, m)
-  return peak + jnp.log(jnp.where(has_positive, total, 1.0)), has_positive
-
-
 def _infonce_fwd(cfg: _Config, text, image, scale, positives):
   p = _prepare(cfg, text, image, positives)
   n, m, be = p.n, p.m, cfg.backend
@@ -468,7 +456,8 @@ def _infonce_fwd(cfg: _Config, text, image, scale, positives):
       params, p.t, p.im, p.text_keys, p.image_keys, n_a=n, n_b=m, block_a=p.bn,
       block_b=p.bm, interpret=cfg.interpret)
   pos_logit = scale * raw_pos[:n]  # [N]
-  pos_lse, has_positive = _column_positive_lse(pos_logit, positives, m)  # [M]
+  pos_lse = xla_chunked.positive_lse(pos_logit, positives, m)  # [M]
+  has_positive = jnp.zeros((m,), bool).at[positives].set(True)  # [M]
   row_mean = jnp.mean(lse_row[:n] - pos_logit)
   n_columns = jnp.maximum(jnp.sum(has_positive), 1).astype(jnp.float32)
   column_mean = jnp.sum(jnp.where(has_positive, lse_col[:m] - pos_lse, 0.0)) / n_columns

@@ -90,8 +90,9 @@ def _infonce_column_stats(m: int, pos: jnp.ndarray) -> tuple[jnp.ndarray, jnp.nd
   return has_positive, jnp.maximum(has_positive.sum(), 1).astype(jnp.float32)
 
 
-def _positive_lse(positive_logits: jnp.ndarray, pos: jnp.ndarray, m: int) -> jnp.ndarray:
-  """[M]: logsumexp_{i: pos(i)=j} l_ij from the N positive logits (0 where j has none).
+def positive_lse(positive_logits: jnp.ndarray, pos: jnp.ndarray, m: int) -> jnp.ndarray:
+  """[M]: logsumexp_{i: pos(i)=j} l_ij from the N positive logits (0 where j has none),
+  in O(N + M); the Pallas kernels use it too.
 
   Why from the N logits: a masked logsumexp over every tile would exponentiate all N·M
   logits once more to find N of them.
@@ -132,7 +133,7 @@ def _infonce_forward(text, image, scale, pos, block_size):
       step, init, (image_blocks, offsets))
   row_lse = row_max + jnp.log(row_sum)  # [N]
   col_lse = _unblock(col_lse, m)  # [M]
-  pos_lse = _positive_lse(row_positive, pos, m)  # [M]
+  pos_lse = positive_lse(row_positive, pos, m)  # [M]
   row_mean = jnp.mean(row_lse - row_positive)
   col_mean = jnp.where(has_positive, col_lse - pos_lse, 0.0).sum() / num_columns
   return 0.5 * (row_mean + col_mean), (row_lse, col_lse, pos_lse, row_positive)
