@@ -29,6 +29,17 @@ def run_script(module: str, argv: list[str], body: Callable[[str], object]) -> N
     sys.exit(2)
 
 
+def main(module: str, define_flags: Callable[[], None],
+         body: Callable[[object, str], object]) -> None:
+  """A script's `__main__`: defines its flags, then runs body(FLAGS, command) by run_script.
+
+  The flags are defined only here, so importing a script (tests) adds no global absl flags.
+  """
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  define_flags()
+  app.run(lambda argv: run_script(module, argv, lambda command: body(flags.FLAGS, command)))
+
+
 def write_results(out_dir: str, report: dict, markdown: str,
                   plot: Callable[[dict, str], None], png_name: str) -> None:
   """results.json, results.md and the PNG of a results folder, each replaced whole."""

@@ -18,7 +18,7 @@ import os
 import jax
 from matplotlib.figure import Figure
 
-from experiments.cli import run_script, write_results
+from experiments import cli
 from mmalign import experiment as experiment_lib
 from mmalign import run as run_lib
 from mmalign.plots import save_figure
@@ -46,7 +46,7 @@ def run(config, *, fractions: list[float], steps: int, workdir_root: str, out_di
             "split": config.eval.split, "steps": steps, "jax_version": jax.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "ks": list(config.eval.ks), "rows": rows}
-  write_results(out_dir, report, format_markdown(report), plot, "recall.png")
+  cli.write_results(out_dir, report, format_markdown(report), plot, "recall.png")
   say(format_markdown(report))
   return report
 
@@ -86,7 +86,6 @@ def plot(report: dict, path: str) -> None:
 
 
 def _define_flags():
-  """Defined on demand, so importing this module (tests) adds no global absl flags."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config.",
@@ -98,15 +97,7 @@ def _define_flags():
   flags.mark_flags_as_required(["config"])
 
 
-def main(argv):
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  f = flags.FLAGS
-  run_script("experiments.noisy_pairs", argv, lambda command: run(
+if __name__ == "__main__":
+  cli.main("experiments.noisy_pairs", _define_flags, lambda f, command: run(
       f.config, fractions=[float(x) for x in f.fractions], steps=f.steps,
       workdir_root=f.workdir_root, out_dir=f.out_dir, command=command))
-
-
-if __name__ == "__main__":
-  from absl import app  # pylint: disable=import-outside-toplevel
-  _define_flags()
-  app.run(main)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments.cli import run_script, write_results
+from experiments import cli
 from mmalign import experiment as experiment_lib
 from mmalign.alignment import fit_procrustes_map
 from mmalign.data import pipeline, sources
@@ -210,10 +210,6 @@ def plot_recall_bars(report: dict, path: str) -> None:
   save_figure(figure, path)
 
 
-def write_outputs(report: dict, out_dir: str) -> None:
-  write_results(out_dir, report, format_markdown(report), plot_recall_bars, "recall.png")
-
-
 def run(config, *, workdir: str, out_dir: str, split: str = "test",
         contrastive_eval: str | None = None, pca_dim: int | None = None,
         pca_rows: int = 10_000, command: str = "") -> dict:
@@ -259,7 +255,7 @@ def run(config, *, workdir: str, out_dir: str, split: str = "test",
             "gallery_images": len(test.pixels), "fit_pairs": len(train.pixels),
             "pca_dim": dim, "pca_rows": pca_rows, "seed": int(config.train.seed),
             "rows": rows, "chance": chance_row(test, ks), "timings": timings}
-  write_outputs(report, out_dir)
+  cli.write_results(out_dir, report, format_markdown(report), plot_recall_bars, "recall.png")
   say(format_markdown(report))
   say(f"written to {out_dir}/results.json, results.md, recall.png "
       f"({timings['total_s']:.0f} s)")
@@ -267,7 +263,6 @@ def run(config, *, workdir: str, out_dir: str, split: str = "test",
 
 
 def _define_flags():
-  """Defined on demand, so importing this module (tests) adds no global absl flags."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config.",
@@ -283,19 +278,10 @@ def _define_flags():
                        "(default model.embed_dim).")
   flags.DEFINE_integer("pca_rows", 10_000, "Random train rows the PCA is fitted on.")
   flags.mark_flags_as_required(["config"])
-  return flags.FLAGS
-
-
-def main(argv):
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  f = flags.FLAGS
-  run_script("experiments.procrustes_baseline", argv, lambda command: run(
-      f.config, workdir=f.workdir, out_dir=f.out_dir, split=f.split,
-      contrastive_eval=f.contrastive_eval, pca_dim=f.pca_dim, pca_rows=f.pca_rows,
-      command=command))
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=import-outside-toplevel
-  _define_flags()
-  app.run(main)
+  cli.main("experiments.procrustes_baseline", _define_flags, lambda f, command: run(
+      f.config, workdir=f.workdir, out_dir=f.out_dir, split=f.split,
+      contrastive_eval=f.contrastive_eval, pca_dim=f.pca_dim, pca_rows=f.pca_rows,
+      command=command))

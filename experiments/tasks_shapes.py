@@ -1,17 +1,14 @@
 """Downstream tasks on shapes from a trained dual encoder's frozen embeddings.
 
-  python -m experiments.tasks_shapes --workdir=workdirs/shapes
-  python -m experiments.tasks_shapes --workdir=workdirs/shapes --split=validation \
-      --out_dir=/tmp/shapes_tasks --config=experiments/configs/shapes.py
+  python -m experiments.tasks_shapes --workdir=workdirs/shapes [--split=validation]
 
 --config (default experiments/configs/shapes.py) must be the one the workdir was trained
 with: the checkpoint refuses a different model. Heads are trained on the train split's
 embeddings and scored on --split (held-out captions):
 
-  (i)   image–text matching: text-only, image-only and fused probes, linear and MLP (every
-        image and caption occurs once matched and once mismatched, so single-modality
-        probes sit at 50%); the fused probe trained with modality dropout is also scored
-        with text or image absent; "cosine" is the embeddings' own similarity;
+  (i)   image–text matching: text-only, image-only and fused probes, linear and MLP; the
+        fused probe trained with modality dropout is also scored with text or image absent;
+        "cosine" is the embeddings' own similarity;
   (ii)  zero-shot shape classification of one-shape scenes, against a linear image probe;
   (iii) multi-label tags: zero-shot tag prompts vs trained heads on the image;
   (iv)  attributes (num_shapes, shape1, color1, relation) from text / image / fused.
@@ -30,7 +27,7 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments.cli import run_script, write_results
+from experiments import cli
 from mmalign import experiment as experiment_lib
 from mmalign.train import state as train_state
 from mmalign.data import sources
@@ -43,6 +40,7 @@ from mmalign.tasks import shapes_tasks as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUTS = ("text", "image", "fused")
+TAG_METHODS = ("zero_shot", "linear", "mlp")
 ABSENT = {"both": (True, True), "text absent": (False, True), "image absent": (True, False)}
 
 
@@ -90,46 +88,46 @@ def _fused(text, image, absent: str = "both") -> np.ndarray:
   return probe_lib.fused_features(text, image, present)
 
 
-def _probe_row(train_x, train_y, test_x, test_y, num_classes, settings, hidden=(),
-               dropout=0.0) -> tuple[probe_lib.Probe, dict]:
+def _probe_report(train_x, train_y, test_x, test_y, num_classes, settings, hidden=()) -> dict:
   probe = probe_lib.train_probe(train_x, train_y, num_classes, hidden=hidden,
-                                modality_dropout=dropout, **settings.train_kwargs())
-  return probe, probe_lib.classification_report(test_y, probe.predict_proba(test_x))
+                                **settings.train_kwargs())
+  return probe_lib.classification_report(test_y, probe.predict_proba(test_x))
+
+
+def _dropout_reports(train_views, train_y, test_views, test_y, num_classes, settings,
+                     hidden=()) -> dict:
+  """The fused probe trained with modality dropout, scored with each of ABSENT."""
+  probe = probe_lib.train_probe(_fused(*train_views), train_y, num_classes, hidden=hidden,
+                                modality_dropout=settings.modality_dropout,
+                                **settings.train_kwargs())
+  return {absent: probe_lib.classification_report(
+      test_y, probe.predict_proba(_fused(*test_views, absent))) for absent in ABSENT}
 
 
 def matching(train: Embedded, test: Embedded, settings: Settings) -> dict:
   """(i): results[negatives][model][input] = classification report on test pairs."""
   out = {}
   for negatives in settings.negatives:
-    pairs = {name: st.matching_pairs(e.data.groups, e.data.labels,
-                                     np.random.default_rng([settings.seed, k]),
-                                     negatives=negatives)
-             for k, (name, e) in enumerate((("train", train), ("test", test)))}
-    views = {name: (e.text[pairs[name].caption_index], e.image[pairs[name].image_index])
-             for name, e in (("train", train), ("test", test))}
-    labels = {name: pairs[name].label for name in pairs}
+    views, labels = {}, {}  # Per split: (text, image) of each pair [p, d], label [p].
+    for k, (name, e) in enumerate((("train", train), ("test", test))):
+      pairs = st.matching_pairs(e.data.groups, e.data.labels,
+                                np.random.default_rng([settings.seed, k]), negatives=negatives)
+      views[name] = e.text[pairs.caption_index], e.image[pairs.image_index]
+      labels[name] = pairs.label
     cosine = {name: np.sum(t * i, axis=1, keepdims=True) for name, (t, i) in views.items()}
-    _, report = _probe_row(cosine["train"], labels["train"], cosine["test"], labels["test"],
-                           2, settings)
-    result = {"cosine": report}
-    say(f"matching ({negatives} negatives) cosine: accuracy {report['accuracy']:.3f}")
+    result = {"cosine": _probe_report(cosine["train"], labels["train"], cosine["test"],
+                                      labels["test"], 2, settings)}
+    say(f"matching ({negatives} negatives) cosine: accuracy {result['cosine']['accuracy']:.3f}")
     for model, hidden in (("linear", ()), ("mlp", settings.mlp_hidden)):
       result[model] = {}
       for name in INPUTS:
-        _, report = _probe_row(probe_lib.probe_features(name, *views["train"]),
-                               labels["train"],
-                               probe_lib.probe_features(name, *views["test"]),
-                               labels["test"], 2, settings, hidden)
-        result[model][name] = report
+        result[model][name] = report = _probe_report(
+            probe_lib.probe_features(name, *views["train"]), labels["train"],
+            probe_lib.probe_features(name, *views["test"]), labels["test"], 2, settings, hidden)
         say(f"matching ({negatives} negatives) {model} {name}: accuracy "
             f"{report['accuracy']:.3f}, ROC-AUC {_fmt(report['roc_auc'])}")
-      probe = probe_lib.train_probe(_fused(*views["train"]), labels["train"], 2,
-                                    hidden=hidden, modality_dropout=settings.modality_dropout,
-                                    **settings.train_kwargs())
-      result[model]["fused+dropout"] = {
-          absent: probe_lib.classification_report(
-              labels["test"], probe.predict_proba(_fused(*views["test"], absent)))
-          for absent in ABSENT}
+      result[model]["fused+dropout"] = _dropout_reports(
+          views["train"], labels["train"], views["test"], labels["test"], 2, settings, hidden)
       say(f"matching ({negatives} negatives) {model} fused+dropout: " + ", ".join(
           f"{a} {r['accuracy']:.3f}" for a, r in result[model]["fused+dropout"].items()))
     out[negatives] = result
@@ -139,8 +137,7 @@ def matching(train: Embedded, test: Embedded, settings: Settings) -> dict:
 def zero_shot_shapes(train: Embedded, test: Embedded, embed, settings: Settings) -> dict:
   """(ii): one-shape scenes' shape, by prompts alone and by a linear image probe."""
   classes = zero_shot.class_embeddings(embed, st.SHAPE_CLASSES, st.SHAPE_TEMPLATES)
-  mask = {name: st.one_shape(e.data.labels) for name, e in (("train", train),
-                                                             ("test", test))}
+  mask = {"train": st.one_shape(train.data.labels), "test": st.one_shape(test.data.labels)}
   result = {"num_test_scenes": int(mask["test"].sum()), "chance": 1 / len(st.SHAPE_CLASSES),
             "templates": list(st.SHAPE_TEMPLATES)}
   if not mask["test"].any() or not mask["train"].any():
@@ -151,7 +148,7 @@ def zero_shot_shapes(train: Embedded, test: Embedded, embed, settings: Settings)
   result["majority"] = float(np.bincount(targets).max() / len(targets))
   result["zero_shot"] = probe_lib.classification_report(
       targets, np.asarray(jax.nn.softmax(logits, axis=1)))
-  _, result["image_probe"] = _probe_row(
+  result["image_probe"] = _probe_report(
       _fused(None, train.image[mask["train"]]), st.shape_targets(train.data.labels)[mask["train"]],
       _fused(None, test.image[mask["test"]]), targets, len(st.SHAPE_CLASSES), settings)
   say(f"zero-shot shapes ({len(targets)} one-shape scenes): accuracy "
@@ -162,8 +159,7 @@ def zero_shot_shapes(train: Embedded, test: Embedded, embed, settings: Settings)
 
 def tags(train: Embedded, test: Embedded, embed, settings: Settings) -> dict:
   """(iii): tag sets, zero-shot (threshold calibrated on train) vs trained heads."""
-  targets = {name: st.tags_of(e.data.labels) for name, e in (("train", train),
-                                                             ("test", test))}
+  targets = {"train": st.tags_of(train.data.labels), "test": st.tags_of(test.data.labels)}
   tag_emb = zero_shot.prompt_ensemble(embed, [st.tag_prompts(t) for t in st.TAGS])
   scores = {name: annotation.zero_shot_tag_scores(e.image, tag_emb)
             for name, e in (("train", train), ("test", test))}
@@ -177,8 +173,7 @@ def tags(train: Embedded, test: Embedded, embed, settings: Settings) -> dict:
     result[model] = annotation.annotation_report(
         targets["test"], head.predict(_fused(None, test.image)), 0.5)
   say("tags: " + ", ".join(f"{k} mAP {result[k]['mAP']:.3f} micro-F1 "
-                           f"{result[k]['micro_f1']:.3f}" for k in ("zero_shot", "linear",
-                                                                     "mlp")))
+                           f"{result[k]['micro_f1']:.3f}" for k in TAG_METHODS))
   return result
 
 
@@ -191,15 +186,12 @@ def attributes(train: Embedded, test: Embedded, settings: Settings) -> dict:
     result = {"classes": list(class_names),
               "majority": float(np.mean(test_y == np.bincount(train_y).argmax()))}
     for inp in INPUTS:
-      _, result[inp] = _probe_row(probe_lib.probe_features(inp, train.text, train.image),
+      result[inp] = _probe_report(probe_lib.probe_features(inp, train.text, train.image),
                                   train_y, probe_lib.probe_features(inp, test.text, test.image),
                                   test_y, len(class_names), settings)
-    probe = probe_lib.train_probe(_fused(train.text, train.image), train_y, len(class_names),
-                                  modality_dropout=settings.modality_dropout,
-                                  **settings.train_kwargs())
-    result["fused+dropout"] = {absent: probe_lib.classification_report(
-        test_y, probe.predict_proba(_fused(test.text, test.image, absent)))
-        for absent in ABSENT}
+    result["fused+dropout"] = _dropout_reports((train.text, train.image), train_y,
+                                               (test.text, test.image), test_y,
+                                               len(class_names), settings)
     say(f"attribute {name}: " + ", ".join(f"{inp} {result[inp]['accuracy']:.3f}"
                                           for inp in INPUTS)
         + "; fused+dropout " + ", ".join(f"{a} {r['accuracy']:.3f}"
@@ -227,10 +219,7 @@ def run(config, workdir: str, *, out_dir: str, split: str = "test",
   say(f"{workdir}: checkpoint step {step}; tasks on {config.data.name}/"
       f"{config.data.config}, heads trained on train, scored on {split}")
   train, test = embed_split(exp, variables, "train"), embed_split(exp, variables, split)
-
-  def embed(texts: list[str]) -> np.ndarray:
-    return experiment_lib.embed_texts(exp, variables, list(texts))
-
+  embed = lambda texts: experiment_lib.embed_texts(exp, variables, list(texts))  # noqa: E731
   report = {
       "command": command, "jax_version": jax.__version__,
       "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -244,7 +233,7 @@ def run(config, workdir: str, *, out_dir: str, split: str = "test",
       "attributes": attributes(train, test, settings),
   }
   report["total_s"] = time.perf_counter() - started
-  write_outputs(report, out_dir)
+  cli.write_results(out_dir, report, format_markdown(report), plot, "tasks.png")
   say(format_markdown(report))
   say(f"written to {out_dir}/results.json, results.md, tasks.png "
       f"({report['total_s']:.0f} s)")
@@ -257,19 +246,18 @@ def _fmt(x) -> str:
 
 def format_markdown(report: dict) -> str:
   s = report["settings"]
-  header = (f"JAX {report['jax_version']}, {report['date']}; workdir `{report['workdir']}`, "
-            f"checkpoint step {report['step']}.  ")
-  setup = (f"Heads trained on train ({report['num_train']} examples), scored on "
+  lines = [f"# Downstream tasks on {report['dataset']}", "",
+           f"Command: `{report['command']}`  ",
+           f"JAX {report['jax_version']}, {report['date']}; workdir `{report['workdir']}`, "
+           f"checkpoint step {report['step']}.  ",
+           f"Heads trained on train ({report['num_train']} examples), scored on "
            f"{report['split']} ({report['num_test']}); {s['probe_steps']} AdamW steps, lr "
            f"{s['learning_rate']}, batch {s['batch_size']}, MLP hidden "
-           f"{tuple(s['mlp_hidden'])}, modality dropout {s['modality_dropout']}.")
-  matching_note = ("Every image and caption occurs once matched and once mismatched, so "
-                   "text-only and image-only probes are at 50% by construction; chance is "
-                   "50%. \"colors\" negatives share the number of shapes and the colours "
-                   "with the true caption.")
-  lines = [f"# Downstream tasks on {report['dataset']}", "",
-           f"Command: `{report['command']}`  ", header, setup, "",
-           "## (i) Image–text matching", "", matching_note, "",
+           f"{tuple(s['mlp_hidden'])}, modality dropout {s['modality_dropout']}.", "",
+           "## (i) Image–text matching", "",
+           "Every image and caption occurs once matched and once mismatched, so text-only and "
+           "image-only probes are at 50% by construction; chance is 50%. \"colors\" negatives "
+           "share the number of shapes and the colours with the true caption.", "",
            "| negatives | head | input | accuracy | macro F1 | ROC-AUC |",
            "|---|---|---|---|---|---|"]
 
@@ -304,10 +292,8 @@ def format_markdown(report: dict) -> str:
                "tag on the image embedding, threshold 0.5.")
   lines += ["", "## (iii) Multi-label tags", "", tags_note, "",
             "| method | mAP | micro F1 | macro F1 |", "|---|---|---|---|"]
-  for method in ("zero_shot", "linear", "mlp"):
-    r = t[method]
-    lines.append(row(method.replace("_", "-"), f"{r['mAP']:.3f}", f"{r['micro_f1']:.3f}",
-                     f"{r['macro_f1']:.3f}"))
+  lines += [row(m.replace("_", "-"), *(f"{t[m][k]:.3f}" for k in ("mAP", "micro_f1", "macro_f1")))
+            for m in TAG_METHODS]
 
   attributes_note = ("shape1 / color1 / relation follow the caption's wording (which shape "
                      "it names first), which an image of two shapes does not show.")
@@ -332,14 +318,10 @@ def plot(report: dict, path: str) -> None:
 
   axes = figure.add_subplot(1, 3, 1)
   groups = [(n, m) for n in report["matching"] for m in ("linear", "mlp")]
-  width = 0.8 / 4
-  for k, inp in enumerate(INPUTS):
-    axes.bar(np.arange(len(groups)) + (k - 1.5) * width,
-             [report["matching"][n][m][inp]["accuracy"] for n, m in groups], width,
-             label=inp, color=colours[inp])
-  axes.bar(np.arange(len(groups)) + 1.5 * width,
-           [report["matching"][n]["cosine"]["accuracy"] for n, _ in groups], width,
-           label="cosine", color="tab:gray")
+  _grouped_bars(axes, len(groups), [
+      (inp, [report["matching"][n][m][inp]["accuracy"] for n, m in groups], colours[inp])
+      for inp in INPUTS] + [
+      ("cosine", [report["matching"][n]["cosine"]["accuracy"] for n, _ in groups], "tab:gray")])
   axes.axhline(0.5, color="black", linestyle=":", linewidth=1, label="chance")
   axes.set_xticks(np.arange(len(groups)), [f"{m}\n{n} neg." for n, m in groups])
   axes.set_ylim(0, 1)
@@ -349,16 +331,12 @@ def plot(report: dict, path: str) -> None:
 
   axes = figure.add_subplot(1, 3, 2)
   names = list(report["attributes"])
-  bars = [(inp, lambda r, inp=inp: r[inp]["accuracy"]) for inp in INPUTS] + [
-      (absent, lambda r, a=absent: r["fused+dropout"][a]["accuracy"])
-      for absent in ("text absent", "image absent")]
-  width = 0.8 / len(bars)
-  for k, (label, value) in enumerate(bars):
-    axes.bar(np.arange(len(names)) + (k - (len(bars) - 1) / 2) * width,
-             [value(report["attributes"][n]) for n in names], width,
-             label=label if label in INPUTS else f"fused+dropout, {label}",
-             color=colours[label])
-  axes.scatter(np.arange(len(names)), [report["attributes"][n]["majority"] for n in names],
+  rows = [report["attributes"][n] for n in names]
+  _grouped_bars(axes, len(names), [
+      (inp, [r[inp]["accuracy"] for r in rows], colours[inp]) for inp in INPUTS] + [
+      (f"fused+dropout, {a}", [r["fused+dropout"][a]["accuracy"] for r in rows], colours[a])
+      for a in ("text absent", "image absent")])
+  axes.scatter(np.arange(len(names)), [r["majority"] for r in rows],
                marker="_", s=400, color="black", label="majority class", zorder=3)
   axes.set_xticks(np.arange(len(names)), names)
   axes.set_ylim(0, 1)
@@ -366,25 +344,29 @@ def plot(report: dict, path: str) -> None:
   _legend_below(axes)
 
   axes = figure.add_subplot(1, 3, 3)
-  labels, values, colors = [], [], []
   z = report["zero_shot_shapes"]
-  if "zero_shot" in z:
-    labels += ["shape\nzero-shot", "shape\nimage probe"]
-    values += [z["zero_shot"]["accuracy"], z["image_probe"]["accuracy"]]
-    colors += ["tab:cyan", "tab:orange"]
-  for method in ("zero_shot", "linear", "mlp"):
-    labels.append(f"tags mAP\n{method.replace('_', '-')}")
-    values.append(report["tags"][method]["mAP"])
-    colors.append("tab:cyan" if method == "zero_shot" else "tab:orange")
-  axes.bar(np.arange(len(values)), values, color=colors)
+  bars = [("shape\nzero-shot", z["zero_shot"]["accuracy"], "tab:cyan"),
+          ("shape\nimage probe", z["image_probe"]["accuracy"], "tab:orange")
+          ] if "zero_shot" in z else []
+  bars += [(f"tags mAP\n{m.replace('_', '-')}", report["tags"][m]["mAP"],
+            "tab:cyan" if m == "zero_shot" else "tab:orange") for m in TAG_METHODS]
+  axes.bar(np.arange(len(bars)), [v for _, v, _ in bars], color=[c for *_, c in bars])
   if "zero_shot" in z:
     axes.hlines(z["chance"], -0.4, 1.4, color="black", linestyle=":", label="shape chance")
     _legend_below(axes)
-  axes.set_xticks(np.arange(len(values)), labels, fontsize=8)
+  axes.set_xticks(np.arange(len(bars)), [label for label, *_ in bars], fontsize=8)
   axes.set_ylim(0, 1)
   axes.set_title("zero-shot (cyan) vs trained (orange)")
   figure.suptitle(f"{report['dataset']} {report['split']}, step {report['step']}")
   save_figure(figure, path)
+
+
+def _grouped_bars(axes, groups: int, series: list[tuple[str, list[float], str]]) -> None:
+  """Bars of each (label, values [groups], colour) side by side within each group."""
+  width = 0.8 / len(series)
+  for k, (label, values, colour) in enumerate(series):
+    axes.bar(np.arange(groups) + (k - (len(series) - 1) / 2) * width, values, width,
+             label=label, color=colour)
 
 
 def _legend_below(axes) -> None:
@@ -392,12 +374,7 @@ def _legend_below(axes) -> None:
               frameon=False)
 
 
-def write_outputs(report: dict, out_dir: str) -> None:
-  write_results(out_dir, report, format_markdown(report), plot, "tasks.png")
-
-
 def _define_flags():
-  """Defined on demand, so importing this module (tests) adds no global absl flags."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   config_flags.DEFINE_config_file(
@@ -412,15 +389,7 @@ def _define_flags():
   flags.mark_flags_as_required(["workdir"])
 
 
-def main(argv):
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  f = flags.FLAGS
-  run_script("experiments.tasks_shapes", argv, lambda command: run(
+if __name__ == "__main__":
+  cli.main("experiments.tasks_shapes", _define_flags, lambda f, command: run(
       f.config, f.workdir, out_dir=f.out_dir, split=f.split, command=command,
       settings=Settings(probe_steps=f.probe_steps, seed=f.seed)))
-
-
-if __name__ == "__main__":
-  from absl import app  # pylint: disable=import-outside-toplevel
-  _define_flags()
-  app.run(main)

@@ -53,11 +53,9 @@ class Experiment:
     self.tokenizer_unsaved = False
 
   def jitted_method(self, method: str):
-    """jit of `model.<method>(variables, x)` in eval mode, compiled once per experiment.
-
-    x: the method's positional input(s), batch first, sharded over this process's
-    devices in `batch_multiple` equal shards (use `apply_in_batches`); output replicated.
-    """
+    """jit of `model.<method>(variables, x)` in eval mode, compiled once per experiment; x:
+    the method's input(s), batch first, in `batch_multiple` equal shards over this process's
+    devices (use `apply_in_batches`); output replicated."""
     if method not in self._jitted:
       mesh = self.eval_mesh()
       self._jitted[method] = jax.jit(
@@ -148,12 +146,9 @@ def _tokenizer(config, workdir: str, builder, allow_new: bool):
       raise UsageError(f"--workdir {workdir!r} holds {saved} ({tokenizer_dir}), but "
                        f"init.tokenizer is {'unset' if published is None else 'set'}; "
                        "use a new --workdir")
-    if published:
-      tokenizer = PretrainedTokenizer.load(tokenizer_dir)
-      _check_same_text_settings(tokenizer.settings, wanted, tokenizer_dir, ("max_length",))
-    else:
-      tokenizer = Tokenizer.load(tokenizer_dir)
-      _check_same_text_settings(tokenizer.settings, wanted, tokenizer_dir)
+    tokenizer = (PretrainedTokenizer if published else Tokenizer).load(tokenizer_dir)
+    fields = ("max_length",) if published else [f.name for f in dataclasses.fields(TextSettings)]
+    _check_same_text_settings(tokenizer.settings, wanted, tokenizer_dir, fields)
     return tokenizer, False
   if not allow_new:
     raise UsageError(f"--workdir {workdir!r} holds no trained model (no "
@@ -166,8 +161,7 @@ def _tokenizer(config, workdir: str, builder, allow_new: bool):
 
 
 def _check_same_text_settings(saved: TextSettings, wanted: TextSettings, where: str,
-                              fields=tuple(f.name for f in dataclasses.fields(TextSettings))
-                              ) -> None:
+                              fields) -> None:
   for field in fields:
     old, new = getattr(saved, field), getattr(wanted, field)
     if old != new:
@@ -178,8 +172,7 @@ def _check_same_text_settings(saved: TextSettings, wanted: TextSettings, where: 
 
 def task_label(config) -> str | None:
   """The dataset label the multi-task classifier learns (`task.label`), or None."""
-  task = config.get("task")
-  return task.get("label") if task is not None else None
+  return settings.value(config, "task.label")
 
 
 def _barrier(name: str) -> None:
@@ -221,9 +214,8 @@ def embed_images(experiment: Experiment, variables, source, batch_size: int = 51
   indices = np.arange(len(source)) if indices is None else np.asarray(indices)
   if not len(indices):
     return np.zeros((0, experiment.model.embed_dim), np.float32)
-  return apply_in_batches(experiment, "embed_image", variables, indices,
-                          batch_size, prepare=lambda indices: split_images(experiment, source,
-                                                                           indices))
+  return apply_in_batches(experiment, "embed_image", variables, indices, batch_size,
+                          prepare=lambda batch: split_images(experiment, source, batch))
 
 
 def embed_image_array(experiment: Experiment, variables, images: np.ndarray,

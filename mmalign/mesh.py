@@ -1,15 +1,10 @@
 """Device mesh and the batch's sharding.
 
-Two named axes, shaped by `train.mesh` ({"data": -1, "fsdp": 1} by default, -1 meaning
-"all remaining devices"):
-
-  data  pure data parallelism: parameters are replicated along it.
-  fsdp  data parallelism too, but large parameters (and their optimizer moments) are
-        split along it (`sharding.py`); XLA gathers a parameter where it is used.
-
-The batch is split over both axes jointly, `P(("data", "fsdp"))`, so every device
-computes on its own rows, as in ZeRO-3/FSDP. The distributed contrastive losses shard
-over one named axis and get `loss_mesh(mesh)`, the same devices on one flat axis.
+Two axes, shaped by `train.mesh` ({"data": -1, "fsdp": 1} by default; -1: all remaining
+devices): parameters are replicated along "data" and large ones split along "fsdp"
+(`sharding.py`). The batch is split over both jointly, so every device computes on its own
+rows, as in ZeRO-3/FSDP; the distributed losses get the same devices on one flat axis
+(`loss_mesh`).
 """
 
 from __future__ import annotations
@@ -54,11 +49,8 @@ def mesh_shape(mesh_config: Mapping[str, int] | None, num_devices: int) -> tuple
 
 
 def make_mesh(mesh_config: Mapping[str, int] | None = None, devices=None) -> Mesh:
-  """The ("data", "fsdp") mesh over `devices` (default: all, of every process).
-
-  jax.make_mesh orders devices for the physical topology (TPU rings); the axes
-  are Auto, so jit's shardings are propagated by the compiler.
-  """
+  """The ("data", "fsdp") mesh over `devices` (default: all, of every process), ordered by
+  jax.make_mesh for the physical topology; Auto axes, so the compiler propagates shardings."""
   devices = jax.devices() if devices is None else list(devices)
   shape = mesh_shape(mesh_config, len(devices))
   return jax.make_mesh(shape, MESH_AXES, (AxisType.Auto,) * len(MESH_AXES), devices=devices)
@@ -84,11 +76,8 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def loss_mesh(mesh: Mesh) -> Mesh:
-  """The mesh's devices, in the same order, on the single axis `LOSS_AXIS`.
-
-  Rows of a batch sharded by `batch_sharded(mesh)` sit on the same devices
-  as under `P(LOSS_AXIS)` here, so the distributed losses reshard nothing.
-  """
+  """The mesh's devices, in the same order, on the single axis `LOSS_AXIS`: rows sharded by
+  `batch_sharded(mesh)` sit where `P(LOSS_AXIS)` puts them, so the losses reshard nothing."""
   if set(mesh.axis_names) - set(MESH_AXES):
     raise ValueError(f"loss_mesh expects only the axes {MESH_AXES}; got {mesh.axis_names}")
   order = [mesh.axis_names.index(axis) for axis in batch_axes(mesh)]

@@ -24,8 +24,7 @@ def plot_training_curves(metrics_jsonl: str, path: str) -> None:
   for i, key in enumerate(keys):
     axes = figure.add_subplot(1, len(keys), i + 1)
     axes.plot(steps, [r.get(key, np.nan) for r in records])
-    axes.set_xlabel("step")
-    axes.set_title(key)
+    axes.set(xlabel="step", title=key)
     axes.grid(alpha=0.3)
   save_figure(figure, path)
 
@@ -43,11 +42,7 @@ def plot_recall_curves(curves: dict[str, dict[str, list[float]]], path: str,
     ks = np.arange(1, len(curve["recall"]) + 1)
     line, = axes.plot(ks, curve["recall"], label=name.replace("_", " "))
     axes.plot(ks, curve["chance"], linestyle=":", color=line.get_color())
-  axes.set_xscale("log")
-  axes.set_xlabel("k")
-  axes.set_ylabel("recall@k")
-  axes.set_ylim(0, 1)
-  axes.set_title(title)
+  axes.set(xscale="log", xlabel="k", ylabel="recall@k", ylim=(0, 1), title=title)
   axes.grid(alpha=0.3, which="both")
   axes.legend(title="dotted: chance")
   save_figure(figure, path)
@@ -65,8 +60,7 @@ def plot_bars(values: dict[str, float], path: str, title: str, *, ylabel: str,
     axes.axhline(reference, linestyle="--", color="gray", label=reference_label)
     axes.legend(loc="lower right")
   axes.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=8)
-  axes.set_ylabel(ylabel)
-  axes.set_ylim(0, 1.05)
+  axes.set(ylabel=ylabel, ylim=(0, 1.05))
   axes.set_title(title, fontsize=9)
   save_figure(figure, path)
 
@@ -74,8 +68,7 @@ def plot_bars(values: dict[str, float], path: str, title: str, *, ylabel: str,
 def save_figure(figure: Figure, path: str) -> None:
   """Renders with Agg and writes the PNG atomically (a temporary file, then a rename)."""
   FigureCanvasAgg(figure)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}.png"
   figure.savefig(tmp, dpi=110)
   os.replace(tmp, path)

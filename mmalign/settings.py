@@ -19,10 +19,7 @@ from mmalign.errors import UsageError
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """A scalar config key: its type, the values allowed, and its default if absent."""
-  # "int", "float", "bool", "str", "choice", "ints" (a tuple of ints), "scales" (a tuple of
-  # (regex, number) pairs, maybe empty; the numbers within low/high), "floats" (a tuple of
-  # numbers), "templates" (prompts), "strmap" (names to non-empty strings or None: unset).
-  kind: str
+  kind: str  # A kind `_describe` names, or "choice" (one of `choices`).
   low: float | None = None  # Inclusive; for "ints", of each item.
   high: float | None = None  # Exclusive unless `high_included`.
   high_included: bool = False
@@ -152,8 +149,7 @@ def _lookup(config, key: str) -> tuple[bool, Any]:
 def _describe(rule: Rule) -> str:
   if rule.kind == "choice":
     choices = rule.choices() if callable(rule.choices) else rule.choices
-    allowed = ", ".join(map(repr, choices))
-    return f"one of {allowed}" + (" or None" if rule.optional else "")
+    return f"one of {', '.join(map(repr, choices))}" + (" or None" if rule.optional else "")
   bounds = []
   if rule.low is not None:
     bounds.append(f">= {_number(rule.low)}")
@@ -181,12 +177,9 @@ def _valid(rule: Rule, x) -> bool:
     return isinstance(x, bool)
   if rule.kind == "str":
     return isinstance(x, str) and bool(x.strip())
-  if rule.kind == "ints":
-    items = tuple(x) if isinstance(x, (tuple, list)) else None
-    return bool(items) and all(_in_range(rule, i, integer=True) for i in items)
-  if rule.kind == "floats":
-    items = tuple(x) if isinstance(x, (tuple, list)) else None
-    return bool(items) and all(_in_range(rule, i, integer=False) for i in items)
+  if rule.kind in ("ints", "floats"):
+    return (isinstance(x, (tuple, list)) and bool(x)
+            and all(_in_range(rule, i, integer=rule.kind == "ints") for i in x))
   if rule.kind == "templates":
     return (isinstance(x, (tuple, list)) and bool(x)
             and all(isinstance(t, str) and "{}" in t for t in x))
@@ -212,11 +205,8 @@ def _is_regex(x) -> bool:
 
 
 def _in_range(rule: Rule, x, *, integer: bool) -> bool:
-  if isinstance(x, bool) or not isinstance(x, (int, float)):
-    return False
-  if integer and not isinstance(x, int):
-    return False
-  if not math.isfinite(x):
+  if (isinstance(x, bool) or not isinstance(x, int if integer else (int, float))
+      or not math.isfinite(x)):
     return False
   return ((rule.low is None or x >= rule.low)
           and (rule.high is None or x < rule.high or (rule.high_included and x == rule.high)))
@@ -286,13 +276,17 @@ EVAL_OPTIONS = {"retrieval": {"ks": Rule("ints", low=1), "batch_size": Rule("int
                                  "inputs": Rule("choice", choices=("image", "text", "fused"))}}
 
 
+def _evals(config) -> list:
+  """The (name, block) pairs of `config.evals`, none when it is absent or None."""
+  found, evals = _lookup(config, "evals")
+  return list(evals.items()) if found and evals is not None else []
+
+
 def _check_evals(config) -> None:
   """`config.evals`: {name: {type, split, every_steps, options}}, each value checked."""
-  found, evals = _lookup(config, "evals")
-  if not found or evals is None:
-    return
-  types = sorted(_evaluator_types())
-  for name, block in evals.items():
+  evals = _evals(config)
+  types = sorted(_evaluator_types()) if evals else []
+  for name, block in evals:
     where = f"evals.{name}"
     if not hasattr(block, "keys"):
       raise UsageError(f"{where} must be a dict with a 'type'; got {block!r}")
@@ -300,14 +294,13 @@ def _check_evals(config) -> None:
     if kind not in types:
       raise UsageError(f"{where}.type={kind!r} is not allowed; it must be one of "
                        f"{', '.join(map(repr, types))}")
-    options = EVAL_OPTIONS.get(kind, {})
+    rules = {"type": None, "split": Rule("str"),
+             "every_steps": Rule("int", low=1, optional=True), **EVAL_OPTIONS.get(kind, {})}
     for key, x in block.items():
-      rule = {"type": None, "split": Rule("str"),
-              "every_steps": Rule("int", low=1, optional=True), **options}.get(key, "unknown")
-      if rule == "unknown":
-        allowed = ", ".join(["type", "split", "every_steps", *options])
+      if key not in rules:
         raise UsageError(f"{where}.{key} is not an option of a {kind!r} evaluator; allowed: "
-                         f"{allowed}")
+                         f"{', '.join(rules)}")
+      rule = rules[key]
       if rule is not None and not _valid(rule, x):
         raise UsageError(f"{where}.{key}={x!r} is not allowed; it must be {_describe(rule)}")
     if kind == "classification" and not value(config, "task.label"):
@@ -356,21 +349,15 @@ def check_dataset(config, builder) -> None:
   if (height is None or width is None) and not value(config, "data.image_size"):
     raise UsageError(f"dataset {config.data.name}'s images vary in size: set data.image_size "
                      "(e.g. 224) to resize and crop them to one")
-  found, evals = _lookup(config, "evals")
-  declared = [(f"evals.{name}.split", block["split"]) for name, block in
-              (evals.items() if found and evals is not None else ()) if "split" in block]
+  declared = [(f"evals.{name}.{role}", block[role]) for name, block in _evals(config)
+              for role in ("split", "train_split", "validation_split") if role in block]
   for key, split in (("eval.split", config.eval.split), ("the training split", "train"),
                      *declared):
     if split not in splits:
       raise UsageError(f"{key}={split!r}: dataset {builder.name}/{builder.builder_config.name} "
                        f"has no such split; available: {', '.join(splits)}")
   from mmalign.data import sources  # pylint: disable=import-outside-toplevel
-  for name, block in (evals.items() if found and evals is not None else ()):
+  for name, block in _evals(config):
     if block.get("type") in ("zero_shot", "linear_probe"):
       classes = sources.class_names(builder, block["label"], config_key=f"evals.{name}.label")
       _check_prompt_files(f"evals.{name}", block, len(classes))
-    for role in ("train_split", "validation_split"):
-      if role in block and block[role] not in splits:
-        raise UsageError(f"evals.{name}.{role}={block[role]!r}: dataset {builder.name}/"
-                         f"{builder.builder_config.name} has no such split; available: "
-                         f"{', '.join(splits)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,14 +39,9 @@ def write_json(path: str, data: Any) -> None:
 
 def say(message: str) -> None:
   """Prints on process 0 only, flushed so progress shows in pipes and logs."""
-  if _process_index() == 0:
-    print(message, flush=True)
-
-
-def _process_index() -> int:
-  import sys  # pylint: disable=import-outside-toplevel
   jax = sys.modules.get("jax")  # Scripts that never load JAX are one process.
-  return jax.process_index() if jax is not None else 0
+  if jax is None or jax.process_index() == 0:
+    print(message, flush=True)
 
 
 def time_calls(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> tuple[Any, list[float]]:
@@ -63,7 +59,6 @@ def time_calls(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> tuple
 
 
 def _ready(x):
-  import sys  # pylint: disable=import-outside-toplevel
   jax = sys.modules.get("jax")
   return jax.block_until_ready(x) if jax is not None else x
 

@@ -42,19 +42,15 @@ def locked(workdir: str, *, process_index: int = 0):
     return
   check_writable(workdir)
   key = os.path.realpath(workdir)
-  if key in _held:
-    fd, depth = _held[key]
-    _held[key] = (fd, depth + 1)
-  else:
-    _held[key] = (_acquire(workdir), 1)
+  fd, depth = _held.get(key, (None, 0))
+  _held[key] = (_acquire(workdir) if fd is None else fd, depth + 1)
   try:
     yield
   finally:
-    fd, depth = _held[key]
+    fd, depth = _held.pop(key)
     if depth > 1:
       _held[key] = (fd, depth - 1)
     else:
-      del _held[key]
       os.close(fd)  # Closing releases the flock.
 
 

@@ -73,8 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.projection_kwargs = ml_collections.ConfigDict({"hidden": (), "dropout": 0.0})
   c.model.init_scale = 10.0
   c.model.fusion = ml_collections.FieldReference(None, field_type=str)
-  # Chance, in training, that the task classifier sees only the caption or only the image
-  # (needs task.label).
+  # Training: chance the task classifier sees only the caption or the image (needs task.label).
   c.model.modality_dropout = 0.0
   c.model.fusion_kwargs = ml_collections.ConfigDict({
       "concat": {"missing": "learned"},
@@ -102,8 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Modality imbalance: multiplies the gradient the alignment loss sends into each tower.
   c.loss.modality_weights = ml_collections.ConfigDict({"text": 1.0, "image": 1.0})
 
-  # Multi-task: a class-label feature of the dataset (e.g. shapes' "color1"), classified
-  # from the fused pair.
+  # Multi-task: a class-label feature (e.g. shapes' "color1"), classified from the fused pair.
   c.task = ml_collections.ConfigDict()
   c.task.label = ml_collections.FieldReference(None, field_type=str)
 

@@ -1,8 +1,6 @@
 """Runs one table: `python -m experiments.tables <table> [--quick] [--seeds=N] [--parallel=N]`.
 
-  python -m experiments.tables objectives --quick       # tiny data, a few steps
-  python -m experiments.tables objectives --dry_run     # which cells are cached
-  python -m experiments.tables robustness --sections=noisy_pairs   # a share of the grid
+  python -m experiments.tables robustness --sections=noisy_pairs --dry_run   # cached?
 
 Writes results.md, results.json and <table>.png to --out_dir (default
 experiments/results/[quick/]<table>/). A rerun, in a fresh clone too, computes only the cells

@@ -29,19 +29,16 @@ MULTITASK = {"model.fusion": "concat", "task.label": "color1", "loss.task_weight
 
 def glyphs(quick: bool, steps: int = GLYPH_STEPS) -> Base:
   """unicode_glyphs: quickstart at `steps`, or tiny.py (unicode_glyphs/tiny)."""
-  if quick:
-    return Base(TINY, {"train.steps": QUICK_STEPS})
-  return Base(QUICKSTART, {"train.steps": steps})
+  return Base(TINY if quick else QUICKSTART, {"train.steps": QUICK_STEPS if quick else steps})
 
 
 def openmoji(quick: bool, steps: int = OPENMOJI_STEPS) -> Base:
   """openmoji/full on quickstart's model at `steps`, or tiny.py on openmoji/tiny.
 
   Emoji are on white, so quickstart's grey normalisation fits."""
-  data = {"data.name": "openmoji", "data.config": "tiny" if quick else "full"}
-  if quick:
-    return Base(TINY, {**data, "train.steps": QUICK_STEPS})
-  return Base(QUICKSTART, {**data, "train.steps": steps})
+  return Base(TINY if quick else QUICKSTART, {"data.name": "openmoji",
+                                              "data.config": "tiny" if quick else "full",
+                                              "train.steps": QUICK_STEPS if quick else steps})
 
 
 def shapes_multitask(quick: bool) -> Base:

@@ -1,17 +1,11 @@
 """Table 6, contrastive batch size: retrieval vs batch size from 64 to 16k images on CPU.
 
 It needs `data.sampling="images"` (mmalign/data/sampling.py): the default batch holds one
-image per distinct caption, so on unicode_glyphs/full it can never pass 5,838. Here a batch
-is B distinct images against T = min(B, 5,838) distinct captions, with every image of a
-caption as its positives (no false negatives), and InfoNCE runs through the tiled kernel
-(`loss.kernel.impl=xla_chunked`), which never forms the [B, T] logits.
-
-Every cell trains on the same number of images (EXAMPLES), so the rows compare what the
-same compute buys at each batch size. The learning rate follows the square-root rule for
-Adam (Malladi et al. 2022) from quickstart's 2e-3 at B = 256, capped at MAX_LEARNING_RATE.
-Step memory is the compiled step's XLA scratch per device (<workdir>/step_memory.json); rows
-in MICRO_BATCHES run the gradient cache as a host loop, so T must divide into
-micro-batches × batch shards.
+image per distinct caption, so on unicode_glyphs/full it can never pass 5,838. The section's
+notes say how a row trains; every cell sees the same images (EXAMPLES), so the rows compare
+what the same compute buys, and the learning rate follows the square-root rule for Adam
+(Malladi et al. 2022). Rows in MICRO_BATCHES run the gradient cache as a host loop, so
+T = min(B, captions) must divide into micro-batches × batch shards.
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ from __future__ import annotations
 import math
 
 from experiments.tables import bases
-from experiments.tables.objectives import RETRIEVAL_COLUMNS
+from experiments.tables.objectives import RECALL_1_10
 from experiments.tables.spec import Column, Panel, Row, Section, Table
 
 BATCHES = (64, 256, 1024, 4096, 16384)
@@ -36,7 +30,7 @@ BASE_BATCH, BASE_LEARNING_RATE = 256, 2e-3  # experiments/configs/quickstart.py.
 MAX_LEARNING_RATE = 4e-3  # Above it, short large-batch runs collapse (README's reading).
 LOGS_PER_RUN = 8  # So throughput has intervals after the first (compilation) at 16 steps.
 
-COLUMNS = tuple(c for c in RETRIEVAL_COLUMNS if c.key.endswith(("recall@1", "recall@10"))) + (
+COLUMNS = RECALL_1_10 + (
     Column("train/examples_per_s", "train images/s", fmt="int"),
     Column("train/step_temp_mib", "step memory (MiB)", fmt="int", best=None),
 )
@@ -70,14 +64,10 @@ def overrides(batch: int, examples: int, micro_batches: int = 1) -> dict:
 def rows(quick: bool) -> tuple[Row, ...]:
   batches, examples = (QUICK_BATCHES, QUICK_EXAMPLES) if quick else (BATCHES, EXAMPLES)
   micro = QUICK_MICRO_BATCHES if quick else MICRO_BATCHES
-  out = []
-  for batch in batches:
-    name = f"B = {batch}"
-    if batch in micro:
-      name += f" (gradient cache, {micro[batch]} micro-batches)"
-    out.append(Row(name, overrides(batch, examples, micro.get(batch, 1)), view=with_mib,
-                   x=batch))
-  return tuple(out)
+  return tuple(Row(f"B = {batch}" + (f" (gradient cache, {micro[batch]} micro-batches)"
+                                     if batch in micro else ""),
+                   overrides(batch, examples, micro.get(batch, 1)), view=with_mib, x=batch)
+               for batch in batches)
 
 
 def sections(quick: bool) -> list[Section]:

@@ -117,10 +117,6 @@ def train_and_evaluate(cell: Cell) -> dict[str, float]:
   return metrics
 
 
-def _procrustes_family(embeddings: str) -> str:
-  return "frozen" if embeddings.startswith("frozen") else "tfidf_pca"
-
-
 @register_kind("procrustes", command="python -m experiments.procrustes_baseline "
                "--config={config} {overrides}")
 def procrustes(cell: Cell) -> dict[str, float]:
@@ -133,13 +129,18 @@ def procrustes(cell: Cell) -> dict[str, float]:
                                    split=cell.config.eval.split)
   metrics = {}
   for row in report["rows"]:
-    prefix = f"{_procrustes_family(row['embeddings'])}/{row['alignment'].lower()}/"
+    family = "frozen" if row["embeddings"].startswith("frozen") else "tfidf_pca"
+    prefix = f"{family}/{row['alignment'].lower()}/"
     metrics.update(flatten({d: row[d] for d in DIRECTIONS}, prefix))
   metrics.update(flatten(report["chance"], "chance/"))
   return metrics
 
 
+def prefix_view(prefix: str):
+  """A Row.view: the metrics under `prefix`, with the prefix cut off."""
+  return lambda m: {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)}
+
+
 def procrustes_view(family: str, alignment: str = "procrustes"):
   """A Row.view: one Procrustes row's metrics under the training kind's key names."""
-  prefix = f"{family}/{alignment}/"
-  return lambda m: {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)}
+  return prefix_view(f"{family}/{alignment}/")

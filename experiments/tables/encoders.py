@@ -11,7 +11,7 @@ the section's own CNN row). Throughput is only comparable between cells run one 
 from __future__ import annotations
 
 from experiments.tables import bases
-from experiments.tables.objectives import RETRIEVAL_COLUMNS
+from experiments.tables.objectives import RECALL_1_10, RETRIEVAL_COLUMNS
 from experiments.tables.spec import Column, Panel, Row, Section, Table
 
 TEXT = {"bag of words": "bag_of_words", "LSTM (bidirectional)": "lstm",
@@ -27,10 +27,10 @@ COLUMNS = RETRIEVAL_COLUMNS + (
 
 def _section(name: str, title: str, choices: dict[str, str], key: str, quick: bool,
              steps: int) -> Section:
-  names = [n for n in choices if not quick or n in QUICK[name]]
-  rows = tuple(Row(n, {key: choices[n]}) for n in names)
+  rows = tuple(Row(n, {key: value}) for n, value in choices.items()
+               if not quick or n in QUICK[name])
   data = "unicode_glyphs/tiny" if quick else "unicode_glyphs/full"
-  recall = tuple(c.key for c in RETRIEVAL_COLUMNS if "recall@1" in c.key or "@10" in c.key)
+  recall = tuple(c.key for c in RECALL_1_10)
   return Section(
       name=name, base=bases.glyphs(quick, steps), rows=rows, columns=COLUMNS,
       title=f"{title} ({data} test)",

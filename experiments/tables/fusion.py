@@ -1,15 +1,11 @@
 """Table 1, fusion ablation (design document §3.2.2, §6.1): classification on shapes.
 
 Every registered fusion module (models/fusion.py) in the multi-task shapes model
-(bases.MULTITASK), scored by the classification evaluator on the held-out test split.
-The single-modality rows come from one more model, concat fusion trained with
-`model.modality_dropout=1` (every example hides its caption or its image), so its
-classifier has learned each modality alone; the plain concat model never saw a missing
-modality, so its own text-only score is not used.
-
-Sections: "fusion" on shapes/full, whose captions name every colour (text alone is a
-ceiling), and "colourless" on shapes/full_colourless, where only the caption says which
-shape is first and only the pixels show its colour, so fusing can beat both modalities.
+(bases.MULTITASK), scored by the classification evaluator on the held-out test split, on
+shapes/full and on shapes/full_colourless (the sections' notes say why both). The
+single-modality rows come from one more model, concat fusion trained with
+`model.modality_dropout=1`, so its classifier has learned each modality alone; the plain
+concat model never saw a missing modality, so its own text-only score is not used.
 """
 
 from __future__ import annotations
@@ -17,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from experiments.tables import bases
+from experiments.tables.cells import prefix_view
 from experiments.tables.spec import Column, Panel, Row, Section, Table
 
 COLUMNS = (
@@ -28,8 +25,7 @@ COLUMNS = (
 
 def classification_view(presence: str):
   """A Row.view: the evaluator's scores with `presence` ("both", "text_only", "image_only")."""
-  prefix = f"classification/{presence}/"
-  return lambda m: {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)}
+  return prefix_view(f"classification/{presence}/")
 
 
 def _fusion_row(name: str, fusion: str, **kwargs) -> Row:

@@ -10,11 +10,9 @@ Hungarian and Sinkhorn enforce one-to-one, unlike nearest neighbour, which helps
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from experiments.tables import bases
+from experiments.tables import bases, runner
 from experiments.tables.cells import Cell, register_kind
 from experiments.tables.spec import Column, Panel, Row, Section, Table
 
@@ -72,20 +70,6 @@ def matching_accuracies(text_emb: np.ndarray, image_emb: np.ndarray, group_ids: 
   return out
 
 
-def trained_workdir(cell: Cell) -> str | None:
-  """The workdir of any table's finished train_eval cell with this config and seed, or None.
-
-  Its checkpoint is this cell's model (e.g. objectives' InfoNCE row)."""
-  from experiments.tables import runner  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(os.path.dirname(cell.directory))
-  key = runner.cell_key("train_eval", cell.config, cell.seed, {})
-  record = runner.cached_result(root, cell.table, key)
-  if record is None:
-    return None
-  workdir = os.path.join(root, record["table"], key, "workdir")
-  return workdir if os.path.isdir(workdir) else None
-
-
 @register_kind("matching", command="python launch.py --config={config} "
                "--workdir={workdir} --mode=train {overrides}",
                note="trains the model; the matching itself runs only in the table")
@@ -99,7 +83,7 @@ def train_and_match(cell: Cell) -> dict[str, float]:
   from mmalign.train import trainer  # pylint: disable=import-outside-toplevel
 
   config = cell.config
-  workdir = trained_workdir(cell)
+  workdir = runner.trained_workdir(cell)
   if workdir is not None:
     print(f"matching: reusing the model in {workdir}", flush=True)
     exp = experiment_lib.prepare(config, workdir, allow_new_tokenizer=False)

@@ -22,6 +22,8 @@ RETRIEVAL_COLUMNS = (
     Column("text_to_image/median_rank", "t→i median rank", fmt="float1", best="min"),
     Column("image_to_text/median_rank", "i→t median rank", fmt="float1", best="min"),
 )
+# R@1 and R@10 both ways: the retrieval columns of the tables that show fewer.
+RECALL_1_10 = tuple(c for c in RETRIEVAL_COLUMNS if c.key.endswith(("recall@1", "recall@10")))
 
 LOSS_ROWS = (
     Row("correspondence-matrix regression", {"loss.name": "correspondence"}),

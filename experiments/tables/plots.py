@@ -21,17 +21,11 @@ from mmalign.plots import save_figure
 def _stat(row: dict, key: str) -> tuple[float, float]:
   """(mean, std) of one column of a row; NaN when not computed."""
   stats = row["stats"][key]
-  if stats["mean"] is None:
-    return np.nan, np.nan
-  return stats["mean"], stats["std"]
-
-
-def _labels(section: dict) -> dict[str, dict]:
-  return {c["key"]: c for c in section["columns"]}
+  return (np.nan, np.nan) if stats["mean"] is None else (stats["mean"], stats["std"])
 
 
 def bars(axes, section: dict, panel: dict, colours: dict[str, str]) -> None:
-  columns = _labels(section)
+  columns = {c["key"]: c for c in section["columns"]}
   keys, rows = panel["columns"], section["rows"]
   width = 0.8 / max(len(rows), 1)
   for i, row in enumerate(rows):
@@ -53,7 +47,7 @@ def _line(axes, xs, stats, label: str, colour: str | None = None) -> None:
 
 
 def curves(axes, section: dict, panel: dict, colours: dict[str, str]) -> None:
-  columns = _labels(section)
+  columns = {c["key"]: c for c in section["columns"]}
   keys, rows = panel["columns"], section["rows"]
   if all(columns[k]["x"] is not None for k in keys):  # A line per row over the columns.
     xs = [columns[k]["x"] for k in keys]
@@ -70,7 +64,7 @@ def curves(axes, section: dict, panel: dict, colours: dict[str, str]) -> None:
 
 
 def scatter(axes, section: dict, panel: dict, colours: dict[str, str]) -> None:
-  columns = _labels(section)
+  columns = {c["key"]: c for c in section["columns"]}
   x_key, y_key = panel["columns"]
   for row in section["rows"]:
     (x, x_std), (y, y_std) = _stat(row, x_key), _stat(row, y_key)

@@ -11,10 +11,6 @@ from collections.abc import Callable
 MISSING = "—"  # A cell not computed yet (another session's share) or failed.
 
 
-def _percent(mean: float, std: float, n: int) -> str:
-  return f"{100 * mean:.1f} ± {100 * std:.1f}%" if n > 1 else f"{100 * mean:.1f}%"
-
-
 def _decimal(digits: int) -> Callable[[float, float, int], str]:
   def fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
@@ -22,7 +18,8 @@ def _decimal(digits: int) -> Callable[[float, float, int], str]:
 
 
 FORMATS: dict[str, Callable[[float, float, int], str]] = {
-    "percent": _percent,  # Fractions in [0, 1], shown as percent.
+    # Fractions in [0, 1], shown as percent.
+    "percent": lambda mean, std, n: _decimal(1)(100 * mean, 100 * std, n) + "%",
     "float3": _decimal(3),  # Scores such as macro-F1 and ROC-AUC.
     "float1": _decimal(1),  # Ranks (a mean over seeds is fractional).
     "int": _decimal(0),  # Throughput.

@@ -5,18 +5,15 @@ correspondence-matrix models (unicode_glyphs/full, every seed): the test split a
 `launch.py` evaluates) or the images of all splits, where only test images can be hits.
 Queries are the test split's distinct captions.
 
-Per method (METHODS, numpy the ground truth): recall@K against exact search (tie-aware, as
-trained galleries hold identical embeddings), the task's text→image R@K through that search,
-batched queries/s (best of REPEATS) and build seconds. "ScaNN tuned" is `tuning.tune` on
-the validation captions, held out from the test queries. The model is the finished
-"train_eval" cell of the same config if a table has one, else trained here; queries/s are
-only comparable between cells run one at a time (--parallel=1) on an idle machine.
+Per method (METHODS, numpy the ground truth) the columns: recall@K against exact search
+(tie-aware, as trained galleries hold identical embeddings), text→image R@K, batched
+queries/s (best of REPEATS) and build seconds. "ScaNN tuned" is tuned on the validation
+captions, held out from the test queries. Queries/s are only comparable between cells run
+one at a time (--parallel=1) on an idle machine.
 """
 
 from __future__ import annotations
 
-import glob
-import os
 import time
 
 import numpy as np
@@ -48,11 +45,7 @@ COLUMNS = (
 
 def _trained_workdir(cell: cells.Cell) -> str:
   """The finished train_eval cell of the same config and seed, else this cell's own."""
-  key = runner.cell_key("train_eval", cell.config, cell.seed, {})
-  root = os.path.dirname(os.path.dirname(cell.directory))
-  for path in sorted(glob.glob(os.path.join(root, "*", key, "cell.json"))):
-    return os.path.join(os.path.dirname(path), "workdir")
-  return cell.workdir
+  return runner.trained_workdir(cell) or cell.workdir
 
 
 def _embeddings(config, workdir: str, gallery: str):
@@ -78,11 +71,9 @@ def _embeddings(config, workdir: str, gallery: str):
 
   test_index = captions(test)
   rows, groups = [images(test)], [test_index.groups]
-  if gallery == "all":
-    for split in ("train", "validation"):
-      embedded = images(split)
-      rows.append(embedded)
-      groups.append(np.full(len(embedded), -1, np.int64))
+  for split in ("train", "validation") if gallery == "all" else ():
+    rows.append(images(split))
+    groups.append(np.full(len(rows[-1]), -1, np.int64))
   queries = experiment_lib.embed_texts(exp, variables, test_index.group_captions)
   held_out = experiment_lib.embed_texts(exp, variables, captions("validation").group_captions)
   unit = lambda x: np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True),
@@ -143,11 +134,6 @@ def retrieval_efficiency(cell: cells.Cell) -> dict[str, float]:
   return metrics
 
 
-def _view(method: str):
-  prefix = f"{method}/"
-  return lambda m: {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)}
-
-
 def sections(quick: bool) -> list[Section]:
   data = "unicode_glyphs/tiny" if quick else "unicode_glyphs/full"
   models = dict(list(MODELS.items())[:1]) if quick else MODELS
@@ -155,7 +141,7 @@ def sections(quick: bool) -> list[Section]:
   for gallery, what in GALLERIES.items():
     for model, overrides in models.items():
       rows = tuple(Row(name, overrides, kind="retrieval_efficiency",
-                       params={"gallery": gallery}, view=_view(method))
+                       params={"gallery": gallery}, view=cells.prefix_view(f"{method}/"))
                    for method, name in METHODS.items())
       out.append(Section(
           name=f"{gallery}_{model.split('-')[0].lower()}", base=bases.glyphs(quick),

@@ -23,7 +23,6 @@ import dataclasses
 import datetime
 import glob
 import hashlib
-import importlib
 import importlib.metadata
 import json
 import multiprocessing
@@ -171,13 +170,22 @@ def cached_result(workdir_root: str, table: str, key: str) -> dict | None:
   return None
 
 
+def trained_workdir(cell: cells_lib.Cell) -> str | None:
+  """The workdir of any table's finished train_eval cell with this cell's config and seed
+  (its checkpoint is this cell's model, e.g. objectives' InfoNCE row), or None."""
+  key = cell_key("train_eval", cell.config, cell.seed, {})
+  root = os.path.dirname(os.path.dirname(cell.directory))
+  for path in sorted(glob.glob(os.path.join(root, "*", key, "cell.json"))):
+    workdir = os.path.join(os.path.dirname(path), "workdir")
+    return workdir if os.path.isdir(workdir) else None
+  return None
+
+
 def previous_records(path: str | None) -> dict[str, dict]:
   """Records by key rebuilt from an earlier report's results.json; {} if there is none.
 
-  The report keeps each row's shown metrics (after its view), so a rebuilt record is
-  marked `shown` and keeps them per row name (`shown_by_row`): rows sharing a key may show
-  different views of one run, and summarize must not apply a view twice. Without per-cell
-  seconds and dates, seconds is None and the date the report's.
+  The report holds shown metrics (after the view), so a rebuilt record is marked `shown`
+  and keeps them per row (`shown_by_row`): rows sharing a key may show different views.
   """
   if not path or not os.path.exists(path):
     return {}
@@ -256,22 +264,20 @@ def run_missing(plan_: Plan, settings: Settings) -> tuple[dict[str, dict], dict[
   if settings.dry_run or not todo:
     return records, errors
 
-  def done(cell: cells_lib.Cell, record: dict | None, error: str | None, position: int):
-    if error is None:
-      records[cell.key] = record
+  def finish(position: int, cell: cells_lib.Cell, compute) -> None:
+    """Stores compute()'s record, or the traceback it raised."""
+    try:
+      records[cell.key] = compute()
       say(f"[{position}/{len(todo)}] done {_describe(plan_, cell.key)} "
-          f"in {record['seconds']:.0f} s")
-    else:
-      errors[cell.key] = error
-      say(f"[{position}/{len(todo)}] FAILED {_describe(plan_, cell.key)}:\n{error}")
+          f"in {records[cell.key]['seconds']:.0f} s")
+    except Exception:  # pylint: disable=broad-except
+      errors[cell.key] = traceback.format_exc()
+      say(f"[{position}/{len(todo)}] FAILED {_describe(plan_, cell.key)}:\n{errors[cell.key]}")
 
   if settings.parallel <= 1:
     for position, cell in enumerate(todo, 1):
       say(f"[{position}/{len(todo)}] running {_describe(plan_, cell.key)} in {cell.workdir}")
-      try:
-        done(cell, run_cell(cell), None, position)
-      except Exception:  # pylint: disable=broad-except
-        done(cell, None, traceback.format_exc(), position)
+      finish(position, cell, lambda cell=cell: run_cell(cell))
     return records, errors
 
   context = multiprocessing.get_context("spawn")  # Each cell's JAX in a fresh process.
@@ -279,11 +285,7 @@ def run_missing(plan_: Plan, settings: Settings) -> tuple[dict[str, dict], dict[
     futures = {pool.submit(run_cell, cell, cells_lib.CELL_KINDS.get(cell.kind)): cell
                for cell in todo}
     for position, future in enumerate(concurrent.futures.as_completed(futures), 1):
-      cell = futures[future]
-      try:
-        done(cell, future.result(), None, position)
-      except Exception:  # pylint: disable=broad-except
-        done(cell, None, traceback.format_exc(), position)
+      finish(position, futures[future], future.result)
   return records, errors
 
 
@@ -299,9 +301,8 @@ def mean_std(values: Iterable[float]) -> dict:
 def _shown(record: dict, section: str, row: spec.Row) -> dict | None:
   """The metrics a row shows for one cell record; None if a reused record cannot say.
 
-  A reused record already holds shown metrics per row: a row it does not name is served
-  only when a single row showed that cell (no other view to mix up).
-  """
+  A reused record holds its rows' shown metrics; a row it does not name gets them only
+  when a single row showed that cell (no other view to mix up)."""
   if not record.get("shown"):
     return row.view(record["metrics"]) if row.view else record["metrics"]
   by_row = record.get("shown_by_row", {})
@@ -330,11 +331,9 @@ def summarize(plan_: Plan, records: dict[str, dict], *, command: str,
       for seed in plan_.seeds:
         key = plan_.keys[(section.name, index, seed)]
         keys[str(seed)] = key
-        if key in records:
-          record = records[key]
-          shown = _shown(record, section.name, row)
-          if shown is None:
-            continue
+        record = records.get(key)
+        shown = None if record is None else _shown(record, section.name, row)
+        if shown is not None:
           per_seed[str(seed)] = {k: shown.get(k) for k in column_keys}
           seconds[str(seed)], dates[str(seed)] = record.get("seconds"), record.get("date")
       rows.append({

@@ -32,30 +32,24 @@ class Base:
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  """One line of a section; `x` places it on a curve.
-
-  `view` maps the cell's raw metrics to this row's (e.g. a classifier's text-only scores);
-  None shows them as they are.
-  """
+  """One line of a section; `x` places it on a curve."""
   name: str
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   kind: str = "train_eval"
   params: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # Hashed, not config.
+  # The cell's raw metrics → this row's (e.g. a classifier's text-only scores); None: as is.
   view: Callable[[Metrics], Metrics] | None = None
   x: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-  """A metric key of the rows' views; `best` "max"/"min" bolds the best mean, None never.
-
-  `x` places the column on a curve whose series are the rows (see plots.py).
-  """
+  """A metric key of the rows' views; `best` "max"/"min" bolds the best mean, None never."""
   key: str
   label: str
   fmt: str = "percent"  # A key of report.FORMATS.
   best: str | None = "max"
-  x: float | None = None
+  x: float | None = None  # Places the column on a curve whose series are the rows.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,12 +108,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     setattr(node, last, value)
 
 
-def format_value(value: Any) -> str:
-  """How `--config.x=<value>` spells a value so that config_flags parses it back."""
-  text = value if isinstance(value, str) else repr(value)
-  return shlex.quote(text)
-
-
 def format_overrides(overrides: Mapping[str, Any]) -> str:
-  """`--config.a=1 --config.b=x`, in the order given; empty string for none."""
-  return " ".join(f"--config.{k}={format_value(v)}" for k, v in overrides.items())
+  """`--config.a=1 --config.b=x`, in the order given, as config_flags parses them back."""
+  return " ".join(f"--config.{k}={shlex.quote(v if isinstance(v, str) else repr(v))}"
+                  for k, v in overrides.items())

@@ -230,10 +230,8 @@ class TrainBatches:
     return order[within * self._global_batch:(within + 1) * self._global_batch]
 
   def noisy_rows(self, step: int) -> np.ndarray:
-    """Rows of the global batch of `step` whose image belongs to another row: [k] sorted.
-
-    k = round(fraction · batch); their images are rotated by one among them.
-    """
+    """Rows of the global batch of `step` whose image belongs to another row: [k] sorted,
+    k = round(fraction · batch); their images are rotated by one among them."""
     k = int(round(self._noisy_pair_fraction * self._global_batch))
     if k < 2:  # One row cannot swap with itself.
       return np.zeros((0,), np.int64)
@@ -257,7 +255,7 @@ class TrainBatches:
         augmentation_seeds(self._seed, step, np.arange(len(global_positions))[self._local])))
     if self._max_shift:
       shifts = rng.integers(0, 2 * self._max_shift + 1, size=(len(global_positions), 2))
-      images = _shift(images, self._max_shift, shifts[self._local])
+      images = shift_images(images, self._max_shift, shifts[self._local])
     batch = {"tokens": self._tokens[examples], "images": images,
              "groups": self._index.group_ids[positions]}
     if self._labels is not None:
@@ -270,7 +268,7 @@ def read_labels(caption_source, key: str) -> np.ndarray:
   return np.array([int(caption_source[i][key]) for i in range(len(caption_source))], np.int64)
 
 
-def _shift(images: np.ndarray, max_shift: int, offsets: np.ndarray) -> np.ndarray:
+def shift_images(images: np.ndarray, max_shift: int, offsets: np.ndarray) -> np.ndarray:
   """Translates images [b, h, w, c] by offsets [b, 2] in [0, 2·max_shift] (edge padding)."""
   b, h, w, _ = images.shape
   padded = np.pad(images, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)), mode="edge")

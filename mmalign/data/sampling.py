@@ -122,8 +122,7 @@ class ImageBatches:
     if self._max_shift:
       rng = np.random.default_rng([self._seed, _SHIFTS, step])
       shifts = rng.integers(0, 2 * self._max_shift + 1, size=(self._global_batch, 2))
-      # pylint: disable-next=protected-access
-      images = pipeline._shift(images, self._max_shift, shifts[self._local])
+      images = pipeline.shift_images(images, self._max_shift, shifts[self._local])
     return {"tokens": tokens[self._local_text], "images": images,
             "groups": self._index.groups[local],
             "image_to_text": image_to_text[self._local]}

@@ -64,7 +64,6 @@ def ensure_built(builder: tfds.core.DatasetBuilder) -> None:
 
 @contextlib.contextmanager
 def _build_lock(builder: tfds.core.DatasetBuilder):
-  # <data_dir>/<name>/<config>/<version> -> <data_dir>/<name>/<config>.build.lock
   path = os.path.dirname(os.fspath(builder.data_dir)) + ".build.lock"
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)

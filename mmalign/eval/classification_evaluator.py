@@ -1,9 +1,8 @@
 """Multi-task classifier evaluation: the fused classifier with both modalities, or one.
 
-The task classifier (`task.label`, `DualEncoder.classify`) is scored with caption and
-image ("both"), the image hidden ("text_only") and the caption hidden ("image_only").
-Why: it shows whether a model survives a missing modality (`model.modality_dropout`).
-"""
+The task classifier (`task.label`, `DualEncoder.classify`) is scored with caption and image
+("both"), the image hidden ("text_only") and the caption hidden ("image_only"), to show
+whether a model survives a missing modality (`model.modality_dropout`)."""
 
 from __future__ import annotations
 

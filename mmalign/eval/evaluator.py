@@ -1,11 +1,9 @@
 """Cross-modal retrieval evaluation on a held-out split, exact and through the searcher.
 
-Queries are the split's distinct captions (text→image) and its images (image→text);
-a hit is any item of the query's group (e.g. any font's drawing of the named character).
-Where images have several captions (COCO, Flickr30k), every caption is a query against the
-distinct images, and an image's hit is any of its captions (the standard 5k/1k protocol).
-Exact search is the ground truth the configured searcher is scored against.
-"""
+Queries are the split's distinct captions (text→image) and its images (image→text); a hit
+is any item of the query's group (e.g. any font's drawing of the named character). Where
+images have several captions (COCO, Flickr30k), every caption is a query against the
+distinct images (the standard 5k/1k protocol)."""
 
 from __future__ import annotations
 
@@ -54,17 +52,14 @@ class RetrievalEvaluator:
       texts, text_groups = index.captions, index.groups
     text_emb = experiment_lib.embed_texts(exp, variables, texts)  # [texts, d]
     embed_s = time.perf_counter() - started
-    ranks = {"text_to_image": rm.first_hit_ranks(text_emb, text_groups, image_emb,
-                                                 image_groups),
-             "image_to_text": rm.first_hit_ranks(image_emb, image_groups, text_emb,
-                                                 text_groups)}
-    queries_and_gallery = {"text_to_image": (text_groups, image_groups),
-                           "image_to_text": (image_groups, text_groups)}
+    inputs = {"text_to_image": (text_emb, text_groups, image_emb, image_groups),
+              "image_to_text": (image_emb, image_groups, text_emb, text_groups)}
+    ranks = {direction: rm.first_hit_ranks(*args) for direction, args in inputs.items()}
     curve_ks = range(1, max(CURVE_MAX_K, *ks) + 1)
     curves = {direction: {"recall": [float((ranks[direction] <= k).mean()) for k in curve_ks],
-                          "chance": [rm.chance_recall_at_k(*queries_and_gallery[direction], k)
+                          "chance": [rm.chance_recall_at_k(args[1], args[3], k)
                                      for k in curve_ks]}
-              for direction in ranks}
+              for direction, args in inputs.items()}
     results = {"dataset": f"{exp.config.data.name}/{exp.config.data.config}",
                "split": self.split, "step": step, "num_text_queries": len(texts),
                "gallery_images": len(image_rows)}
@@ -79,12 +74,11 @@ class RetrievalEvaluator:
                         image_emb: np.ndarray, image_groups: np.ndarray) -> dict:
     """The configured searcher's text→image answers, scored against exact search."""
     k = self.exp.config.retrieval.k
-    started = time.perf_counter()
-    searcher = searchers.build_index(self.searcher, image_emb, self.searcher_config)
-    build_s = time.perf_counter() - started
-    started = time.perf_counter()
-    _, found_ids = searcher.search(text_emb, k)
-    search_s = time.perf_counter() - started
+    searcher, (build_s,) = utils.time_calls(
+        lambda: searchers.build_index(self.searcher, image_emb, self.searcher_config),
+        repeats=1, warmup=0)
+    (_, found_ids), (search_s,) = utils.time_calls(lambda: searcher.search(text_emb, k),
+                                                   repeats=1, warmup=0)
     _, exact_ids = rm.exact_top_k(text_emb, image_emb, k)
     # Slots a searcher could not fill come back as id -1 (retrieval.vectors.MISSING_ID).
     found = found_ids >= 0

@@ -4,13 +4,11 @@
                   "val": {"type": "retrieval", "split": "validation", "every_steps": 500}}
 
 Each entry names a type (EVALUATORS), its split (default `eval.split`), its options
-(settings.EVAL_OPTIONS) and optionally `every_steps`: it then also runs during
-training, its scalars going to metrics.jsonl and TensorBoard. Without `config.evals`:
-retrieval on `eval.split`, plus classification when `task.label` is set. Why declared:
-the launcher, the tables and the trainer run the same list. A new evaluator is one
-class (`(exp, *, split, **kwargs)`, `evaluate(variables, step)`, `report(results)`,
-`scalars(results)`) and one line in EVALUATORS.
-"""
+(settings.EVAL_OPTIONS) and optionally `every_steps`, to also run during training (scalars
+to metrics.jsonl and TensorBoard). Without `config.evals`: retrieval on `eval.split`, plus
+classification when `task.label` is set. Why declared: the launcher, the tables and the
+trainer run the same list. A new evaluator is one class (`(exp, *, split, **kwargs)`,
+`evaluate(variables, step)`, `report(results)`, `scalars(results)`) and one EVALUATORS line."""
 
 from __future__ import annotations
 
@@ -40,18 +38,13 @@ class Declared:
 
 def declared(config) -> list[Declared]:
   """`config.evals` as `Declared` entries, or the default list when it is unset."""
-  evals = config.get("evals")
-  if evals is None:
-    found = [Declared("retrieval", "retrieval", config.eval.split)]
-    if experiment_lib.task_label(config):
-      found.append(Declared("classification", "classification", config.eval.split))
-    return found
-  found = []
-  for name, block in evals.items():
-    block = dict(block)
-    found.append(Declared(name, block.pop("type"), block.pop("split", config.eval.split),
-                          block.pop("every_steps", None), block))
-  return found
+  split = config.eval.split
+  if config.get("evals") is None:
+    types = ["retrieval"] + (["classification"] if experiment_lib.task_label(config) else [])
+    return [Declared(name, name, split) for name in types]
+  blocks = {name: dict(block) for name, block in config.evals.items()}
+  return [Declared(name, b.pop("type"), b.pop("split", split), b.pop("every_steps", None), b)
+          for name, b in blocks.items()]
 
 
 @dataclasses.dataclass
@@ -75,9 +68,8 @@ class Evaluators:
     """The due evaluators' scalars, `<name>/<metric>`, for the training log."""
     scalars = {}
     for declaration, evaluator in self.periodic(step):
-      results = evaluator.evaluate(variables, step)
-      scalars.update({f"{declaration.name}/{key}": value
-                      for key, value in evaluator.scalars(results).items()})
+      results = evaluator.scalars(evaluator.evaluate(variables, step))
+      scalars.update({f"{declaration.name}/{key}": value for key, value in results.items()})
     if scalars:
       say(f"step {step}: " + "  ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
     return scalars

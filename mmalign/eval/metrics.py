@@ -1,18 +1,14 @@
 """Classification and ranking metrics as pure numpy functions of arrays.
 
-Definitions follow scikit-learn (the tests compare against it; it is not a dependency),
-so numbers can be set beside published ones. Ranking metrics treat equal scores as one
-threshold, so they depend only on the scores, never on input order: ROC-AUC counts a tied
-positive/negative pair 1/2; average precision credits every positive in a tied block with
-the precision at the end of that block.
+Definitions follow scikit-learn (the tests compare against it; it is not a dependency), so
+numbers can be set beside published ones. Equal scores are one threshold, so ranking
+metrics never depend on input order: ROC-AUC counts a tied positive/negative pair 1/2;
+average precision credits every positive in a tied block with the precision at its end.
 
 A binary ranking metric raises ValueError without a positive (ROC-AUC: or a negative). The
-per-class averages skip such classes, because a class missing from a small eval split says
-nothing about the model, and raise only when no class is left.
-
-First-hit retrieval metrics (Recall@K, ranks) are re-exported from
-`mmalign.eval.retrieval_metrics`.
-"""
+per-class averages skip such classes (a class missing from a small eval split says nothing
+about the model) and raise only when none is left. First-hit retrieval metrics (Recall@K,
+ranks) are re-exported from `mmalign.eval.retrieval_metrics`."""
 
 from __future__ import annotations
 
@@ -22,34 +18,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmalign.eval import retrieval_metrics as rm
 from mmalign.eval.retrieval_metrics import (  # Re-exported: one import for all metrics.
-  MATMUL_PRECISION,
-  as_embeddings,
-  as_groups,
-  check_chunk_size,
-  check_pair,
-  dense_group_ids,
-  require_a_match_per_query,
   chance_recall_at_k,
   exact_top_k,
   first_hit_ranks,
   retrieval_metrics,
 )
 
-__all__ = [
-  "accuracy",
-  "average_precision",
-  "average_ranks",
-  "chance_recall_at_k",
-  "exact_top_k",
-  "f1",
-  "first_hit_ranks",
-  "mean_average_precision",
-  "mean_average_precision_retrieval",
-  "retrieval_metrics",
-  "roc_auc",
-  "roc_auc_ovr",
-]
+__all__ = ["accuracy", "average_precision", "average_ranks", "chance_recall_at_k",
+           "exact_top_k", "f1", "first_hit_ranks", "mean_average_precision",
+           "mean_average_precision_retrieval", "retrieval_metrics", "roc_auc", "roc_auc_ovr"]
 
 Average = Literal["macro", "micro"]
 
@@ -99,11 +78,9 @@ def f1(labels, predictions, *, average: Average = "macro",
        num_classes: int | None = None) -> float:
   """F1 score of single-label predictions, as `sklearn.metrics.f1_score(zero_division=0)`.
 
-  labels, predictions: [n] int. Only classes occurring in labels or predictions are scored
-  (sklearn's default), so `num_classes` does not change the value; when given, it checks
-  that every id lies in [0, num_classes), catching a head/label mismatch. "macro": the
-  unweighted mean of per-class F1; "micro": pooled counts (for single-label data, accuracy).
-  """
+  labels, predictions: [n] int; only classes occurring in either are scored (sklearn's
+  default). num_classes, when given, only checks that every id lies in [0, num_classes)
+  (a head/label mismatch). "macro": mean of per-class F1; "micro": pooled (= accuracy)."""
   labels = _as_labels(labels, "labels")
   predictions = _as_labels(predictions, "predictions", labels.shape[0])
   if num_classes is not None:
@@ -112,9 +89,7 @@ def f1(labels, predictions, *, average: Average = "macro",
         raise ValueError(f"{name} must lie in [0, {num_classes}), got range "
                          f"[{x.min()}, {x.max()}]")
   classes, inverse = np.unique(np.concatenate([labels, predictions]), return_inverse=True)
-  inverse = inverse.reshape(-1)
-  num = labels.shape[0]
-  true_ids, pred_ids = inverse[:num], inverse[num:]  # [n] each, in 0..len(classes)-1
+  true_ids, pred_ids = np.split(inverse.reshape(-1), 2)  # [n] each, in 0..len(classes)-1
   hit = true_ids == pred_ids  # [n]
   tp = np.bincount(true_ids[hit], minlength=classes.size)  # [k]
   fn = np.bincount(true_ids, minlength=classes.size) - tp  # [k]
@@ -146,11 +121,8 @@ def _roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def roc_auc(binary_labels, scores) -> float:
-  """Binary ROC-AUC, as `sklearn.metrics.roc_auc_score` (ties count 1/2).
-
-  binary_labels: [n] 0/1 or bool; scores: [n] float, higher = more positive. Raises
-  ValueError when the labels hold only one class.
-  """
+  """Binary ROC-AUC, as `sklearn.metrics.roc_auc_score` (ties count 1/2). binary_labels: [n]
+  0/1 or bool; scores: [n] float, higher = more positive. ValueError for a single class."""
   positive = _as_binary(binary_labels, "binary_labels", 1)
   auc = _roc_auc(positive, _as_scores(scores, "scores", positive.shape))
   if auc is None:
@@ -159,13 +131,10 @@ def roc_auc(binary_labels, scores) -> float:
 
 
 def roc_auc_ovr(labels, scores) -> float:
-  """Macro one-vs-rest ROC-AUC of multiclass scores.
-
-  labels: [n] int in [0, c); scores: [n, c] float (logits or probabilities: only the order
-  within each column matters). Equals `sklearn.metrics.roc_auc_score(labels, probs,
-  multi_class="ovr", average="macro")`, except that sklearn demands every class present;
-  here a class lacking a positive or a negative is skipped.
-  """
+  """Macro one-vs-rest ROC-AUC, `sklearn.metrics.roc_auc_score(labels, probs, multi_class=
+  "ovr", average="macro")`, except that a class lacking a positive or a negative is skipped
+  (sklearn demands every class). labels: [n] int in [0, c); scores: [n, c] float, logits or
+  probabilities (only the order within each column matters)."""
   labels = _as_labels(labels, "labels")
   scores = np.asarray(scores)
   if scores.ndim != 2:
@@ -183,9 +152,7 @@ def roc_auc_ovr(labels, scores) -> float:
 
 def _average_precision_rows(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
   """AP of every row: mean over positives of the precision at the end of their tie block.
-
-  scores: [r, n] float; relevant: [r, n] bool (a row without a True gets NaN). Returns [r].
-  """
+  scores: [r, n] float; relevant: [r, n] bool (a row without a True gets NaN) -> [r]."""
   num_rows, n = scores.shape
   order = np.argsort(-scores, axis=1, kind="stable")  # [r, n]
   sorted_scores = np.take_along_axis(scores, order, axis=1)  # [r, n] descending
@@ -205,10 +172,8 @@ def _average_precision_rows(scores: np.ndarray, relevant: np.ndarray) -> np.ndar
 
 def average_precision(binary_labels, scores) -> float:
   """Average precision, as `sklearn.metrics.average_precision_score` including ties.
-
   binary_labels: [n] 0/1 or bool; scores: [n] float, higher = more positive. Raises
-  ValueError without a positive label (sklearn returns 0, which looks like a real result).
-  """
+  ValueError without a positive label (sklearn returns 0, which looks like a real result)."""
   positive = _as_binary(binary_labels, "binary_labels", 1)
   scores = _as_scores(scores, "scores", positive.shape)
   if not positive.any():
@@ -217,11 +182,8 @@ def average_precision(binary_labels, scores) -> float:
 
 
 def mean_average_precision(labels_multi_hot, scores) -> float:
-  """Macro mean of per-class AP for multi-label data.
-
-  labels_multi_hot: [n, c] 0/1 or bool; scores: [n, c] float. Classes without a positive
-  sample are skipped (AP is undefined there); raises ValueError when none has one.
-  """
+  """Macro mean of per-class AP: labels_multi_hot [n, c] 0/1 or bool, scores [n, c] float.
+  Classes without a positive (AP undefined) are skipped; ValueError when none has one."""
   relevant = _as_binary(labels_multi_hot, "labels_multi_hot", 2)
   scores = _as_scores(scores, "scores", relevant.shape)
   has_pos = relevant.any(axis=0)  # [c]
@@ -234,7 +196,7 @@ def mean_average_precision(labels_multi_hot, scores) -> float:
 def _chunk_scores(queries: jnp.ndarray, gallery: jnp.ndarray) -> jnp.ndarray:
   """queries: [c, d], gallery: [g, d] -> [c, g], at the precision first_hit_ranks uses,
   so both metrics see the same order."""
-  return jnp.matmul(queries, gallery.T, precision=MATMUL_PRECISION)
+  return jnp.matmul(queries, gallery.T, precision=rm.MATMUL_PRECISION)
 
 
 def mean_average_precision_retrieval(queries, query_groups, gallery, gallery_groups,
@@ -242,21 +204,16 @@ def mean_average_precision_retrieval(queries, query_groups, gallery, gallery_gro
   """Mean over queries of the AP of the whole ranked gallery; relevant = same group.
 
   queries: [q, d], query_groups: [q], gallery: [g, d], gallery_groups: [g]; scores are
-  inner products. Unlike Recall@K, mAP rewards ranking all of a group's items high. At
-  most [chunk_size, g] scores exist at once. Raises ValueError when a query's group has no
-  gallery item.
-  """
-  queries = as_embeddings(queries, "queries")
-  gallery = as_embeddings(gallery, "gallery")
-  check_pair(queries, gallery)
-  check_chunk_size(chunk_size)
-  query_groups = as_groups(query_groups, queries.shape[0], "query_groups")
-  gallery_groups = as_groups(gallery_groups, gallery.shape[0], "gallery_groups")
-  require_a_match_per_query(query_groups, gallery_groups)
+  inner products, at most [chunk_size, g] at once. Unlike Recall@K, mAP rewards ranking all
+  of a group's items high. Raises ValueError when a query's group has no gallery item."""
+  queries, gallery = rm.as_query_gallery(queries, gallery, chunk_size)
+  query_groups = rm.as_groups(query_groups, queries.shape[0], "query_groups")
+  gallery_groups = rm.as_groups(gallery_groups, gallery.shape[0], "gallery_groups")
+  rm.require_a_match_per_query(query_groups, gallery_groups)
   num = queries.shape[0]
   if num == 0:
     raise ValueError("queries is empty")
-  query_ids, gallery_ids = dense_group_ids(query_groups, gallery_groups)
+  query_ids, gallery_ids = rm.dense_group_ids(query_groups, gallery_groups)
   gallery_dev = jnp.asarray(gallery)  # Moved to the device once, not per chunk.
   size = min(chunk_size, num)
   total = 0.0

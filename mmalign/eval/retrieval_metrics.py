@@ -1,17 +1,13 @@
 """Cross-modal retrieval metrics where one query may have several correct gallery items.
 
-Every query and every gallery item carries a group id (for glyphs, the code point); a
-gallery item is correct for a query when their groups are equal. Scores are inner
-products, so L2-normalised embeddings give cosine similarity.
-
-The full [queries, gallery] score matrix may not fit in memory, so it is computed over
-chunks of queries, padded to one shape so the jitted chunk function compiles once.
+Every query and gallery item carries a group id (for glyphs, the code point); an item is
+correct for a query of the same group. Scores are inner products (cosine for unit rows),
+computed over query chunks padded to one shape, so the [queries, gallery] matrix never
+exists whole and the jitted chunk function compiles once.
 
 Ties in `first_hit_ranks` (default "pessimistic"): a wrong item scoring equal to the best
 correct one ranks ahead of it, so a collapsed encoder (all embeddings equal) gets the worst
-rank, not a perfect recall@1. "optimistic" gives the other bound; a random tie-break lies
-between the two.
-"""
+rank, not a perfect recall@1; "optimistic" gives the other bound."""
 
 from __future__ import annotations
 
@@ -34,11 +30,8 @@ MATMUL_PRECISION = jax.lax.Precision.HIGHEST
 
 def ranks_from_scores(scores: jnp.ndarray, correct: jnp.ndarray,
                       ties: Ties = "pessimistic") -> jnp.ndarray:
-  """1-based rank of the best-scoring correct item in each row.
-
-  scores: [q, g] float; correct: [q, g] bool, at least one True per row (else the rank is
-  meaningless). Returns [q] int32.
-  """
+  """1-based rank [q] int32 of the best-scoring correct item in each row. scores: [q, g]
+  float; correct: [q, g] bool, at least one True per row (else the rank is meaningless)."""
   best = jnp.max(jnp.where(correct, scores, -jnp.inf), axis=1, keepdims=True)  # [q, 1]
   ahead = scores > best  # [q, g]
   if ties == "pessimistic":
@@ -48,12 +41,12 @@ def ranks_from_scores(scores: jnp.ndarray, correct: jnp.ndarray,
   return 1 + jnp.sum(ahead, axis=1, dtype=jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _chunk_top_k(queries: jnp.ndarray, gallery: jnp.ndarray,
-                 k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """queries: [c, d], gallery: [g, d] -> (scores [c, k], indices [c, k]): the kernels'
-  top-k, which `ExactIndex` uses too, so every exact answer in mmalign is the same one."""
-  return kernels_api.top_k(queries, gallery, k)
+@functools.lru_cache(maxsize=32)
+def top_k_fn(k: int, impl: str = "auto", block_size: int | None = None):
+  """jit of kernels.api.top_k for one (k, impl, block), compiled once per query shape: used
+  by `exact_top_k` and `ExactIndex`, so every exact answer in mmalign is the same one."""
+  kwargs = {} if block_size is None else {"block_size": block_size}
+  return jax.jit(lambda queries, keys: kernels_api.top_k(queries, keys, k, impl=impl, **kwargs))
 
 
 @functools.partial(jax.jit, static_argnames=("ties",))
@@ -78,11 +71,17 @@ def as_embeddings(x, name: str) -> np.ndarray:
   return x
 
 
-def check_pair(queries: np.ndarray, gallery: np.ndarray) -> None:
+def as_query_gallery(queries, gallery, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(queries [q, d], gallery [g, d]) as checked by `as_embeddings`, of one width, the
+  gallery non-empty; chunk_size must be a positive integer."""
+  queries, gallery = as_embeddings(queries, "queries"), as_embeddings(gallery, "gallery")
   if queries.shape[1] != gallery.shape[1]:
     raise ValueError(f"query dim {queries.shape[1]} != gallery dim {gallery.shape[1]}")
   if gallery.shape[0] == 0:
     raise ValueError("gallery is empty")
+  if int(chunk_size) != chunk_size or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+  return queries, gallery
 
 
 def as_groups(groups, n: int, name: str) -> np.ndarray:
@@ -113,16 +112,9 @@ def require_a_match_per_query(query_groups: np.ndarray, gallery_groups: np.ndarr
         f"gallery (groups e.g. {examples}); remove them or add their gallery items")
 
 
-def check_chunk_size(chunk_size: int) -> None:
-  if int(chunk_size) != chunk_size or chunk_size < 1:
-    raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-
-
 def _map_query_chunks(fn: Callable, per_query: Sequence[np.ndarray], chunk_size: int):
-  """Calls fn on padded row chunks of every per_query array ([q, ...], same leading size).
-
-  Returns fn's outputs (an array or tuple of them) unpadded, concatenated, as numpy.
-  """
+  """fn's outputs (an array or tuple) on padded row chunks of every per_query array
+  ([q, ...] each), unpadded and concatenated as numpy."""
   num = per_query[0].shape[0]
   size = min(chunk_size, num)
   pending = []
@@ -138,36 +130,27 @@ def _map_query_chunks(fn: Callable, per_query: Sequence[np.ndarray], chunk_size:
 def exact_top_k(queries, gallery, k: int,
                 chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
   """Exact inner-product top-k: the reference that approximate indexes are measured by.
-
   queries: [q, d], gallery: [g, d], 1 <= k <= g. Returns (scores [q, k] float32,
-  indices [q, k] int32), best first, equal scores by lower gallery index first.
-  """
-  queries = as_embeddings(queries, "queries")
-  gallery = as_embeddings(gallery, "gallery")
-  check_pair(queries, gallery)
-  check_chunk_size(chunk_size)
+  indices [q, k] int32), best first, equal scores by lower gallery index first."""
+  queries, gallery = as_query_gallery(queries, gallery, chunk_size)
   if not 1 <= k <= gallery.shape[0]:
     raise ValueError(f"k must be in [1, {gallery.shape[0]}] (gallery size), got {k}")
   if queries.shape[0] == 0:
     return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
   gallery_dev = jnp.asarray(gallery)  # Moved to the device once, not per chunk.
   scores, indices = _map_query_chunks(
-      lambda q: _chunk_top_k(q, gallery_dev, k=k), [queries], chunk_size)
+      lambda q: top_k_fn(k)(q, gallery_dev), [queries], chunk_size)
   return scores.astype(np.float32), indices.astype(np.int32)
 
 
 def first_hit_ranks(queries, query_groups, gallery, gallery_groups,
                     chunk_size: int = 4096, ties: Ties = "pessimistic") -> np.ndarray:
-  """1-based rank of the first correct gallery item for every query.
+  """1-based rank [q] int32 of the first correct gallery item for every query.
 
   queries: [q, d], query_groups: [q], gallery: [g, d], gallery_groups: [g]; groups may be
   any labels numpy can sort. `ties`: see the module docstring. Raises ValueError when some
-  query has no correct item in the gallery. Returns [q] int32.
-  """
-  queries = as_embeddings(queries, "queries")
-  gallery = as_embeddings(gallery, "gallery")
-  check_pair(queries, gallery)
-  check_chunk_size(chunk_size)
+  query has no correct item in the gallery."""
+  queries, gallery = as_query_gallery(queries, gallery, chunk_size)
   if ties not in TIE_CONVENTIONS:
     raise ValueError(f"ties must be one of {TIE_CONVENTIONS}, got {ties!r}")
   query_groups = as_groups(query_groups, queries.shape[0], "query_groups")
@@ -184,11 +167,8 @@ def first_hit_ranks(queries, query_groups, gallery, gallery_groups,
 
 
 def retrieval_metrics(ranks, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-  """Summary of first-hit ranks ([q], 1-based).
-
-  Returns {"recall@k": fraction in [0, 1] of ranks <= k for each k, "median_rank",
-  "mean_rank", "num_queries"}; plain Python numbers, ready for JSON.
-  """
+  """Summary of first-hit ranks ([q], 1-based): {"recall@k": fraction of ranks <= k for
+  each k, "median_rank", "mean_rank", "num_queries"}, plain Python numbers for JSON."""
   ranks = np.asarray(ranks)
   if ranks.ndim != 1 or ranks.size == 0:
     raise ValueError(f"ranks must be a non-empty 1-D array, got shape {ranks.shape}")
@@ -201,10 +181,8 @@ def retrieval_metrics(ranks, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]
 
 def chance_recall_at_k(query_groups, gallery_groups, k: int) -> float:
   """Expected recall@k of a uniformly random gallery ordering, averaged over queries.
-
   Hypergeometric: with m of g items correct, the top k miss all with probability
-  C(g-m, k) / C(g, k). Reported beside recall because with large groups chance is far from k/g.
-  """
+  C(g-m, k) / C(g, k). Reported beside recall because with large groups chance is far from k/g."""
   query_groups = np.asarray(query_groups)
   gallery_groups = np.asarray(gallery_groups)
   if query_groups.ndim != 1 or gallery_groups.ndim != 1 or gallery_groups.size == 0:
@@ -216,17 +194,13 @@ def chance_recall_at_k(query_groups, gallery_groups, k: int) -> float:
     raise ValueError("query_groups is empty")
   values, counts = np.unique(gallery_groups, return_counts=True)
   num_correct = counts[np.searchsorted(values, query_groups)]  # [q]
-  unique_m, inverse = np.unique(num_correct, return_inverse=True)
-  miss = _probability_of_no_hit(gallery_groups.size, unique_m, k)  # [u]
+  unique_m, inverse = np.unique(num_correct, return_inverse=True)  # [u]
+  g = gallery_groups.size
+  i = np.arange(min(k, g), dtype=np.float64)  # [k]
+  # P(miss) as a product of [u, k] factors: no huge binomials.
+  factors = (g - unique_m[:, None].astype(np.float64) - i) / (g - i)
+  miss = np.prod(np.clip(factors, 0.0, None), axis=1)  # [u]
   return float(np.mean(1.0 - miss[inverse.reshape(-1)]))
-
-
-def _probability_of_no_hit(g: int, m: np.ndarray, k: int) -> np.ndarray:
-  """C(g-m, k) / C(g, k) as a product (no huge binomials), for m: [u] -> [u] float64."""
-  k = min(k, g)
-  i = np.arange(k, dtype=np.float64)  # [k]
-  factors = (g - m[:, None].astype(np.float64) - i) / (g - i)  # [u, k]
-  return np.prod(np.clip(factors, 0.0, None), axis=1)
 
 
 def recall_vs_exact(approx_indices, exact_indices, *, queries=None, gallery=None,
@@ -237,8 +211,7 @@ def recall_vs_exact(approx_indices, exact_indices, *, queries=None, gallery=None
   repeated approximate id counts once). Without vectors: |approx ∩ exact| / k. With queries
   [q, d] and gallery [n, d], an id scoring within atol of the k-th true score also counts
   (at most k per row): embeddings hold exact duplicates, and which tied item an exact
-  search returns is arbitrary.
-  """
+  search returns is arbitrary."""
   approx = np.asarray(approx_indices).astype(np.int64)
   exact = np.asarray(exact_indices).astype(np.int64)
   if approx.shape != exact.shape or approx.ndim != 2:

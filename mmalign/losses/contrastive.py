@@ -20,10 +20,8 @@ LOSSES = Registry("loss")
 def symmetric_infonce(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.ndarray,
                       *, impl: str = "auto", block_kwargs: dict[str, Any] | None = None,
                       **unused) -> jnp.ndarray:
-  """CLIP's loss: ½ (mean CE over rows + mean CE over columns), positives on the diagonal.
-
-  text_emb, image_emb: [n, d]; scale: scalar multiplier (not its log).
-  """
+  """CLIP's loss: ½ (mean CE over rows + mean CE over columns), positives on the diagonal;
+  text_emb, image_emb: [n, d]; scale: scalar multiplier (not its log)."""
   del unused
   return kernels_api.infonce(text_emb, image_emb, scale, impl=impl, **(block_kwargs or {}))
 
@@ -33,11 +31,10 @@ def image_rows_infonce(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp
                        block_kwargs: dict[str, Any] | None = None, **unused) -> jnp.ndarray:
   """InfoNCE with rows = images, columns = texts (`data.sampling="images"` batches).
 
-  Images as rows because each image has exactly one caption, while a caption may be shared
-  by several images (the kernels' multi-positive column). Texts without an image serve only
-  as negatives. With one image per text (a permutation) it equals `symmetric_infonce`.
-
-  text_emb: [T, d]; image_emb: [B, d]; scale: scalar; image_to_text: [B] int in [0, T).
+  Images as rows because each has exactly one caption, while a caption may be shared by
+  several images (the kernels' multi-positive column); texts without an image are only
+  negatives, and one image per text gives `symmetric_infonce`. text_emb: [T, d]; image_emb:
+  [B, d]; scale: scalar; image_to_text: [B] int in [0, T).
   """
   del unused
   return kernels_api.infonce(image_emb, text_emb, scale, image_to_text, impl=impl,

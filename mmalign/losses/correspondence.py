@@ -14,7 +14,6 @@ The sum over n·n entries is divided by n (SigLIP's convention): per-caption sum
 
 from __future__ import annotations
 
-
 import jax.numpy as jnp
 
 from kernels import api as kernels_api
@@ -54,10 +53,9 @@ def correspondence(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.nda
                    soft: bool = False, impl: str = "auto", **unused) -> jnp.ndarray:
   """Σ_ij (A_ij − t_i·i_j)² / n, A from `correspondence_target(target, soft)`.
 
-  text_emb, image_emb: [n, d], unit rows, so A is defined on the raw cosine; `scale` (and
-  the sigmoid bias) are therefore unused and the log-scale gets no gradient from this loss.
-  labels: [n] int or None, for target="labels". `impl` picks the kernel; there is nothing
-  to tile, so no block sizes. Raises ValueError when the two batch sizes differ.
+  text_emb, image_emb: [n, d], unit rows: A is defined on the raw cosine, so `scale` and
+  the bias are unused (no gradient). labels: [n] int or None, for target="labels". `impl`
+  picks the kernel (nothing to tile). Raises ValueError when the two batch sizes differ.
   """
   del scale, unused
   n = text_emb.shape[0]

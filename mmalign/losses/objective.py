@@ -29,9 +29,8 @@ Objective = Callable[[dict, dict], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
 
 
 def _kernel_kwargs(loss_config, loss: Callable) -> dict:
-  """The kernel keywords `loss` takes: `impl` ("auto" resolved for this backend) and, if
-  it tiles, `loss.kernel.<impl>` block sizes. Why by signature: a loss without a kernel
-  or tiles (regression, correspondence) is handed nothing it would drop."""
+  """The kernel keywords `loss` takes: `impl` ("auto" resolved for this backend) and, if it
+  tiles, `loss.kernel.<impl>` block sizes; by signature, so no loss is handed what it drops."""
   parameters = inspect.signature(loss).parameters
   kwargs = {}
   if "impl" in parameters:
@@ -124,15 +123,13 @@ def build_objective(loss_config, *, model_fuses: bool, has_task: bool = False, m
                     data_axis: str = "data", image_rows: bool = False) -> Objective:
   """`objective(outputs, batch) -> (total loss, metrics to log)`.
 
-  mesh: batch on `data_axis`; needed when `loss.distributed` shards the loss.
-  has_task: the model has a task classifier; `loss.task_weight` must then be > 0 and
-  batches carry "labels" [b]. image_rows: batches hold B images, T texts and
-  "image_to_text" [B] (the batcher's `image_rows`); the alignment is `image_rows_infonce`.
+  mesh: batch on `data_axis`; needed when `loss.distributed` shards the loss. has_task: a
+  task classifier (`loss.task_weight` must be > 0), trained on batches' "labels" [b].
+  image_rows: batches hold B images, T texts and "image_to_text" [B] (the batcher's
+  `image_rows`); the alignment is `image_rows_infonce`.
   """
-  image_rows_alignment = None
-  if image_rows:
-    image_rows_alignment = _image_rows_alignment(loss_config, model_fuses=model_fuses,
-                                                 has_task=has_task)
+  image_rows_alignment = (_image_rows_alignment(loss_config, model_fuses=model_fuses,
+                                                 has_task=has_task) if image_rows else None)
   if loss_config.get("distributed"):
     alignment = _distributed_alignment(loss_config, mesh, data_axis)
   else:
@@ -149,27 +146,24 @@ def build_objective(loss_config, *, model_fuses: bool, has_task: bool = False, m
 
   def objective(outputs: dict, batch: dict) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """outputs: the model's dict; batch: the input batch ("groups", "labels" if any)."""
+    text_emb = scale_gradient(outputs["text_emb"], text_weight)  # [T or b, d]
+    image_emb = scale_gradient(outputs["image_emb"], image_weight)  # [B or b, d]
     if image_rows_alignment is not None:
-      loss = image_rows_alignment(scale_gradient(outputs["text_emb"], text_weight),  # [T, d]
-                                  scale_gradient(outputs["image_emb"], image_weight),  # [B, d]
-                                  outputs["scale"], batch["image_to_text"])
+      loss = image_rows_alignment(text_emb, image_emb, outputs["scale"], batch["image_to_text"])
     else:
-      loss = alignment(scale_gradient(outputs["text_emb"], text_weight),
-                       scale_gradient(outputs["image_emb"], image_weight), outputs["scale"],
-                       bias=outputs.get("bias"), labels=batch.get("groups"))
+      loss = alignment(text_emb, image_emb, outputs["scale"], bias=outputs.get("bias"),
+                       labels=batch.get("groups"))
     metrics = {}
     if model_fuses:  # Log the parts only when there is more than one.
-      metrics["alignment_loss"] = loss
       logits, labels = outputs["match_logits"], outputs["match_labels"]  # [2b]
       matching = optax.sigmoid_binary_cross_entropy(logits, labels).mean()
-      metrics["matching_loss"] = matching
-      metrics["matching_accuracy"] = ((logits > 0) == (labels > 0.5)).mean()
+      metrics.update(alignment_loss=loss, matching_loss=matching,
+                     matching_accuracy=((logits > 0) == (labels > 0.5)).mean())
       loss = loss + matching_weight * matching
     if has_task:
       logits, labels = outputs["class_logits"], batch["labels"]  # [b, classes], [b]
       task = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      metrics["task_loss"] = task
-      metrics["task_accuracy"] = (logits.argmax(-1) == labels).mean()
+      metrics.update(task_loss=task, task_accuracy=(logits.argmax(-1) == labels).mean())
       loss = loss + task_weight * task
     return loss, metrics
 

@@ -1,13 +1,10 @@
 """Regression alignment: map one modality's embedding onto the other's, pair by pair.
 
-The learned map is the source tower's projection head (`model.projection_kwargs`), trained
-with the tower below it; to learn only the map, freeze the tower
-(`--config.train.frozen="('text_tower',)"`). The closed-form counterpart on frozen embeddings
-is `mmalign.alignment.procrustes`.
-
-The target side is held fixed (`stop_gradient`): otherwise both towers could collapse onto
-one constant vector, zero loss and no information. The target tower gets no gradient here.
-Only pairs (i, i) are compared, so there is no kernel: `impl` and `block_kwargs` are ignored.
+The learned map is the source tower's projection head, trained with the tower below it
+(freeze the tower, `train.frozen`, to learn only the map; the closed form on frozen
+embeddings is `mmalign.alignment.procrustes`). The target side is held fixed
+(`stop_gradient`), as otherwise both towers could collapse onto one constant vector. Only
+pairs (i, i) are compared, so there is no kernel: `impl` and `block_kwargs` are ignored.
 """
 
 from __future__ import annotations
@@ -37,9 +34,9 @@ def regression(text_emb: jnp.ndarray, image_emb: jnp.ndarray, scale: jnp.ndarray
 
   text_emb, image_emb: [n, d] float. direction "text_to_image" moves text onto the fixed
   image, "image_to_text" the reverse. metric: "mse" mean_i ‖s_i − t_i‖², "cosine"
-  mean_i (1 − cos(s_i, t_i)); on unit rows they differ by a factor of 2. `scale`, the
-  sigmoid bias and `labels` are unused. Returns a scalar, float32 (float64 for float64
-  inputs). Unknown names raise UsageError; unequal shapes raise ValueError.
+  mean_i (1 − cos(s_i, t_i)). `scale`, the bias and `labels` are unused. Returns a scalar,
+  float32 (float64 for float64 inputs). Unknown names raise UsageError; unequal shapes
+  raise ValueError.
   """
   del scale, labels, unused
   if direction not in DIRECTIONS:

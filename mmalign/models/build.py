@@ -23,12 +23,13 @@ from mmalign.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS
 OPTIONAL_KEYS = ("text_projection_kwargs", "image_projection_kwargs", "max_scale", "init_bias")
 
 
+def _plain(value):
+  return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
+
 def _kwargs_for(blocks, name: str) -> dict[str, Any]:
   """The kwargs block of `name` (empty when the config has none for it)."""
-  if blocks is None or name not in blocks:
-    return {}
-  block = blocks[name]
-  return block.to_dict() if isinstance(block, ml_collections.ConfigDict) else dict(block)
+  return {} if blocks is None or name not in blocks else dict(_plain(blocks[name]))
 
 
 def resolved_model_config(model_config: ml_collections.ConfigDict,
@@ -58,8 +59,7 @@ def resolved_model_config(model_config: ml_collections.ConfigDict,
     resolved["num_classes"] = int(num_classes)
   for key in OPTIONAL_KEYS:  # Likewise: only when a config sets them.
     if model_config.get(key) is not None:
-      value = model_config[key]
-      resolved[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+      resolved[key] = _plain(model_config[key])
   return resolved
 
 

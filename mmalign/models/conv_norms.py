@@ -1,14 +1,11 @@
 """Normalisation layers for convolutional encoders, chosen by name ("batch", "group", "none").
 
 Shared by VGG and ResNet so both spell BatchNorm the same way (torchvision's momentum and
-epsilon) and a config can swap it for GroupNorm.
-
-BatchNorm keeps running statistics in the `batch_stats` collection: `init` returns
-`{"params", "batch_stats"}`, and a training step must call
-`apply(variables, images, train=True, mutable=["batch_stats"])` and carry the returned
-statistics forward. Eval (`train=False`) uses the running averages, so an example's output
-does not depend on its batch mates. Under `jax.jit` with a batch-sharded input the statistics
-are the global batch's. The running variance averages the biased batch variance (flax's).
+epsilon). BatchNorm keeps running statistics in the `batch_stats` collection: a training step
+must call `apply(variables, images, train=True, mutable=["batch_stats"])` and carry the
+returned statistics forward; eval (`train=False`) uses the running averages, so an example's
+output does not depend on its batch mates. Under `jax.jit` with a batch-sharded input the
+statistics are the global batch's; the running variance averages the biased batch variance.
 """
 
 from __future__ import annotations
@@ -16,14 +13,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from mmalign.registry import Registry
-
-Initializer = Callable[..., Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,18 +34,17 @@ BATCH_NORM_MOMENTUM = 0.9  # torchvision's momentum=0.1 in the other convention.
 BATCH_NORM_EPSILON = 1e-5
 
 
-def _batch_norm(*, channels: int, train: bool, groups: int, scale_init: Initializer, dtype,
-                param_dtype, name: str):
-  del channels, groups
+def _batch_norm(*, train: bool, scale_init, dtype, param_dtype, name: str, **unused):
+  del unused  # channels, groups
   return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
                       epsilon=BATCH_NORM_EPSILON, scale_init=scale_init, dtype=dtype,
                       param_dtype=param_dtype, name=name)
 
 
-def _group_norm(*, channels: int, train: bool, groups: int, scale_init: Initializer, dtype,
-                param_dtype, name: str):
+def _group_norm(*, channels: int, groups: int, scale_init, dtype, param_dtype, name: str,
+                **unused):
   """gcd(groups, channels) groups, so `groups=32` stays valid on narrow test models."""
-  del train
+  del unused  # train
   return nn.GroupNorm(num_groups=math.gcd(groups, channels), epsilon=1e-5,
                       scale_init=scale_init, dtype=dtype, param_dtype=param_dtype, name=name)
 

@@ -95,7 +95,8 @@ class DualEncoder(nn.Module):
     if self.fusion is not None:
       outputs.update(self._match(tokens, text, image, train=train))
     if self.num_classes:
-      present = self._dropped_modalities(tokens.shape[0]) if train else None
+      present = (sample_present(self.make_rng("dropout"), tokens.shape[0], self.modality_dropout)
+                 if train and self.modality_dropout else None)  # None: both modalities
       outputs["class_logits"] = self._classify(tokens, text, image, present, train=train)
     return outputs
 
@@ -108,12 +109,6 @@ class DualEncoder(nn.Module):
   def _classify(self, tokens, text, image, present, *, train: bool):
     inputs = FusionInputs.create(text, image, text_mask=tokens != 0, present=present)
     return self.task_head(self.fusion_module(inputs, train=train), train=train)
-
-  def _dropped_modalities(self, batch: int):
-    """present [b, 2] for this training step, or None (both) without modality dropout."""
-    if not self.modality_dropout:
-      return None
-    return sample_present(self.make_rng("dropout"), batch, self.modality_dropout)
 
   def _match(self, tokens, text, image, *, train: bool) -> dict[str, jnp.ndarray]:
     rolled = tuple(jnp.roll(x, 1, axis=0) for x in image)  # Each caption, the next image.

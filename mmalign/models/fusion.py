@@ -1,18 +1,14 @@
 """Fusion modules: one vector per example from a text encoding and an image encoding.
 
-Every module in `FUSIONS` takes one `FusionInputs` and returns `fused [batch, out_dim]` in its
-compute dtype, so a config swaps the strategy by name (formulas: design survey §4.2).
-
-Missing modalities are part of the interface: `present [batch, 2]` says per example whether
-its text / image exists, and every module then uses the other modality alone. Values a module
-must not use (padding, a missing modality) are zeroed with `where` first, so even NaN there
-cannot reach the output or the gradients. Neither modality gives a finite default.
+Every module in `FUSIONS` maps one `FusionInputs` to `fused [batch, out_dim]` in its compute
+dtype (formulas: design survey §4.2). `present [batch, 2]` marks per example whether its text /
+image exists; a module then uses the other modality alone, or with neither a finite default.
+Unread values (padding, a missing modality) are zeroed with `where`, so even NaN cannot leak.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -70,8 +66,11 @@ class FusionInputs:
   def has_image(self) -> jnp.ndarray:  # [b] bool
     return self.present[:, 1].astype(bool)
 
-  def check_shapes(self) -> None:
-    """Fails with the offending shapes instead of a broadcasting error deep inside a module."""
+  def sanitized(self) -> FusionInputs:
+    """Masks folded with presence (so sequence modules need only the masks); unread values zeroed.
+
+    Raises UsageError naming the offending shapes, rather than a broadcasting error deep inside.
+    """
     b, lt, dt = self.text_seq.shape
     _, li, di = self.image_seq.shape
     expected = {"text_pooled": (b, dt), "text_mask": (b, lt), "image_pooled": (b, di),
@@ -80,13 +79,6 @@ class FusionInputs:
     if wrong:
       raise UsageError(f"FusionInputs shapes disagree with text_seq {self.text_seq.shape}: "
                        f"got {wrong}, expected { {k: expected[k] for k in wrong} }")
-
-  def sanitized(self) -> FusionInputs:
-    """Masks folded with presence (so sequence modules need only the masks); unread values zeroed.
-
-    `where` rather than a multiply, so NaN or inf in ignored places disappears too.
-    """
-    self.check_shapes()
     text_mask = self.text_mask.astype(bool) & self.has_text[:, None]  # [b, lt]
     image_mask = self.image_mask.astype(bool) & self.has_image[:, None]  # [b, li]
     return self.replace(
@@ -98,15 +90,20 @@ class FusionInputs:
         image_mask=image_mask)
 
 
-def _check_choice(module: str, field: str, value: str, allowed: Sequence[str]) -> None:
-  if value not in allowed:
-    raise UsageError(f"{module}.{field} must be one of {', '.join(allowed)}; got {value!r}")
-
-
 class _Fusion(nn.Module):
   """Fields and helpers every fusion module shares (compute and parameter dtypes)."""
+  # (registered name, {string field: allowed values}), checked at construction.
+  choices: ClassVar[tuple[str, dict[str, tuple[str, ...]]]] = ("", {})
   dtype: Any = jnp.float32  # Compute dtype, e.g. jnp.bfloat16; the output has it too.
   param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    name, fields = self.choices
+    for field, allowed in fields.items():
+      if getattr(self, field) not in allowed:
+        raise UsageError(f"{name}.{field} must be one of {', '.join(allowed)}; "
+                         f"got {getattr(self, field)!r}")
+    super().__post_init__()
 
   def _dense(self, features: int, name: str) -> nn.Dense:
     return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
@@ -131,10 +128,7 @@ class Concat(_Fusion):
   width: int | None = None  # Common width both are mapped to first; None keeps their own.
   missing: str = "learned"  # "learned" | "zeros": what stands in for a missing modality.
   indicator: bool = False  # Append the presence bits [b, 2] as features.
-
-  def __post_init__(self):
-    _check_choice("concat", "missing", self.missing, ("learned", "zeros"))
-    super().__post_init__()
+  choices = ("concat", {"missing": ("learned", "zeros")})
 
   @nn.compact
   def __call__(self, inputs: FusionInputs, *, train: bool = False) -> jnp.ndarray:
@@ -166,26 +160,13 @@ class WeightedSum(_Fusion):
   alpha_mode: str = "scalar"
   alpha: float = 0.5
   width: int | None = None
+  choices = ("weighted_sum", {"alpha_mode": ("fixed", "scalar", "gate")})
 
   def __post_init__(self):
-    _check_choice("weighted_sum", "alpha_mode", self.alpha_mode, ("fixed", "scalar", "gate"))
+    super().__post_init__()
     if not 0.0 <= self.alpha <= 1.0 or (self.alpha_mode == "scalar" and self.alpha in (0.0, 1.0)):
       raise UsageError(f"weighted_sum.alpha must lie in [0, 1] (open for 'scalar'); "
                        f"got {self.alpha}")
-    super().__post_init__()
-
-  def _alpha_fixed(self, t, i):
-    del t, i
-    return jnp.asarray(self.alpha, self.dtype)
-
-  def _alpha_scalar(self, t, i):
-    del t, i
-    initial = np.log(self.alpha / (1 - self.alpha))  # sigmoid(initial) = alpha
-    logit = self.param("alpha_logit", nn.initializers.constant(initial), (), self.param_dtype)
-    return nn.sigmoid(logit.astype(self.dtype))
-
-  def _alpha_gate(self, t, i):
-    return nn.sigmoid(self._dense(t.shape[-1], "gate")(jnp.concatenate([t, i], axis=-1)))
 
   @nn.compact
   def __call__(self, inputs: FusionInputs, *, train: bool = False) -> jnp.ndarray:
@@ -194,7 +175,14 @@ class WeightedSum(_Fusion):
     width = self.width or max(t.shape[-1], i.shape[-1])
     t = self._to_width(t, width, "text_proj")  # [b, w]
     i = self._to_width(i, width, "image_proj")  # [b, w]
-    alpha = getattr(self, f"_alpha_{self.alpha_mode}")(t, i)  # [], or [b, w] for the gate
+    if self.alpha_mode == "fixed":
+      alpha = jnp.asarray(self.alpha, self.dtype)  # []
+    elif self.alpha_mode == "scalar":
+      initial = np.log(self.alpha / (1 - self.alpha))  # sigmoid(initial) = alpha
+      logit = self.param("alpha_logit", nn.initializers.constant(initial), (), self.param_dtype)
+      alpha = nn.sigmoid(logit.astype(self.dtype))  # []
+    else:
+      alpha = nn.sigmoid(self._dense(width, "gate")(jnp.concatenate([t, i], axis=-1)))  # [b, w]
     has_t, has_i = inputs.has_text[:, None], inputs.has_image[:, None]
     alpha = jnp.where(has_t & has_i, alpha, has_t.astype(self.dtype))  # [b, 1 or w]
     # A projected missing modality is its bias, not zero: select rather than rely on α.
@@ -207,21 +195,16 @@ class CrossAttention(_Fusion):
   """Tokens of one modality attend to the other's; out_dim = width ("both": 2 × width).
 
   "text_to_image": text tokens query the valid image patches; the output, mean-pooled over
-  valid text tokens, is added to the text's own pooled vector. So an example without an image
-  (or without a valid patch) gets exactly its pooled text, and one without text its pooled
-  image. "image_to_text" swaps the roles; "both" concatenates the two. `width` defaults to the
-  larger input width; with unequal widths the narrower pooled vector's projection serves only
-  that fallback, so examples with both modalities give it no gradient.
+  valid text tokens, is added to the pooled text, so an example without an image (or a valid
+  patch) gets exactly its pooled text, one without text its pooled image. "image_to_text" swaps
+  the roles; "both" concatenates the two. `width` defaults to the larger input width; a
+  narrower pooled input's projection serves only that fallback (no gradient from full pairs).
   """
   direction: str = "text_to_image"  # "text_to_image" | "image_to_text" | "both"
   width: int | None = None
   heads: int = 1
   dropout: float = 0.0  # On attention weights, training only.
-
-  def __post_init__(self):
-    _check_choice("cross_attention", "direction", self.direction,
-                  ("text_to_image", "image_to_text", "both"))
-    super().__post_init__()
+  choices = ("cross_attention", {"direction": ("text_to_image", "image_to_text", "both")})
 
   @nn.compact
   def __call__(self, inputs: FusionInputs, *, train: bool = False) -> jnp.ndarray:
@@ -248,8 +231,7 @@ class CrossAttention(_Fusion):
       # A present key modality without one valid position leaves nothing to attend to.
       can_attend = has_q & has_k & k_mask.any(axis=-1)
       fallback = jnp.where(has_q[:, None], q_pooled, jnp.where(has_k[:, None], k_pooled, 0))
-      fused = jnp.where(can_attend[:, None], fused, fallback)
-      outputs.append(fused)
+      outputs.append(jnp.where(can_attend[:, None], fused, fallback))
     return jnp.concatenate(outputs, axis=-1)  # [b, out_dim]
 
 
@@ -268,10 +250,7 @@ class JointTransformer(_Fusion):
   mlp_ratio: int = 4
   dropout: float = 0.0
   pool: str = "mean"  # "mean" | "cls"
-
-  def __post_init__(self):
-    _check_choice("joint_transformer", "pool", self.pool, ("mean", "cls"))
-    super().__post_init__()
+  choices = ("joint_transformer", {"pool": ("mean", "cls")})
 
   @nn.compact
   def __call__(self, inputs: FusionInputs, *, train: bool = False) -> jnp.ndarray:
@@ -301,11 +280,10 @@ class JointTransformer(_Fusion):
 class Correspondence(_Fusion):
   """The survey's information fusion x = A·m + b with m = [t; i]; out_dim = `out_dim`.
 
-  A is a learned [out_dim, dt + di] matrix (parameter "correspondence") trained by whatever
-  loss consumes x; not the survey's [dt, di] correspondence-loss matrix, which cannot
-  multiply m. A missing modality's half of m is zeroed and, with `rescale`, the present half
-  doubled (inverted dropout over modalities), so x keeps its scale under modality dropout.
-  Neither present → b.
+  A is a learned [out_dim, dt + di] matrix (parameter "correspondence"), not the survey's
+  [dt, di] correspondence-loss matrix, which cannot multiply m. A missing modality's half of m
+  is zeroed and, with `rescale`, the present half doubled (inverted dropout over modalities),
+  so x keeps its scale under modality dropout. Neither present → b.
   """
   out_dim: int = 256
   rescale: bool = True

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 
@@ -57,13 +56,12 @@ class Projection(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
     if self.linear:
-      y = MLP(self.out_dim, self.hidden, self.dropout, self.use_bias, self.dtype,
-              self.param_dtype, name="mlp")(x, train=train).astype(jnp.float32)
+      x = MLP(self.out_dim, self.hidden, self.dropout, self.use_bias, self.dtype,
+              self.param_dtype, name="mlp")(x, train=train)
     elif x.shape[-1] != self.out_dim:
       raise ValueError(f"a projection with linear=False keeps the tower's width {x.shape[-1]}, "
                        f"which differs from embed_dim={self.out_dim}")
-    else:
-      y = x.astype(jnp.float32)
+    y = x.astype(jnp.float32)
     return l2_normalize(y) if self.l2_normalize else y
 
 

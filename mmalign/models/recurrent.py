@@ -1,8 +1,8 @@
 """Recurrent text encoders (LSTM, GRU), uni- or bidirectional, over right-padded tokens.
 
-Padding is honoured through `nn.RNN(seq_lengths=...)`: the forward final state is read at
-each row's last real token, and the backward direction starts there. Lengths count non-pad
-tokens, so tokens must be padded on the right only (as the tokenizer does).
+Padding is honoured through `nn.RNN(seq_lengths=...)`: the forward final state is read at each
+row's last real token, and the backward direction starts there. Lengths count non-pad tokens,
+so tokens must be padded on the right only (as the tokenizer does).
 """
 
 from __future__ import annotations
@@ -24,21 +24,12 @@ def last_valid(x: jnp.ndarray, lengths: jnp.ndarray) -> jnp.ndarray:
 
 
 def _final_states(sequence: jnp.ndarray, lengths: jnp.ndarray, width: int) -> jnp.ndarray:
-  """Final hidden state(s) [b, d * width] from outputs [b, l, d * width]; 0 for all-pad rows.
-
-  Forward: the output at the last real token; backward: the output at position 0.
-  """
+  """Final hidden state(s) [b, d * width] from outputs [b, l, d * width]: forward at the last
+  real token, backward at position 0; 0 for all-pad rows."""
   forward = last_valid(sequence[..., :width], lengths)
   if sequence.shape[-1] == width:
     return forward
   return jnp.concatenate([forward, sequence[:, 0, width:]], axis=-1)
-
-
-# Each maps (final states [b, width], sequence [b, l, width], mask [b, l]) → pooled [b, width].
-POOLINGS = {
-    "final": lambda final, sequence, mask: final,
-    "mean": lambda final, sequence, mask: masked_mean(sequence, mask),
-}
 
 
 class RecurrentEncoder(nn.Module):
@@ -64,38 +55,35 @@ class RecurrentEncoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
-  def _rnn(self, cell_name: str) -> nn.RNN:
-    # Named here, since a cell built in this compact scope is a child of the
-    # encoder, not of the nn.RNN that scans it.
-    return nn.RNN(self.cell_type(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                                 name=cell_name))
-
   def _layer(self, index: int) -> nn.Module:
     """One layer, [b, l, in] → [b, l, d * width]; call with `seq_lengths`."""
+    # Cells are named here: built in this scope, they are children of the encoder, not of the
+    # nn.RNN that scans them.
+    rnn = lambda name: nn.RNN(self.cell_type(  # noqa: E731
+        self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=name))
     if self.bidirectional:
-      return nn.Bidirectional(self._rnn(f"layer_{index}_forward"),
-                              self._rnn(f"layer_{index}_backward"))
-    return self._rnn(f"layer_{index}")
+      return nn.Bidirectional(rnn(f"layer_{index}_forward"), rnn(f"layer_{index}_backward"))
+    return rnn(f"layer_{index}")
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):
-    pool = choose(f"{type(self).__name__} pooling", self.pooling, POOLINGS)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    use_mean = choose(f"{type(self).__name__} pooling", self.pooling,
+                      {"final": False, "mean": True})
     mask = tokens != 0  # [b, l]
     keep = mask[..., None].astype(self.dtype)  # [b, l, 1]
     lengths = mask.sum(axis=1).astype(jnp.int32)  # [b]
-    x = TokenEmbedding(self.vocab_size, self.width, self.init_embeddings,
-                       self.freeze_embeddings, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name="embed")(tokens)
+    x = TokenEmbedding(self.vocab_size, self.width, self.init_embeddings, self.freeze_embeddings,
+                       name="embed", **kw)(tokens)
     for i in range(self.num_layers):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
       # Outputs past each row's length are scan leftovers: zero them. [b, l, d * width]
       x = self._layer(i)(x, seq_lengths=lengths).astype(self.dtype) * keep
     final = _final_states(x, lengths, self.width)  # [b, d * width]
     if self.bidirectional:
-      output = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="output")
+      output = nn.Dense(self.width, name="output", **kw)
       x, final = output(x) * keep, output(final)  # [b, l, width], [b, width]
-    return pool(final, x, mask), x
+    return (masked_mean(x, mask) if use_mean else final), x
 
 
 @register_text_encoder("lstm")

@@ -1,16 +1,15 @@
 """ResNet image encoder (He et al. 2016, torchvision's "v1.5" layout).
 
-v1.5 puts a downsampling bottleneck's stride on its 3×3 conv rather than the first 1×1
-(which would skip three quarters of the input); parameter counts equal torchvision's.
-Paddings are explicit rather than "SAME", so feature maps line up with torchvision's and
-ported weights would give the same outputs. With `norm="batch"` a training step needs
-`mutable=["batch_stats"]` (see conv_norms.py).
+v1.5 puts a downsampling bottleneck's stride on its 3×3 conv rather than the first 1×1 (which
+would skip three quarters of the input). Parameter counts equal torchvision's, and explicit
+paddings (not "SAME") line up the feature maps, so ported weights give the same outputs.
+With `norm="batch"` a training step needs `mutable=["batch_stats"]` (see conv_norms.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -36,57 +35,53 @@ class _ConvNorm(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     kind = get_norm(self.norm)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pad = (self.kernel - 1) // 2
     x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
                 padding=((pad, pad), (pad, pad)), use_bias=kind.conv_bias,
                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+                name="conv", **kw)(x)
     scale_init = nn.initializers.zeros if self.zero_init_norm else nn.initializers.ones
     x = kind.make(channels=self.features, train=train, groups=self.groups,
-                  scale_init=scale_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                  name="norm")(x)
+                  scale_init=scale_init, name="norm", **kw)(x)
     return nn.relu(x) if self.relu else x
 
 
-class BasicBlock(nn.Module):
-  """Two 3×3 convs (ResNet-18/34); output has `width` channels."""
+class _ResidualBlock(nn.Module):
+  """relu(convs(x) + shortcut(x)): x [b, h, w, c] → [b, h/stride, w/stride, C]. The shortcut
+  is the identity, or a 1×1 conv + norm ("shortcut") when the shape changes (option B)."""
+  # Per conv: (features as a multiple of width, kernel, carries the stride); the last has no
+  # ReLU and, with zero_init_residual, a zero-initialised norm scale.
+  convs: ClassVar[tuple[tuple[int, int, bool], ...]]
+
   width: int
   stride: int = 1
   zero_init_residual: bool = False
   norm_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @nn.compact
-  def __call__(self, x, *, train: bool):  # x: [b, h, w, c] → [b, h/stride, w/stride, width]
-    y = _ConvNorm(self.width, 3, self.stride, **self.norm_kwargs, name="conv1")(x, train=train)
-    y = _ConvNorm(self.width, 3, relu=False, zero_init_norm=self.zero_init_residual,
-                  **self.norm_kwargs, name="conv2")(y, train=train)
-    return nn.relu(y + _shortcut(x, self.width, self.stride, self.norm_kwargs, train))
+  def __call__(self, x, *, train: bool):
+    y = x
+    for n, (multiple, kernel, strided) in enumerate(self.convs, 1):
+      last = n == len(self.convs)
+      y = _ConvNorm(multiple * self.width, kernel, self.stride if strided else 1, relu=not last,
+                    zero_init_norm=last and self.zero_init_residual, **self.norm_kwargs,
+                    name=f"conv{n}")(y, train=train)
+    if self.stride != 1 or x.shape[-1] != y.shape[-1]:
+      x = _ConvNorm(y.shape[-1], 1, self.stride, relu=False, **self.norm_kwargs,
+                    name="shortcut")(x, train=train)
+    return nn.relu(y + x)
 
 
-class Bottleneck(nn.Module):
-  """1×1 reduce → 3×3 (carries the stride: v1.5) → 1×1 expand (ResNet-50 and deeper)."""
-  width: int
-  stride: int = 1
-  zero_init_residual: bool = False
-  norm_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-  @nn.compact
-  def __call__(self, x, *, train: bool):  # x: [b, h, w, c] → [b, h/stride, w/stride, 4·width]
-    out = 4 * self.width
-    y = _ConvNorm(self.width, 1, **self.norm_kwargs, name="conv1")(x, train=train)
-    y = _ConvNorm(self.width, 3, self.stride, **self.norm_kwargs, name="conv2")(y, train=train)
-    y = _ConvNorm(out, 1, relu=False, zero_init_norm=self.zero_init_residual,
-                  **self.norm_kwargs, name="conv3")(y, train=train)
-    return nn.relu(y + _shortcut(x, out, self.stride, self.norm_kwargs, train))
+class BasicBlock(_ResidualBlock):
+  """Two 3×3 convs (ResNet-18/34); C = width."""
+  convs = ((1, 3, True), (1, 3, False))
 
 
-def _shortcut(x, features: int, stride: int, norm_kwargs: dict[str, Any], train: bool):
-  """Identity, or a 1×1 conv + norm projection ("shortcut" in the calling block) when the
-  shape changes (option B)."""
-  if stride == 1 and x.shape[-1] == features:
-    return x
-  return _ConvNorm(features, 1, stride, relu=False, **norm_kwargs, name="shortcut")(
-      x, train=train)
+class Bottleneck(_ResidualBlock):
+  """1×1 reduce → 3×3 (carries the stride: v1.5) → 1×1 expand (ResNet-50 and deeper);
+  C = 4·width."""
+  convs = ((1, 1, False), (1, 3, True), (4, 1, False))
 
 
 # depth → (block, blocks per stage); the four stages have base widths 1, 2, 4, 8 × `width`.
@@ -104,11 +99,11 @@ class ResNet(nn.Module):
   """ResNet-18/34/50/101/152; `(pooled, sequence)` per the image encoder contract.
 
   `sequence [b, h'·w', C]` is the last stage's feature map (C = 8·width for basic blocks,
-  32·width for bottlenecks; h' = h/32, or h/8 with `small_input`); `pooled [b, C]` its mean.
-  With `num_classes`, `pooled` becomes logits `[b, num_classes]`; a dual encoder leaves it None.
-  `small_input` replaces the 7×7/2 stem and max-pool with one 3×3/1 conv, for 32×32 images
-  where /32 would leave 1×1 maps. `zero_init_residual` starts every block as the identity.
-  Raises ValueError for a depth not in RESNET_LAYOUTS.
+  32·width for bottlenecks; h' = h/32, or h/8 with `small_input`); `pooled [b, C]` its mean,
+  or with `num_classes` logits `[b, num_classes]`. `small_input` replaces the 7×7/2 stem and
+  max-pool with one 3×3/1 conv, for 32×32 images where /32 would leave 1×1 maps.
+  `zero_init_residual` starts every block as the identity. Raises ValueError for a depth not
+  in RESNET_LAYOUTS.
   """
   depth: int = 18
   width: int = 64  # Stem and first-stage channels; 64 is the standard ResNet.

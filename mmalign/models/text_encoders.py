@@ -7,7 +7,7 @@ fusion module may sum or attend over it without its own mask.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TypeVar
 
 import flax.linen as nn
@@ -46,10 +46,7 @@ def masked_max(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(mask.any(axis=1), best, jnp.zeros_like(best))
 
 
-POOLINGS: dict[str, Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]] = {
-    "mean": masked_mean,
-    "max": masked_max,
-}
+POOLINGS = {"mean": masked_mean, "max": masked_max}
 
 
 def load_embedding_table(path: str, shape: tuple[int, int]) -> np.ndarray:
@@ -120,16 +117,14 @@ class BagOfWords(nn.Module):
   def __call__(self, tokens, *, train: bool = False):
     pool = choose("bag_of_words pooling", self.pooling, POOLINGS)
     mask = tokens != 0  # [b, l]
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     seq = TokenEmbedding(self.vocab_size, self.width, self.init_embeddings,
-                         self.freeze_embeddings, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="embed")(tokens)
+                         self.freeze_embeddings, name="embed", **kw)(tokens)
     seq = seq * mask[..., None].astype(seq.dtype)  # [b, l, w]
     pooled = nn.Dropout(self.dropout, deterministic=not train)(pool(seq, mask))  # [b, w]
     for i in range(self.mlp_layers):
-      norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"mlp_norm_{i}")
-      dense = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                       name=f"mlp_{i}")
-      pooled = pooled + dense(nn.gelu(norm(pooled)))
+      norm = nn.LayerNorm(name=f"mlp_norm_{i}", **kw)
+      pooled = pooled + nn.Dense(self.width, name=f"mlp_{i}", **kw)(nn.gelu(norm(pooled)))
     return pooled, seq
 
 
@@ -142,26 +137,7 @@ def sinusoidal_positions(length: int, width: int) -> np.ndarray:
   return table.astype(np.float32)
 
 
-def _learned_positions(module: "TextTransformer", length: int) -> jnp.ndarray:
-  if length > module.max_length:
-    raise UsageError(f"transformer: {length} tokens exceed max_length={module.max_length} "
-                     "of the learned position table")
-  table = module.param("positions", nn.initializers.normal(0.02),
-                       (module.max_length, module.width), module.param_dtype)
-  return table[:length]
-
-
-def _sinusoidal_positions(module: "TextTransformer", length: int) -> jnp.ndarray:
-  return jnp.asarray(sinusoidal_positions(length, module.width))
-
-
-# Each maps (module, length) to positions [length, width]; "learned" owns a parameter.
-POSITIONS = {"learned": _learned_positions, "sinusoidal": _sinusoidal_positions}
-# Whether each pooling reads an added CLS token (else: masked mean of the sequence).
-TRANSFORMER_POOLINGS = {"mean": False, "cls": True}
-
-
-class _Block(nn.Module):
+class TransformerBlock(nn.Module):
   """Pre-LayerNorm Transformer block (attention then MLP, both residual)."""
   width: int
   heads: int
@@ -184,23 +160,16 @@ class _Block(nn.Module):
     return x + y
 
 
-# Public name for other modules (fusion); the class keeps its private name because
-# Flax names submodules (and so parameter paths and init keys) after it.
-TransformerBlock = _Block
-
-
 @register_text_encoder("transformer")
 class TextTransformer(nn.Module):
   """Pre-LN Transformer over tokens; masked mean or CLS pooling.
 
-  `positions="sinusoidal"` ignores `max_length`; `"learned"` owns a
-  `positions [max_length, width]` table (longer inputs raise UsageError).
-
-  `pooling="cls"` appends a learned `cls [width]` token, without a position, after the last
-  (padded) position: without `causal` that equals a prepended CLS, and with it the CLS reads
-  every token while no token reads it. `sequence [b, l, width]` never includes the CLS.
-
-  `causal=True` lets each token attend only to itself and earlier tokens.
+  `positions="sinusoidal"` ignores `max_length`; `"learned"` owns a `positions [max_length,
+  width]` table (longer inputs raise UsageError). `causal=True` lets each token attend only to
+  itself and earlier tokens. `pooling="cls"` appends a learned `cls [width]` token, without a
+  position, after the last (padded) position: without `causal` that equals a prepended CLS, and
+  with it the CLS reads every token while no token reads it. `sequence [b, l, width]` never
+  includes the CLS.
   """
   vocab_size: int
   max_length: int = 16
@@ -218,14 +187,23 @@ class TextTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):
-    position_fn = choose("transformer positions", self.positions, POSITIONS)
-    use_cls = choose("transformer pooling", self.pooling, TRANSFORMER_POOLINGS)
+    learned = choose("transformer positions", self.positions,
+                     {"learned": True, "sinusoidal": False})
+    use_cls = choose("transformer pooling", self.pooling, {"mean": False, "cls": True})
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     batch, length = tokens.shape
     mask = tokens != 0  # [b, l]
-    x = TokenEmbedding(self.vocab_size, self.width, self.init_embeddings,
-                       self.freeze_embeddings, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name="embed")(tokens)
-    x = x + position_fn(self, length)[None].astype(self.dtype)  # [b, l, w]
+    x = TokenEmbedding(self.vocab_size, self.width, self.init_embeddings, self.freeze_embeddings,
+                       name="embed", **kw)(tokens)
+    if learned:
+      if length > self.max_length:
+        raise UsageError(f"transformer: {length} tokens exceed max_length={self.max_length} "
+                         "of the learned position table")
+      positions = self.param("positions", nn.initializers.normal(0.02),
+                             (self.max_length, self.width), self.param_dtype)[:length]
+    else:
+      positions = jnp.asarray(sinusoidal_positions(length, self.width))
+    x = x + positions[None].astype(self.dtype)  # [b, l, w]
     valid = mask
     if use_cls:
       cls = self.param("cls", nn.initializers.normal(0.02), (self.width,), self.param_dtype)
@@ -236,9 +214,9 @@ class TextTransformer(nn.Module):
     if self.causal:
       attention_mask = nn.combine_masks(attention_mask, nn.make_causal_mask(valid))
     for i in range(self.depth):
-      x = _Block(self.width, self.heads, dropout=self.dropout, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name=f"block_{i}")(x, attention_mask, train=train)
-    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="final_norm")(x)
+      x = TransformerBlock(self.width, self.heads, dropout=self.dropout, name=f"block_{i}",
+                           **kw)(x, attention_mask, train=train)
+    x = nn.LayerNorm(name="final_norm", **kw)(x)
     sequence = x[:, :length] * mask[..., None].astype(x.dtype)  # [b, l, w]
     pooled = x[:, length] if use_cls else masked_mean(sequence, mask)  # [b, w]
     return pooled, sequence

@@ -8,7 +8,7 @@ With `norm="batch"` a training step needs `mutable=["batch_stats"]` (see conv_no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -39,37 +39,16 @@ VGG_LAYOUTS: dict[str, tuple[int | str, ...]] = {
 }
 
 
-def _global_average(module: VGG, features, *, train: bool):
-  """features [b, h, w, c] → [b, c]: no parameters, any input size."""
-  del module, train
-  return features.mean(axis=(1, 2))
-
-
-def _fc_stack(module: VGG, features, *, train: bool):
-  """Flatten → (Dense, ReLU, Dropout) × fc_layers → [b, fc_width]; the first kernel's shape
-  depends on the input size."""
-  x = features.reshape(features.shape[0], -1)  # [b, h·w·c]
-  for i in range(module.fc_layers):
-    x = nn.Dense(module.fc_width, dtype=module.dtype, param_dtype=module.param_dtype,
-                 name=f"fc{i + 1}")(x)
-    x = nn.Dropout(module.dropout, deterministic=not train)(nn.relu(x))
-  return x
-
-
-# pooling name → function(module, features [b, h, w, c], train) → pooled [b, d].
-VGG_POOLINGS: dict[str, Callable[..., jnp.ndarray]] = {"mean": _global_average,
-                                                       "fc": _fc_stack}
-
-
 @register_image_encoder("vgg")
 class VGG(nn.Module):
   """Stacks of 3×3 convs (+ norm) + ReLU separated by 2×2 max-pools.
 
   `layout`: a name from VGG_LAYOUTS or a sequence of widths and "M". `norm`: see
-  conv_norms.NORMS. `pooling`: "mean" (pooled [b, last width]) or "fc" (pooled
-  [b, fc_width]). With `num_classes`, pooled becomes logits `[b, num_classes]`; a dual
-  encoder leaves it None. `sequence [b, h'·w', C]`: the final feature map, flattened.
-  Unknown layout or pooling names raise ValueError.
+  conv_norms.NORMS. `pooling`: "mean" (global average, pooled [b, last width], any input size)
+  or "fc" (flatten, then (Dense, ReLU, Dropout) × fc_layers: pooled [b, fc_width], the first
+  kernel sized by the input). With `num_classes`, pooled becomes logits `[b, num_classes]`.
+  `sequence [b, h'·w', C]`: the final feature map, flattened. Unknown layout or pooling names
+  raise ValueError.
   """
   layout: str | Sequence[int | str] = "11"
   norm: str = "batch"
@@ -91,8 +70,8 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
-    if self.pooling not in VGG_POOLINGS:
-      raise ValueError(f"VGG pooling {self.pooling!r} is not one of {sorted(VGG_POOLINGS)}")
+    if self.pooling not in ("mean", "fc"):
+      raise ValueError(f"VGG pooling {self.pooling!r} is not one of ['fc', 'mean']")
     kind = get_norm(self.norm)
     dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = images.astype(self.dtype)  # [b, h, w, c]
@@ -110,7 +89,13 @@ class VGG(nn.Module):
       x = nn.relu(x)
     batch, height, width, channels = x.shape
     sequence = x.reshape(batch, height * width, channels)  # [b, h'·w', C]
-    pooled = VGG_POOLINGS[self.pooling](self, x, train=train)  # [b, d]
+    if self.pooling == "mean":
+      pooled = x.mean(axis=(1, 2))  # [b, C]
+    else:
+      pooled = x.reshape(batch, -1)  # [b, h'·w'·C]
+      for i in range(self.fc_layers):
+        pooled = nn.Dense(self.fc_width, name=f"fc{i + 1}", **dense)(pooled)
+        pooled = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(pooled))
     if self.num_classes is not None:
       pooled = nn.Dense(self.num_classes, name="head", **dense)(pooled)
     return pooled, sequence

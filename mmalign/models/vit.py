@@ -1,14 +1,11 @@
 """Vision Transformer image encoder (Dosovitskiy et al. 2021).
 
 Laid out like timm's `vit_base_patch16_224` (parameter counts equal), with its LayerNorm
-epsilon and exact GELU, so ported weights would give the same outputs. Position embeddings
-are sized by the image shape seen at `init` and not interpolated: a model initialised on
-32×32 images only accepts 32×32.
-
-CLIP's vision tower (OpenAI, and Hugging Face `CLIPVisionModel`) is the same Transformer with
-`patch_bias=False, norm_embeddings=True, final_norm_on="pooled", activation="quick_gelu",
-norm_epsilon=1e-5`; SigLIP's with `pooling="map", activation="gelu_tanh"`. The defaults are
-timm's, and leave the parameter tree as it was.
+epsilon and exact GELU, so ported weights give the same outputs. Position embeddings are sized
+by the image shape seen at `init`, not interpolated. CLIP's vision tower (OpenAI, Hugging Face
+`CLIPVisionModel`) is the same Transformer with `patch_bias=False, norm_embeddings=True,
+final_norm_on="pooled", activation="quick_gelu", norm_epsilon=1e-5`; SigLIP's with
+`pooling="map", activation="gelu_tanh"`.
 """
 
 from __future__ import annotations
@@ -22,12 +19,8 @@ import jax.numpy as jnp
 from mmalign.models.registry import register_image_encoder
 
 # variant → (width, depth, heads); the MLP is 4× wide in all of them.
-VIT_VARIANTS: dict[str, tuple[int, int, int]] = {
-    "Ti": (192, 12, 3),
-    "S": (384, 12, 6),
-    "B": (768, 12, 12),
-    "L": (1024, 24, 16),
-}
+VIT_VARIANTS: dict[str, tuple[int, int, int]] = {"Ti": (192, 12, 3), "S": (384, 12, 6),
+                                                 "B": (768, 12, 12), "L": (1024, 24, 16)}
 LAYER_NORM_EPSILON = 1e-6
 # Exact GELU (ViT, timm); x·sigmoid(1.702x) (CLIP); GELU's tanh approximation (SigLIP).
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
@@ -88,18 +81,12 @@ def transformer_layers(x, mask, *, depth: int, block: dict, train: bool, remat: 
   """`depth` ViTBlocks over x [b, tokens, width], created in the calling module's scope as
   `block{i}`, or with `scan` as one `blocks` whose parameters have a leading [depth] axis.
 
-  `remat` (a REMAT_POLICIES key) recomputes each block's activations in the backward pass
-  instead of storing them; scan compiles one block instead of `depth`. Both give the plain
-  path's outputs and gradients. Use them together: XLA:CPU schedules an unrolled remat's
-  recomputation early, so it saves memory only inside a scan (benchmarks/vit_b16.py).
-  Raises ValueError for an unknown `remat`.
+  `remat` (a REMAT_POLICIES key) recomputes each block's activations in the backward pass;
+  scan compiles one block instead of `depth`; outputs and gradients stay the plain path's.
+  Use both: on XLA:CPU an unrolled remat saves no memory. Raises ValueError for unknown `remat`.
   """
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat {remat!r} is not one of {list(REMAT_POLICIES)}")
-  if remat == "none" and not scan:
-    for i in range(depth):
-      x = ViTBlock(**block, name=f"block{i}")(x, train=train, mask=mask)
-    return x
   layer = _LayerStep if remat == "none" else nn.remat(_LayerStep, policy=REMAT_POLICIES[remat],
                                                       prevent_cse=not scan)
   if scan:
@@ -137,19 +124,16 @@ class MAPHead(nn.Module):
 
 @register_image_encoder("vit")
 class ViT(nn.Module):
-  """ViT-Ti/S/B/L by `variant`, or any size through `width`/`depth`/`heads`.
+  """ViT-Ti/S/B/L by `variant`; explicit `width`, `depth`, `heads` or `mlp_dim` (default
+  4·width) override the variant's.
 
-  Explicit `width`, `depth`, `heads` or `mlp_dim` (default 4·width) override the variant's.
-  Outputs: `sequence [b, patches, width]`, the patch tokens without CLS; `pooled [b, width]`,
-  the CLS token (`pooling="cls"`), the mean of `sequence` (`"mean"`) or its attention pooling
-  (`"map"`, a `MAPHead` as SigLIP's); only "cls" adds a CLS token.
-  The final LayerNorm (`final_norm_on`) is applied to every token before pooling (`"all"`,
-  timm), or to `pooled` only (`"pooled"`, CLIP's post_layernorm): `sequence` is then the
-  un-normed last hidden state, as Hugging Face's `last_hidden_state[:, 1:]`. With
-  `num_classes`, pooled becomes logits `[b, num_classes]`; a dual encoder leaves it None.
-  `dropout` needs `train=True` and a `"dropout"` rng. Raises ValueError for an unknown
-  variant, pooling, `final_norm_on` or activation, or an image size that is not a multiple
-  of `patch_size`.
+  `sequence [b, patches, width]`: the patch tokens without CLS; `pooled [b, width]`: the CLS
+  token (`pooling="cls"`, the only one adding it), the mean of `sequence` (`"mean"`) or a
+  `MAPHead` over it (`"map"`, SigLIP's). The final LayerNorm acts on every token before pooling
+  (`final_norm_on="all"`, timm) or on `pooled` only (`"pooled"`, CLIP's post_layernorm; then
+  `sequence` is Hugging Face's un-normed `last_hidden_state[:, 1:]`). With `num_classes`,
+  pooled becomes logits `[b, num_classes]`. Raises ValueError for an unknown variant, pooling,
+  `final_norm_on` or activation, or an image size that is not a multiple of `patch_size`.
   """
   variant: str = "Ti"
   patch_size: int = 16
@@ -180,13 +164,10 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
-    if self.pooling not in POOLINGS:
-      raise ValueError(f"ViT pooling {self.pooling!r} is not one of {list(POOLINGS)}")
-    if self.final_norm_on not in ("all", "pooled"):
-      raise ValueError(f"ViT final_norm_on {self.final_norm_on!r} is not one of "
-                       f"['all', 'pooled']")
-    if self.activation not in ACTIVATIONS:
-      raise ValueError(f"ViT activation {self.activation!r} is not one of {list(ACTIVATIONS)}")
+    for field, allowed in (("pooling", POOLINGS), ("final_norm_on", ("all", "pooled")),
+                           ("activation", ACTIVATIONS)):
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"ViT {field} {getattr(self, field)!r} is not one of {list(allowed)}")
     width, depth, heads, mlp_dim = self.dims()
     _, height, image_width, _ = images.shape
     if height % self.patch_size or image_width % self.patch_size:

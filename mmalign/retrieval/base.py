@@ -1,12 +1,10 @@
 """What every searcher shares: checked inputs, item ids, updates, save and load.
 
 A backend (ScaNN, exact top-k) only stores unit rows at positions 0..count-1 and answers
-"best positions for these queries"; this class owns the rest, once for all backends:
-* item ids: position p holds item `ids[p]` (distinct non-negative int64; default the
-  gallery row number). Results are item ids, never positions.
-* `delete` moves the last row into the freed position (ScaNN's rule: positions stay dense).
-* `save` writes to a temporary sibling directory, manifest last, that then replaces the
-  target, so a crash mid-save never leaves a half-written index behind a valid manifest.
+"best positions for these queries"; `Index` owns the rest, once for all backends: item
+ids (position p holds item `ids[p]`; results are ids, never positions), `delete` moving the
+last row into the freed position (ScaNN's rule), and `save` writing a temporary sibling,
+manifest last, that then replaces the target, so a crash never leaves a half-written index.
 """
 
 from __future__ import annotations
@@ -28,7 +26,15 @@ IDS_FILE = "ids.npy"
 
 
 class Index:
-  """A searchable gallery of unit vectors; subclasses implement the `_backend_*` hooks."""
+  """A searchable gallery of unit vectors. Subclasses implement the backend hooks, on
+  positions (int64; a missing slot may be NaN-scored or negative):
+
+    _backend_build(gallery, ids, config, provenance), a classmethod -> Index
+    _backend_search(queries [q, d] unit rows, 1 <= k <= count) -> (scores, positions) [q, k']
+    _backend_upsert(slots, rows): rows[i] to slots[i], or appended in order where it is None
+    _backend_delete(slots): each slot in turn, the last row moving into it
+    _backend_save(directory); _backend_load(directory, manifest, ids, provenance) -> Index
+  """
 
   name: ClassVar[str]  # The registry name, stored in the manifest.
   config_class: ClassVar[type]  # Its settings (a dataclass with `num_neighbors`).
@@ -39,9 +45,7 @@ class Index:
     self.dim = int(dim)
     self._ids = ids  # [count] int64
     self._position: dict[int, int] | None = None  # id -> position, built on first update.
-    self.params = params
-    self.provenance = provenance
-    self.tuning = tuning
+    self.params, self.provenance, self.tuning = params, provenance, tuning
     self.default_k = int(params.get("num_neighbors", 10))
 
   @property
@@ -53,27 +57,29 @@ class Index:
     """[count] int64: the item id at each position (a copy)."""
     return self._ids.copy()
 
+  @property
+  def config(self):
+    """The `config_class` instance the index was built (or tuned) with."""
+    return self.config_class(**self.params["config"])
+
   @classmethod
   def build(cls, embeddings, config=None, *, ids=None,
             provenance: Provenance = Provenance()) -> "Index":
     """Indexes embeddings: [n, d] (normalised here; the caller's array is not changed).
-
     ids: [n] distinct non-negative item ids (default 0..n-1); n may be 0 (an empty
-    index that upserts can fill). config: the subclass's config (None: its default).
-    """
+    index that upserts can fill). config: the subclass's config (None: its default)."""
     gallery = vectors.unit_rows(embeddings, "embeddings")  # [n, d]
     ids = vectors.item_ids(ids, gallery.shape[0])
-    return cls._backend_build(gallery, ids, config, provenance)
+    return cls._backend_build(gallery, ids, config or cls.config_class(), provenance)
 
   def search(self, queries, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k items by cosine, best first.
 
     queries: [q, d], or [d] for one query (the low-latency path). k: a positive int
-    (UsageError otherwise; None: `num_neighbors`), clamped to `count`.
-    Returns (scores float32, ids int64), each [q, min(k, count)] ([min(k, count)] for one
-    query). Slots a tree probe could not fill hold id -1 (`vectors.MISSING_ID`) and score
-    -inf, never a real item. Raises ValueError naming query rows with NaN, inf or zero norm.
-    """
+    (UsageError otherwise; None: `num_neighbors`), clamped to `count`. Returns (scores
+    float32, ids int64), each [q, min(k, count)] ([min(k, count)] for one query). Slots a
+    tree probe could not fill hold id -1 (`vectors.MISSING_ID`) and score -inf, never a real
+    item. Raises ValueError naming query rows with NaN, inf or zero norm."""
     k = min(vectors.check_k(self.default_k if k is None else k), self.count)
     single = np.ndim(queries) == 1
     queries = vectors.unit_rows(np.reshape(queries, (1, -1)) if single else queries,
@@ -88,9 +94,8 @@ class Index:
     return (scores[0], ids[0]) if single else (scores, ids)
 
   def upsert(self, ids, embeddings) -> None:
-    """Replaces the vectors of known ids and appends the others: ids [m], embeddings [m, d].
-
-    ids: distinct non-negative ints (UsageError otherwise)."""
+    """Replaces the vectors of known ids and appends the others: ids [m] (distinct
+    non-negative ints, else UsageError), embeddings [m, d]."""
     rows = vectors.unit_rows(embeddings, "embeddings", self.dim)  # [m, d]
     ids = vectors.item_ids(ids, rows.shape[0])
     position = self._positions()
@@ -151,11 +156,9 @@ class Index:
   @classmethod
   def load(cls, directory: str | os.PathLike, *, dim: int | None = None,
            expect: Provenance | None = None, verify: bool = True) -> "Index":
-    """Reads an index `save` wrote, refusing a mismatch (see `manifest.check_expected`).
-
-    dim: the caller's query width; expect: the provenance the caller's model has.
-    verify: check every file's sha256 first (reads the whole directory once).
-    """
+    """Reads an index `save` wrote, refusing a mismatch (see `manifest.check_expected`)
+    with the caller's query width `dim` or model's provenance `expect`. verify: check every
+    file's sha256 first (reads the whole directory once)."""
     directory = os.fspath(directory)
     manifest = manifest_lib.read(directory, verify=verify)
     if manifest["searcher"] != cls.name:
@@ -172,13 +175,13 @@ class Index:
       raise IndexFileError(f"{directory!r}: {e}; rebuild the index") from None
     try:
       vectors.check_k(manifest["params"].get("num_neighbors", 10))
+      cls.config_class(**manifest["params"]["config"])
       cls._backend_check_params(manifest["params"])
     except (KeyError, TypeError, ValueError) as e:
       raise IndexFileError(
           f"{os.path.join(directory, manifest_lib.MANIFEST)} is malformed: its params do not "
           f"fit a {cls.name!r} index ({type(e).__name__}: {e}); rebuild the index") from None
-    provenance = Provenance(**manifest["provenance"])
-    index = cls._backend_load(directory, manifest, ids, provenance)
+    index = cls._backend_load(directory, manifest, ids, Provenance(**manifest["provenance"]))
     if index.count != manifest["count"]:
       raise IndexFileError(f"{directory!r}: backend holds {index.count} items, manifest "
                            f"says {manifest['count']}")
@@ -189,39 +192,13 @@ class Index:
       self._position = {int(i): p for p, i in enumerate(self._ids.tolist())}
     return self._position
 
-  # Backend hooks. Positions are int64; missing slots may be NaN-scored or negative.
-  @classmethod
-  def _backend_build(cls, gallery: np.ndarray, ids: np.ndarray, config,
-                     provenance: Provenance) -> "Index":
-    raise NotImplementedError
-
-  def _backend_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """queries: [q, d] unit rows; 1 <= k <= count -> (scores [q, k'], positions [q, k'])."""
-    raise NotImplementedError
-
   def _backend_search_one(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """query: [d] unit row -> (scores [1, k'], positions [1, k'])."""
     return self._backend_search(query[None], k)
 
-  def _backend_upsert(self, slots: list[int | None], rows: np.ndarray) -> None:
-    """Puts rows[i] at slots[i], or appends it (in order) where slots[i] is None."""
-    raise NotImplementedError
-
-  def _backend_delete(self, slots: list[int]) -> None:
-    """Deletes each slot in turn, the last row moving into it (positions stay dense)."""
-    raise NotImplementedError
-
-  def _backend_save(self, directory: str) -> None:
-    raise NotImplementedError
-
   @classmethod
   def _backend_check_params(cls, params: dict[str, Any]) -> None:
     """Raises KeyError, TypeError or ValueError where saved params do not fit the backend."""
-
-  @classmethod
-  def _backend_load(cls, directory: str, manifest: dict, ids: np.ndarray,
-                    provenance: Provenance) -> "Index":
-    raise NotImplementedError
 
 
 SEARCHERS: Registry[type[Index]] = Registry("searcher")  # Filled by the backend modules.

@@ -1,8 +1,7 @@
 """What launch.py's `--mode=index` and `--query_image=path.png` do, as plain functions.
 
 Both use only an index whose manifest matches the workdir's model and config; a mismatch
-is a UsageError giving the reason, which the launcher prints as one line.
-"""
+is a UsageError giving the reason, which the launcher prints as one line."""
 
 from __future__ import annotations
 
@@ -13,10 +12,8 @@ from PIL import Image, UnidentifiedImageError
 
 from mmalign import experiment as experiment_lib
 from mmalign.train import state as train_state
-from mmalign.data import pipeline, sources
 from mmalign.errors import UsageError
 from mmalign.retrieval import search as search_lib
-from mmalign.retrieval.contact_sheet import save_contact_sheet
 
 _PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Channels of the dataset image -> PIL mode.
 
@@ -35,11 +32,8 @@ def build_index_for_workdir(exp: experiment_lib.Experiment, variables=None,
 
 
 def read_query_image(image_path: str, shape: tuple[int, int, int]) -> np.ndarray:
-  """The PNG (or any PIL format) at image_path as uint8 [h, w, c] of the dataset's shape.
-
-  Converted to the dataset's channels and resized (bilinear) to its size when they
-  differ, as the encoder was trained only on that shape.
-  """
+  """The PNG (or any PIL format) at image_path as uint8 [h, w, c], converted and resized
+  (bilinear) to the dataset's shape, as the encoder was trained only on that shape."""
   if not image_path or not os.path.isfile(image_path):
     raise UsageError(f"--query_image {image_path!r} is not a file")
   height, width, channels = shape
@@ -58,11 +52,9 @@ def search_image_query(exp: experiment_lib.Experiment, image_path: str,
                        k: int | None = None, variables=None,
                        step: int | None = None) -> tuple[list[search_lib.Hit], str]:
   """Image→text: the k captions of `eval.split` nearest to the image at image_path, for
-  `variables` (default: the latest checkpoint).
-
-  Returns the hits (best first; each names an example image of the caption's group) and
-  the path of the contact sheet PNG, `<workdir>/search_image_<file name>.png`.
-  """
+  `variables` (default: the latest checkpoint). Returns the hits (best first; each names an
+  example image of the caption's group) and the path of the contact sheet PNG,
+  `<workdir>/search_image_<file name>.png`."""
   k = exp.config.retrieval.k if k is None else k
   height, width, channels = exp.stored_image_shape
   if height is None or width is None:  # Images of any size: the model's input size.
@@ -76,12 +68,8 @@ def search_image_query(exp: experiment_lib.Experiment, image_path: str,
                                            exp.normalization(pixels[None]))[0]  # [d]
   scores, ids = index.search(query, k)  # [k]
   hits = search_lib.hits_of(exp, split, "text", scores, ids)
-  images = pipeline.decode_images(sources.open_split(exp.builder, split),
-                                  np.array([h.example_index for h in hits]),
-                                  exp.normalization.size)
   stem = os.path.splitext(os.path.basename(image_path))[0]
   path = os.path.join(exp.workdir, f"search_image_{search_lib.slug(stem)}.png")
-  save_contact_sheet(path, f"image query: {os.path.basename(image_path)}", images,
-                     [h.caption for h in hits], np.array([h.score for h in hits]),
-                     query_image=pixels)
+  search_lib.save_hits_sheet(exp, split, hits, path,
+                             f"image query: {os.path.basename(image_path)}", query_image=pixels)
   return hits, path

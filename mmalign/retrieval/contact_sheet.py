@@ -1,8 +1,7 @@
 """One PNG per query showing what retrieval returned: the quickest check a human can do.
 
 Drawn on matplotlib's Agg canvas directly: no display needed, the caller's pyplot backend
-is left alone.
-"""
+is left alone."""
 
 from __future__ import annotations
 
@@ -34,9 +33,8 @@ def _check_inputs(images: np.ndarray, captions: Sequence[str], scores: np.ndarra
   if images.dtype != np.uint8:
     raise ValueError(f"images must be uint8, got {images.dtype}")
   k = images.shape[0]
-  sizes = {"captions": len(captions), "scores": scores.shape[0]}
-  if correct is not None:
-    sizes["correct"] = correct.shape[0]
+  sizes = {"captions": len(captions), "scores": scores.shape[0],
+           "correct": k if correct is None else correct.shape[0]}
   wrong = {name: n for name, n in sizes.items() if n != k}
   if wrong:
     raise ValueError(f"expected {k} entries (one per image), got {wrong}")
@@ -47,8 +45,7 @@ def _draw(ax, image: np.ndarray, label: str, frame_color: str | None) -> None:
     ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
   else:
     ax.imshow(image)
-  ax.set_xticks([])
-  ax.set_yticks([])
+  ax.set(xticks=[], yticks=[])
   ax.set_xlabel(label, fontsize=8)
   if frame_color is not None:
     for spine in ax.spines.values():
@@ -56,17 +53,15 @@ def _draw(ax, image: np.ndarray, label: str, frame_color: str | None) -> None:
       spine.set_linewidth(4)
 
 
-def save_contact_sheet(path: str | os.PathLike, query_text: str, images,
-                       captions: Sequence[str], scores,
-                       correct=None, columns: int = 5, query_image=None) -> None:
+def save_contact_sheet(path: str | os.PathLike, query_text: str, images, captions: Sequence[str],
+                       scores, correct=None, columns: int = 5, query_image=None) -> None:
   """Writes a PNG: the query as title, then each retrieved image in rank order.
 
   images: [k, h, w, c] uint8, c in (1, 3, 4), c == 1 drawn in grey; captions: [k] str;
-  scores: [k] float; correct: [k] bool or None. With `correct`, each image gets a green
-  (correct) or red (wrong) frame. query_image: [h', w', c'] uint8 or None; when given
-  (image→text search) it is drawn first, framed in blue and labelled "query". At most
-  `columns` images per row. Parent directories are created.
-  """
+  scores: [k] float; correct: [k] bool or None, else a green (correct) or red (wrong) frame
+  each. query_image: [h', w', c'] uint8 or None; when given (image→text search) it is drawn
+  first, framed in blue and labelled "query". At most `columns` images per row; parent
+  directories are created."""
   images = np.asarray(images)
   scores = np.asarray(scores, dtype=np.float64).reshape(-1)
   correct = None if correct is None else np.asarray(correct, dtype=bool).reshape(-1)
@@ -96,7 +91,5 @@ def save_contact_sheet(path: str | os.PathLike, query_text: str, images,
       _draw(ax, images[slot], f"#{slot + 1}  {caption}\nscore {scores[slot]:.3f}",
             None if correct is None else _FRAME_COLORS[bool(correct[slot])])
 
-  directory = os.path.dirname(os.fspath(path))
-  if directory:
-    os.makedirs(directory, exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   figure.savefig(path, format="png", dpi=100)

@@ -1,20 +1,18 @@
 """Exact cosine search with the project's tiled top-k, behind the same `Index` API as ScaNN.
 
-Why a second searcher: exact search is the ground truth approximate search is measured
-by, and for moderate galleries (or on an accelerator) fast enough to use directly.
-`kernels.api.top_k` tiles the gallery, so memory stays O(queries · block) at any size.
-"""
+Why: it is the ground truth approximate search is measured by, and for moderate galleries
+(or on an accelerator) fast enough to use directly; memory stays O(queries · block)."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 
 import jax
 import numpy as np
 
 from kernels import api as kernels_api
+from mmalign.eval.retrieval_metrics import top_k_fn
 from mmalign.retrieval.base import SEARCHERS, Index
 from mmalign.retrieval.manifest import IndexFileError
 
@@ -24,18 +22,10 @@ _GALLERY = "gallery.npy"
 @dataclasses.dataclass(frozen=True)
 class ExactConfig:
   """num_neighbors: default k; impl: a `kernels.api.IMPLS` name ("auto": Pallas on an
-  accelerator, tiled XLA on CPU); block_size: keys per tile (None: the kernel's default).
-  """
+  accelerator, tiled XLA on CPU); block_size: keys per tile (None: the kernel's default)."""
   num_neighbors: int = 10
   impl: str = "auto"
   block_size: int | None = None
-
-
-@functools.lru_cache(maxsize=32)
-def _top_k_fn(k: int, impl: str, block_size: int | None):
-  """jit of kernels.api.top_k for one (k, impl, block): compiled once per query shape."""
-  kwargs = {} if block_size is None else {"block_size": block_size}
-  return jax.jit(lambda queries, keys: kernels_api.top_k(queries, keys, k, impl=impl, **kwargs))
 
 
 @SEARCHERS.register("exact")
@@ -50,13 +40,8 @@ class ExactIndex(Index):
     self._gallery = gallery  # [count, d] float32 unit rows, on the host
     self._device_gallery = None  # Copied to the device on the first search after a change.
 
-  @property
-  def config(self) -> ExactConfig:
-    return ExactConfig(**self.params["config"])
-
   @classmethod
   def _backend_build(cls, gallery, ids, config, provenance):
-    config = config or ExactConfig()
     kernels_api.resolve_impl(config.impl)  # Fails now, naming the allowed impls.
     params = {"mode": "exact", "num_neighbors": config.num_neighbors,
               "config": dataclasses.asdict(config)}
@@ -66,8 +51,7 @@ class ExactIndex(Index):
     if self._device_gallery is None:
       self._device_gallery = jax.device_put(self._gallery)
     config = self.config
-    scores, positions = _top_k_fn(k, config.impl, config.block_size)(queries,
-                                                                      self._device_gallery)
+    scores, positions = top_k_fn(k, config.impl, config.block_size)(queries, self._device_gallery)
     return np.asarray(scores), np.asarray(positions)
 
   def _backend_upsert(self, slots, rows):
@@ -86,10 +70,6 @@ class ExactIndex(Index):
 
   def _backend_save(self, directory):
     np.save(os.path.join(directory, _GALLERY), self._gallery, allow_pickle=False)
-
-  @classmethod
-  def _backend_check_params(cls, params):
-    ExactConfig(**params["config"])
 
   @classmethod
   def _backend_load(cls, directory, manifest, ids, provenance):

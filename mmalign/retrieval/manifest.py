@@ -4,8 +4,7 @@ An index is only useful with the model that made its embeddings, so the manifest
 their `Provenance` and loading refuses a mismatch with the reason, instead of returning
 neighbours from another embedding space. Every file is listed by relative path with its
 sha256, so a moved directory loads and a changed file is caught before any backend reads
-it. Nothing in an index directory is ever unpickled (JSON, `.npy` without pickle).
-"""
+it. Nothing in an index directory is ever unpickled (JSON, `.npy` without pickle)."""
 
 from __future__ import annotations
 
@@ -39,11 +38,9 @@ class IndexMismatchError(UsageError):
 class Provenance:
   """Where the indexed embeddings came from; None fields are unknown (a raw array).
 
-  config_hash: hash of the config settings that determine the embeddings
-    (`search.embedding_config_hash`).
-  modality: what the gallery rows are ("image" or "text").
-  item_key: what an item id names, e.g. "example index in unicode_glyphs/tiny:test".
-  """
+  config_hash: of the settings that determine the embeddings (`search.embedding_config_hash`);
+  modality: "image" or "text"; item_key: what an item id names, e.g. "example index in
+  unicode_glyphs/tiny:test"."""
   checkpoint_step: int | None = None
   config_hash: str | None = None
   tokenizer_sha256: str | None = None
@@ -58,12 +55,9 @@ class Provenance:
 
   def mismatches(self, expected: "Provenance") -> list[str]:
     """'field: index has X, expected Y' for every compared field `expected` sets."""
-    out = []
-    for field in self.COMPARED:
-      want, have = getattr(expected, field), getattr(self, field)
-      if want is not None and want != have:
-        out.append(f"{field}: index has {have!r}, expected {want!r}")
-    return out
+    return [f"{field}: index has {getattr(self, field)!r}, expected {want!r}"
+            for field in self.COMPARED
+            if (want := getattr(expected, field)) is not None and want != getattr(self, field)]
 
 
 def library_versions() -> dict[str, str]:
@@ -83,20 +77,14 @@ def sha256_of(path: str) -> str:
 
 def _files_of(directory: str) -> list[str]:
   """Relative paths of every file under directory except the manifest, sorted."""
-  found = []
-  for root, _, names in os.walk(directory):
-    for name in names:
-      rel = os.path.relpath(os.path.join(root, name), directory)
-      if rel != MANIFEST:
-        found.append(rel.replace(os.sep, "/"))
-  return sorted(found)
+  paths = (os.path.relpath(os.path.join(root, name), directory)
+           for root, _, names in os.walk(directory) for name in names)
+  return sorted(rel.replace(os.sep, "/") for rel in paths if rel != MANIFEST)
 
 
 def write(directory: str, manifest: dict[str, Any]) -> dict[str, Any]:
-  """Adds format, versions and every file's checksum, then writes the manifest atomically.
-
-  Written last, so a manifest marks a complete index directory.
-  """
+  """Adds format, versions and every file's checksum, then writes the manifest atomically,
+  last, so a manifest marks a complete index directory."""
   manifest = {"format": FORMAT, **manifest, "versions": library_versions(),
               "files": {rel: {"sha256": sha256_of(os.path.join(directory, rel)),
                               "bytes": os.path.getsize(os.path.join(directory, rel))}
@@ -119,8 +107,7 @@ def read(directory: str, *, verify: bool = True) -> dict[str, Any]:
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
     found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
     raise IndexFileError(f"{path} has format {found!r}, expected {FORMAT!r}; rebuild the index")
-  problem = _shape_problem(manifest)
-  if problem:
+  if problem := _shape_problem(manifest):
     raise IndexFileError(f"{path} is malformed: {problem}; rebuild the index")
   for rel, entry in manifest["files"].items():
     if os.path.isabs(rel) or ".." in rel.split("/"):
@@ -148,11 +135,8 @@ def _type_name(value) -> str:
 
 
 def _shape_problem(manifest: dict[str, Any]) -> str | None:
-  """What is missing or mistyped in a parsed manifest (None: nothing), for one line.
-
-  Checked up front so a hand-edited or foreign manifest is named, rather than failing
-  as a KeyError or TypeError somewhere inside loading.
-  """
+  """What is missing or mistyped in a parsed manifest (None: nothing), for one line: named
+  up front, rather than failing as a KeyError or TypeError somewhere inside loading."""
   for key, kind in _FIELDS.items():
     if key not in manifest:
       return f"it lacks key {key!r}"

@@ -1,14 +1,11 @@
 """Approximate cosine search over an embedding gallery with ScaNN.
 
-ScaNN has no cosine metric, so rows are L2-normalised and searched by dot product; scores
-are cosines. Large galleries use a tree + asymmetric hashing (AH) + exact reordering;
-small ones (too few points per k-means leaf) are searched by brute force.
-
-Updates do not retrain the tree or the AH codebooks (new points join the nearest existing
-leaf), so after large changes rebuild (or `tune`). Loading never calls
+ScaNN has no cosine metric, so rows are L2-normalised and searched by dot product. Large
+galleries use a tree + asymmetric hashing (AH) + exact reordering; small ones (too few
+points per k-means leaf) are searched by brute force. Updates do not retrain the tree or
+the AH codebooks, so after large changes rebuild (or `tune`). Loading never calls
 `scann_ops_pybind.load_searcher`, which unpickles `scann_docids.pkl`: ids live in
-`ids.npy`, and the searcher is rebuilt from the checksummed `scann_assets.pbtxt`.
-"""
+`ids.npy`, and the searcher is rebuilt from the checksummed `scann_assets.pbtxt`."""
 
 from __future__ import annotations
 
@@ -31,24 +28,16 @@ _ASSETS = "scann_assets.pbtxt"
 
 @dataclasses.dataclass(frozen=True)
 class ScannConfig:
-  """Search parameters; None fields are derived from the gallery size at build time.
+  """Search parameters; None fields are derived from the gallery size n at build time
+  (defaults measured in benchmarks/results/retrieval.md; `tune` for your data).
 
-  The defaults are measured in benchmarks/results/retrieval.md; `tune` for your data.
-
-  num_neighbors: default k of `search`.
-  num_leaves: k-means tree leaves; None -> round(sqrt(n)), never more than n.
+  num_neighbors: default k of `search`. num_leaves: None -> round(sqrt(n)), at most n.
   num_leaves_to_search: leaves probed per query (the recall/speed knob); None ->
-    `leaves_to_search_fraction` of the leaves, at least `min_leaves_to_search` (the
-    leaves a recall needs grow much more slowly than sqrt(n): the fraction is generous
-    on large galleries, the floor protects small ones).
-  training_sample_size: points that train tree and quantiser; None -> all n up to
-    `max_training_sample` (a sample trains as well, much faster).
-  dims_per_block, anisotropic_quantization_threshold: asymmetric hashing settings.
+    `leaves_to_search_fraction` of the leaves, at least `min_leaves_to_search`.
+  training_sample_size: None -> all n up to `max_training_sample` (as good, much faster).
   reorder: candidates rescored exactly before the final top-k (raised to k if smaller).
   brute_force_below: galleries smaller than this (or than 2 * num_leaves) are searched
-    exactly: brute force costs about as little there, and a tree with few points per
-    leaf loses much recall.
-  """
+    exactly: a tree with few points per leaf loses much recall."""
   num_neighbors: int = 10
   num_leaves: int | None = None
   num_leaves_to_search: int | None = None
@@ -79,8 +68,7 @@ def seeded_tree_config(config_text: str) -> str:
 
   Why: ScaNN's random tree initialisation is not seeded, so two builds over the same
   vectors gave different trees and answers; k-means++ (and the seeded training sample)
-  makes a build a function of its vectors and config, in any process.
-  """
+  makes a build a function of its vectors and config, in any process."""
   proto = text_format.Parse(config_text, scann_pb2.ScannConfig())
   if proto.HasField("partitioning"):
     proto.partitioning.single_machine_center_initialization = (
@@ -105,10 +93,6 @@ class ScannIndex(Index):
     """Fixed at build time: updates never switch a brute-force index to a tree."""
     return self.params["mode"] == "brute_force"
 
-  @property
-  def config(self) -> ScannConfig:
-    return ScannConfig(**self.params["config"])
-
   def set_search_params(self, *, num_leaves_to_search: int | None = None,
                         reorder: int | None = None) -> None:
     """Changes the query-time knobs (no rebuild); `tune` uses this."""
@@ -123,7 +107,6 @@ class ScannIndex(Index):
 
   @classmethod
   def _backend_build(cls, gallery, ids, config, provenance):
-    config = config or ScannConfig()
     count, dim = gallery.shape
     builder = scann.scann_ops_pybind.builder(gallery, config.num_neighbors, "dot_product")
     tree = resolved_tree_params(config, count)
@@ -173,7 +156,6 @@ class ScannIndex(Index):
 
   @classmethod
   def _backend_check_params(cls, params):
-    ScannConfig(**params["config"])
     if params["mode"] == "tree":
       for value in (params["reorder"], params["tree"]["num_leaves"],
                     params["tree"]["num_leaves_to_search"]):

@@ -1,10 +1,9 @@
 """Search a trained workdir in both directions: text→image and image→text.
 
-A gallery is one modality of one split, embedded by one checkpoint: the split's images
-(queried by text) or its distinct captions (queried by an image). Each is indexed once
-per (step, split) and saved in the workdir, so later searches only embed the query. A
-saved index whose provenance or searcher differs from this experiment's is refused with
-the reason, never silently searched or overwritten.
+A gallery is one modality of one split embedded by one checkpoint: the split's images
+(queried by text) or its distinct captions (queried by an image), indexed once per (step,
+split) and saved in the workdir, so later searches only embed the query. A saved index of
+another provenance or searcher is refused with the reason, never searched or overwritten.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ class Hit:
 @dataclasses.dataclass(frozen=True)
 class Gallery:
   """How one modality of a split becomes an indexed gallery, and how its hits read."""
-  modality: str
   suffix: str  # Of the index directory name.
   item_key: str  # What an item id names; {dataset} and {split} are filled in.
   embed: Callable  # (exp, variables, split[, (p, P)]) -> (embeddings [n, d], ids [n])
@@ -82,9 +80,8 @@ def _describe_texts(exp, split, ids):
 
 
 GALLERIES = {
-    "image": Gallery("image", "", "example index in {dataset}:{split}",
-                     _embed_images, _describe_images),
-    "text": Gallery("text", "_text", "group id in {dataset}:{split} (its first caption)",
+    "image": Gallery("", "example index in {dataset}:{split}", _embed_images, _describe_images),
+    "text": Gallery("_text", "group id in {dataset}:{split} (its first caption)",
                     _embed_texts, _describe_texts),
 }
 
@@ -139,22 +136,19 @@ def index_dir(workdir: str, split: str, step: int, modality: str = "image") -> s
 def build_gallery_index(exp: experiment_lib.Experiment, variables, step: int, split: str,
                         scann_config: ScannConfig | None = None, *,
                         modality: str = "image", searcher: str | None = None) -> Index:
-  """Embeds the gallery, indexes it and saves it in the workdir (replacing any index).
-
-  searcher: a registered name; None -> `config.retrieval.searcher` (default "scann").
-  """
+  """Embeds the gallery, indexes it with `searcher` (None: `config.retrieval.searcher`) and
+  saves it in the workdir (replacing any index)."""
   searcher, config = searcher_of(exp.config, searcher)
   if searcher == "scann" and scann_config is not None:
     config = scann_config
-  gallery = _gallery(modality)
   directory = index_dir(exp.workdir, split, step, modality)
   origin = provenance(exp, step, split, modality)
-  if jax.process_count() > 1:  # Process p embeds and indexes items p, p + P, ...: shard p.
-    embeddings, ids = gallery.embed(exp, variables, split,
-                                    (jax.process_index(), jax.process_count()))
+  # Process p of P embeds and indexes items p, p + P, ...: shard p (all of them when P = 1).
+  embeddings, ids = _gallery(modality).embed(exp, variables, split,
+                                             (jax.process_index(), jax.process_count()))
+  if jax.process_count() > 1:
     sharded.build_sharded(directory, searcher, embeddings, ids, config, provenance=origin)
     return sharded.ShardedIndex.load(directory)
-  embeddings, ids = gallery.embed(exp, variables, split)
   index = searchers.build_index(searcher, embeddings, config, ids=ids, provenance=origin)
   index.save(directory)
   return index
@@ -163,12 +157,9 @@ def build_gallery_index(exp: experiment_lib.Experiment, variables, step: int, sp
 def gallery_index(exp: experiment_lib.Experiment, variables, step: int, split: str,
                   scann_config: ScannConfig | None = None, *, modality: str = "image",
                   searcher: str | None = None) -> Index:
-  """Loads the saved index of this step, split and modality (sharded or one), or builds
-  and saves it (sharded when several processes run).
-
-  Raises IndexMismatchError (a UsageError) when the saved one was built for another
-  model, config or searcher (None -> `config.retrieval.searcher`).
-  """
+  """Loads the saved index of this step, split and modality (sharded or one), or builds and
+  saves it. Raises IndexMismatchError (a UsageError) when the saved one was built for
+  another model, config or searcher (None: `config.retrieval.searcher`)."""
   searcher = searcher_of(exp.config, searcher)[0]
   directory = index_dir(exp.workdir, split, step, modality)
   expect = provenance(exp, step, split, modality)
@@ -208,15 +199,21 @@ def search(exp: experiment_lib.Experiment, variables, step: int, query: str, *, 
   query_emb = experiment_lib.embed_texts(exp, variables, [query])  # [1, d]
   scores, ids = index.search(query_emb[0], k)  # [k]
   hits = hits_of(exp, split, "image", scores, ids)
-  images = pipeline.decode_images(sources.open_split(exp.builder, split),
-                                  np.array([h.example_index for h in hits]),
-                                  exp.normalization.size)
   wanted = exp.tokenizer.normalize(query.strip())
   correct = [exp.tokenizer.normalize(h.caption) == wanted for h in hits]
   path = os.path.join(exp.workdir, f"search_{slug(query)}.png")
-  save_contact_sheet(path, query, images, [h.caption for h in hits],
-                     np.array([h.score for h in hits]), correct if any(correct) else None)
+  save_hits_sheet(exp, split, hits, path, query, correct if any(correct) else None)
   return hits, path
+
+
+def save_hits_sheet(exp: experiment_lib.Experiment, split: str, hits: list[Hit], path: str,
+                    title: str, correct=None, query_image=None) -> None:
+  """The contact sheet PNG of one query's hits, each shown by its example's image."""
+  images = pipeline.decode_images(sources.open_split(exp.builder, split),
+                                  np.array([h.example_index for h in hits]),
+                                  exp.normalization.size)
+  save_contact_sheet(path, title, images, [h.caption for h in hits],
+                     np.array([h.score for h in hits]), correct, query_image=query_image)
 
 
 def slug(text: str) -> str:

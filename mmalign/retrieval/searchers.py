@@ -1,8 +1,7 @@
 """Choose a searcher by name and load any saved index: the entry points callers use.
 
 "scann" and "exact" share the `Index` API, so a config string switches between them;
-`load_index` reads the name from the manifest.
-"""
+`load_index` reads the name from the manifest."""
 
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ def load_index(directory: str | os.PathLike, *, dim: int | None = None,
                expect: Provenance | None = None, verify: bool = True) -> Index:
   """Loads whatever searcher saved `directory` (see `Index.load` for the checks)."""
   manifest = manifest_lib.read(os.fspath(directory), verify=False)
-  searcher = SEARCHERS.get(manifest["searcher"])
-  return searcher.load(directory, dim=dim, expect=expect, verify=verify)
+  return SEARCHERS.get(manifest["searcher"]).load(directory, dim=dim, expect=expect, verify=verify)
 
 
 __all__ = ["SEARCHERS", "DISPLAY_NAMES", "build_index", "load_index", "Index", "Provenance",

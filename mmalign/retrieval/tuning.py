@@ -3,14 +3,12 @@
 Recall of a tree index depends on the data, so defaults cannot promise a target; `tune`
 measures it and keeps the fastest point that reaches it. Whether a point meets the target
 never depends on the machine's load (recall is counted, not timed); only the choice among
-points that meet it does. Queries must be held out, or self-matches flatter recall.
-"""
+points that meet it does. Queries must be held out, or self-matches flatter recall."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -34,21 +32,16 @@ class SweepPoint:
 
 def exact_neighbours(gallery: np.ndarray, queries: np.ndarray, k: int,
                      chunk: int = 256) -> np.ndarray:
-  """Positions [q, min(k, n)] of the true top-k by dot product, best first.
-
-  gallery: [n, d], queries: [q, d], both unit rows; `chunk` queries at a time.
-  """
+  """Positions [q, min(k, n)] of the true top-k by dot product of unit rows gallery [n, d]
+  and queries [q, d], best first; `chunk` queries at a time."""
   _, positions = rm.exact_top_k(queries, gallery, min(k, gallery.shape[0]), chunk_size=chunk)
   return positions.astype(np.int64)
 
 
 def recall_at_k(found_ids: np.ndarray, exact_ids: np.ndarray, queries=None,
                 gallery=None) -> float:
-  """Recall of found [q, k] against exact [q, k] ids; missing (-1) slots never count.
-
-  With queries and gallery, items tied with the k-th true neighbour count too
-  (see `retrieval_metrics.recall_vs_exact`: trained galleries hold duplicates).
-  """
+  """Recall of found [q, k] against exact [q, k] ids (`retrieval_metrics.recall_vs_exact`:
+  missing slots never count; with queries and gallery, ties with the k-th true one do)."""
   return rm.recall_vs_exact(found_ids, exact_ids, queries=queries, gallery=gallery)
 
 
@@ -60,11 +53,8 @@ def leaf_ladder(num_leaves: int, steps: int = 14) -> list[int]:
 
 def batched_qps(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray,
                 repeats: int = 3) -> tuple[float, np.ndarray]:
-  """(queries/s, ids [q, k]) of `search(queries)`: the best of `repeats` timed runs.
-
-  After an untimed warm-up; the best, not the mean, because on a shared machine noise
-  only ever adds time.
-  """
+  """(queries/s, ids [q, k]) of `search(queries)`: the best of `repeats` timed runs after an
+  untimed warm-up; the best, not the mean, because on a shared machine noise only adds time."""
   search(queries[:8])
   found, times = utils.time_calls(lambda: search(queries), repeats=max(1, repeats), warmup=0)
   return len(queries) / min(times), np.asarray(found)
@@ -74,14 +64,12 @@ def sweep(index: ScannIndex, queries: np.ndarray, exact_ids: np.ndarray, k: int,
           leaves: Sequence[int] | None = None, reorders: Sequence[int] = (),
           target_recall: float | None = None, min_gain: float | None = None,
           repeats: int = 3, gallery: np.ndarray | None = None) -> list[SweepPoint]:
-  """Measures (recall, QPS) of a tree index over its query-time knobs.
+  """Measures (recall, QPS) of a tree index over its query-time knobs; leaves it as found.
 
   queries: [q, d] unit rows; exact_ids: [q, k] true item ids. For each reorder depth,
   leaves are walked upwards until a point reaches target_recall, or (with min_gain) one
   more step adds less recall than that: past that plateau more leaves only cost time.
-  The index is left as found. gallery: [n, d] rows at the index's ids 0..n-1; given,
-  items tied with the k-th true neighbour count as hits.
-  """
+  gallery: [n, d] rows at the index's ids 0..n-1; given, ties with the k-th true one hit."""
   before = (index.params["tree"]["num_leaves_to_search"], index.params["reorder"])
   num_leaves = index.params["tree"]["num_leaves"]
   points = []
@@ -122,8 +110,7 @@ def tune(index_or_embeddings, queries, *, target_recall: float = 0.95, k: int = 
     candidate, default sqrt(n) x 0.5/1/2, is built with `config`, `ids`, `provenance`).
   queries: [q, d] held-out queries. reorders: depths to try (default k x 2, 5, 10, 25).
   If no point reaches the target, the most accurate one is kept with record["met"] False.
-  The record goes into the manifest on `save`.
-  """
+  The record goes into the manifest on `save`."""
   if not 0 < target_recall <= 1:
     raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
   k = vectors.check_k(k)
@@ -149,8 +136,7 @@ def tune(index_or_embeddings, queries, *, target_recall: float = 0.95, k: int = 
   points, owners = [], []  # owners[i]: the index points[i] was measured on.
   for index in candidates:
     if index.is_brute_force:  # Exact already: nothing to tune.
-      found = index.search(queries, k)[1]
-      measured = [SweepPoint(0, 0, 0, recall_at_k(found, exact), math.nan)]
+      measured = [SweepPoint(0, 0, 0, recall_at_k(index.search(queries, k)[1], exact), math.nan)]
     else:
       measured = sweep(index, queries, exact, k, reorders=reorders,
                        target_recall=target_recall, repeats=repeats)
@@ -158,9 +144,7 @@ def tune(index_or_embeddings, queries, *, target_recall: float = 0.95, k: int = 
     owners += [index] * len(measured)
   chosen, met = choose(points, target_recall)
   index = owners[points.index(chosen)]
-  if not index.is_brute_force:
-    index.set_search_params(num_leaves_to_search=chosen.leaves_to_search,
-                            reorder=chosen.reorder)
+  index.set_search_params(num_leaves_to_search=chosen.leaves_to_search, reorder=chosen.reorder)
   index.tuning = {"target_recall": target_recall, "k": k, "met": met,
                   "chosen": dataclasses.asdict(chosen), "measured_recall": chosen.recall,
                   "num_queries": int(queries.shape[0]),

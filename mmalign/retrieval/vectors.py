@@ -1,13 +1,10 @@
 """What every searcher does to its inputs and outputs, so the traps are handled once.
 
 Inputs go through `unit_rows`: ScaNN has no cosine metric, silently copies anything not
-float32 C-contiguous, and answers a NaN query with garbage instead of an error.
-
-Outputs: a tree search that probed leaves holding fewer than k points finds fewer than k,
-and ScaNN pads with id 0 (a real item) and score NaN. `finish` marks such slots
-`MISSING_ID` (-1, never an item id) with `MISSING_SCORE` (-inf, after every real score,
-so rows stay best-first).
-"""
+float32 C-contiguous, and answers a NaN query with garbage instead of an error. Outputs: a
+tree search that probed leaves holding fewer than k points pads with id 0 (a real item) and
+score NaN; `finish` marks such slots `MISSING_ID` (-1, never an item id) with
+`MISSING_SCORE` (-inf, after every real score, so rows stay best-first)."""
 
 from __future__ import annotations
 
@@ -29,10 +26,8 @@ def _row_list(rows: np.ndarray) -> str:
 
 def unit_rows(x, name: str, dim: int | None = None) -> np.ndarray:
   """x: [n, d] of real numbers -> float32 C-contiguous [n, d] with unit rows (a new array).
-
   Raises ValueError naming `name` and the offending rows: not 2-D, wrong width (when
-  `dim` is given), NaN/inf entries, zero norm (cosine is undefined there).
-  """
+  `dim` is given), NaN/inf entries, zero norm (cosine is undefined there)."""
   x = np.asarray(x)
   if x.ndim != 2:
     raise ValueError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
@@ -66,11 +61,9 @@ def check_k(k) -> int:
 
 
 def integer_ids(ids, name: str = "ids") -> np.ndarray:
-  """ids: an int or a sequence/array of ints -> int64 array of the same shape.
-
-  Floats, bools and strings are refused rather than cast: casting would turn id 1.7
-  into item 1 and True into item 1, and act on an item the caller never named.
-  """
+  """ids: an int or a sequence/array of ints -> int64 array of the same shape. Floats,
+  bools and strings are refused rather than cast: casting would turn id 1.7 into item 1
+  and True into item 1, and act on an item the caller never named."""
   array = np.asarray(ids)
   integers = array.dtype.kind in "iu" and (isinstance(ids, np.ndarray) or not any(
       isinstance(i, (bool, np.bool_)) for i in np.ravel(np.asarray(ids, dtype=object))))
@@ -104,8 +97,7 @@ def finish(scores, positions, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.n
 
   scores, positions: [q, k'] with k' <= k from a backend, where a slot is missing when
   its score is NaN (ScaNN's padding) or its position is negative or >= len(ids);
-  columns k'..k-1 are appended as missing. ids: [count] item id of each position.
-  """
+  columns k'..k-1 are appended as missing. ids: [count] item id of each position."""
   scores = np.asarray(scores, np.float32)  # [q, k']
   positions = np.asarray(positions).astype(np.int64)  # [q, k']
   missing = np.isnan(scores) | (positions < 0) | (positions >= len(ids))

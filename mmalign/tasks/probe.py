@@ -4,8 +4,7 @@ The encoders stay fixed; only a head is trained. Every input (text, image or bot
 out as one fused vector `[t, i, t * i]`, an absent modality's block and the product
 zeroed, so one classifier trained on pairs can be evaluated with a modality missing
 (`modality_dropout` teaches it to fall back). The product block lets even a linear probe
-compute the caption-image cosine (its sum). Training is one jitted `lax.fori_loop` of
-AdamW steps; the training set's mean/std are kept in the head and reused at evaluation.
+compute the caption-image cosine (its sum).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import optax
 from mmalign.eval import metrics
 from mmalign.registry import Registry
 
-MODALITIES = ("text", "image")  # Column order of every `present [n, 2]` mask.
 _MIN_STD = 1e-6  # Columns flatter than this (e.g. an always-absent block) are not scaled.
 
 
@@ -62,14 +60,7 @@ def fused_features(text_emb, image_emb, present=None) -> np.ndarray:
   return np.concatenate([text, image, text * image], axis=1)  # [n, 3d]
 
 
-def _present_columns(present: jnp.ndarray, embed_dim: int) -> jnp.ndarray:
-  """present [n, 2] → [n, 3d] multiplier that zeroes absent blocks of a fused vector."""
-  blocks = jnp.concatenate([present, present[:, :1] * present[:, 1:]], axis=1)  # [n, 3]
-  return jnp.repeat(blocks, embed_dim, axis=1)
-
-
-PROBE_INPUTS: Registry[Callable[[np.ndarray, np.ndarray], np.ndarray]] = Registry(
-    "probe input")
+PROBE_INPUTS: Registry[Callable[[np.ndarray, np.ndarray], np.ndarray]] = Registry("probe input")
 PROBE_INPUTS.register("text")(lambda text_emb, image_emb: fused_features(text_emb, None))
 PROBE_INPUTS.register("image")(lambda text_emb, image_emb: fused_features(None, image_emb))
 PROBE_INPUTS.register("fused")(fused_features)
@@ -108,16 +99,12 @@ class Head:
   std: np.ndarray  # [f] training-feature std (1 where a column is constant)
   train_loss: float  # Loss of the last training step, for logs.
 
-  @property
-  def in_dim(self) -> int:
-    return int(self.mean.shape[0])
-
   def logits(self, features) -> np.ndarray:
     """features: [n, f] → [n, out] float32."""
     features = _as_matrix(features, "features")
-    if features.shape[1] != self.in_dim:
+    if features.shape[1] != self.mean.shape[0]:
       raise ValueError(f"features have {features.shape[1]} columns; this head was trained "
-                       f"on {self.in_dim}")
+                       f"on {self.mean.shape[0]}")
     return np.asarray(_logits(self.layers, self.mean, self.std, features))
 
 
@@ -159,7 +146,9 @@ def _train(layers, features, targets, mean, std, key, learning_rate, weight_deca
       dropped = jax.random.uniform(drop_key, (x.shape[0],)) < dropout  # [b]
       text_dropped = jax.random.bernoulli(which_key, 0.5, (x.shape[0],))  # [b]
       present = jnp.stack([~(dropped & text_dropped), ~(dropped & ~text_dropped)], axis=1)
-      x = x * _present_columns(present.astype(x.dtype), embed_dim)  # [b, 3d]
+      present = present.astype(x.dtype)  # [b, 2] as fused_features' `present`
+      blocks = jnp.concatenate([present, present[:, :1] * present[:, 1:]], axis=1)  # [b, 3]
+      x = x * jnp.repeat(blocks, embed_dim, axis=1)  # [b, 3d]: zeroes the absent blocks
     return loss_fn(_forward(layers, (x - mean) / std), y)
 
   def body(step, carry):
@@ -207,12 +196,10 @@ def fit_head(features, targets, out_dim: int, *, loss: str, hidden: Sequence[int
     batch_size = None  # A batch of everything is the full batch, without resampling.
   if not 0.0 <= modality_dropout < 1.0:
     raise ValueError(f"modality_dropout must lie in [0, 1), got {modality_dropout}")
-  embed_dim = None
-  if modality_dropout > 0:
-    if width % 3:
-      raise ValueError(f"modality_dropout needs fused_features [n, 3 * d]; features have "
-                       f"{width} columns, not a multiple of 3")
-    embed_dim = width // 3
+  if modality_dropout > 0 and width % 3:
+    raise ValueError(f"modality_dropout needs fused_features [n, 3 * d]; features have "
+                     f"{width} columns, not a multiple of 3")
+  embed_dim = width // 3 if modality_dropout > 0 else None
   mean = features.mean(axis=0)  # [f]
   std = features.std(axis=0)  # [f]
   std = np.where(std < _MIN_STD, 1.0, std).astype(np.float32)

@@ -22,11 +22,7 @@ from mmalign.data.builders import shapes
 from mmalign.data.pipeline import text_of
 from mmalign.errors import UsageError
 
-LABEL_NAMES = {  # Stored ClassLabel features → class names (index 0 is "none").
-    "shape1": shapes.SHAPE_NAMES, "color1": shapes.COLOR_NAMES, "size1": shapes.SIZE_NAMES,
-    "shape2": shapes.SHAPE_NAMES, "color2": shapes.COLOR_NAMES, "size2": shapes.SIZE_NAMES,
-    "relation": shapes.RELATION_NAMES,
-}
+LABEL_NAMES = shapes.LABEL_NAMES  # Class names of the stored labels (index 0 is "none").
 LABEL_KEYS = ("num_shapes", *LABEL_NAMES)
 
 
@@ -75,9 +71,8 @@ def _sorted_pair(labels, first: str, second: str) -> np.ndarray:
   return np.sort(np.stack([labels[first], labels[second]], axis=1), axis=1)
 
 
+# What a negative caption shares with the image's own: [n, k] int keys, equal within a group.
 NEGATIVE_KEYS: dict[str, Callable[[dict], np.ndarray]] = {
-    # What a negative caption shares with the image's own: [n, k] int keys, equal within
-    # a group.
     "random": lambda labels: np.zeros((len(labels["num_shapes"]), 1), np.int64),
     "colors": lambda labels: np.concatenate(
         [labels["num_shapes"][:, None], _sorted_pair(labels, "color1", "color2")], axis=1),

@@ -2,35 +2,21 @@
 gradient cache. All three return `(loss, metrics, grads, new_model_state)`.
 
   full_batch      one forward and backward pass over the B rows (`train.micro_batches=1`).
-  micro_batched   m passes over micro-batches of B/m rows, averaged: activation memory
-                  of B/m rows. Exact (up to rounding) for losses that are a mean over
-                  pairs (regression, matching and task heads); NOT for contrastive
-                  losses: each caption's negatives are only the B/m − 1 other rows of
-                  its micro-batch, an easier task, with a lower loss.
+  micro_batched   m passes over micro-batches of B/m rows (the activation memory of B/m),
+                  averaged. Exact (up to rounding) for losses that are a mean over pairs;
+                  NOT for contrastive ones, whose negatives shrink to the micro-batch.
   gradient_cache  the contrastive batch stays B (Gao et al. 2021): pass 1 embeds the m
-                  micro-batches without gradients; the loss and its gradient w.r.t. the
-                  B embeddings (and scale, bias) are taken on the whole batch; pass 2
-                  recomputes each micro-batch and pulls its slice back into the params.
-                  Same loss and gradients as full_batch for one extra forward pass;
-                  memory is one micro-batch of activations plus the [B, d] embeddings.
-                  Not for fused heads (`model.fusion`, `task.label`), which score pairs
-                  built inside the forward pass.
+                  micro-batches without gradients, the loss and its gradient w.r.t. the
+                  embeddings are taken on the whole batch, pass 2 recomputes each
+                  micro-batch and pulls its slice back into the params. Same result as
+                  full_batch; not for fused heads (`model.fusion`, `task.label`).
 
-Micro-batch j holds rows j, j + m, j + 2m, ...: with the batch sharded over devices in
-contiguous blocks, each device keeps its own rows in every micro-batch (B/m must divide
-by the number of batch shards), so no data moves between devices.
-
-Dropout: micro-batch j uses `fold_in(rng, j)` in both gradient-cache passes, so the
-recomputed embeddings are the cached ones.
-
-BatchNorm (`model_state`): each micro-batch is normalised with its own statistics
-("ghost" batch norm, so even the gradient cache equals the full batch only up to that).
-The m updated running statistics are averaged into one update per step, so `momentum`
-keeps its per-step meaning whatever m.
-
-CPU: XLA:CPU runs convolutions inside the `lax.scan`s below far more slowly than in one
-pass; `train.gradient_cache_loop="host"` (step.HostLoopGradientCache) runs the same
-pieces as separate programs instead.
+Micro-batch j holds rows j, j + m, j + 2m, ..., so each device keeps its own rows (B/m must
+divide by the batch shards), and draws dropout from `fold_in(rng, j)` in both passes.
+BatchNorm normalises each micro-batch on its own ("ghost" batch norm); the m running
+statistics are averaged into one update per step, so `momentum` keeps its meaning.
+On CPU `train.gradient_cache_loop="host"` (step.HostLoopGradientCache) avoids XLA:CPU's
+slow convolutions inside `lax.scan`.
 """
 
 from __future__ import annotations
@@ -83,10 +69,6 @@ def mean_over_micro_batches(tree):
                       tree)
 
 
-def _zeros_like(params):
-  return jax.tree.map(jnp.zeros_like, params)
-
-
 def full_batch(forward: Forward, objective, params, model_state, batch, rng):
   """One forward and backward pass over the whole batch."""
   def loss_of(p):
@@ -108,36 +90,31 @@ def micro_batched(forward: Forward, objective, params, model_state, batch, rng, 
     return jax.tree.map(jnp.add, grad_sum, grads), (loss, metrics, new_model_state)
 
   grad_sum, (losses, metrics, model_states) = lax.scan(
-      body, _zeros_like(params),
+      body, jax.tree.map(jnp.zeros_like, params),
       (jnp.arange(micro_batches), split_rows(batch, micro_batches, mesh)))
   grads = jax.tree.map(lambda g: g / micro_batches, grad_sum)
   return (losses.mean(), mean_over_micro_batches(metrics), grads,
           mean_over_micro_batches(model_states))
 
 
-def _cacheable(outputs: dict) -> dict:
-  extra = sorted(set(outputs) - set(CACHEABLE_OUTPUTS))
-  if extra:
-    raise UsageError(f"train.gradient_cache=True cannot cache the model outputs {extra} "
-                     "(fused heads); use train.gradient_cache=False")
-  return outputs
-
-
 def embed_micro_batch(forward: Forward, params, model_state, micro_batch, rng, j):
   """Pass 1 for micro-batch j: (its cacheable outputs, its model state), no gradients."""
   outputs, new_model_state = forward(params, model_state, micro_batch,
                                      jax.random.fold_in(rng, j))
-  return _cacheable(outputs), new_model_state
+  extra = sorted(set(outputs) - set(CACHEABLE_OUTPUTS))
+  if extra:
+    raise UsageError(f"train.gradient_cache=True cannot cache the model outputs {extra} "
+                     "(fused heads); use train.gradient_cache=False")
+  return outputs, new_model_state
 
 
 def loss_and_cotangents(objective, outputs: dict, batch, *, micro_batches: int,
                         mesh: Mesh | None = None):
   """(loss, metrics, cotangents) of the whole batch from the m micro-batches' outputs.
 
-  outputs: embeddings [m, B/m, d]; scale, bias [m] (all equal: they depend on params
-  only). cotangents: each micro-batch's slice of d loss / d outputs, [m, B/m, d] and
-  [m]; the scalars' gradient is shared out evenly, so that the m backward passes add
-  up to it once.
+  outputs: embeddings [m, B/m, d]; scale, bias [m] (all equal). cotangents: each
+  micro-batch's slice of d loss / d outputs, [m, B/m, d] and [m]; the scalars' gradient is
+  shared out evenly, so that the m backward passes add up to it once.
   """
   embeddings = {k: v for k, v in outputs.items() if k in ("text_emb", "image_emb")}
   scalars = {k: v[0] for k, v in outputs.items() if k not in embeddings}
@@ -164,10 +141,8 @@ def backprop_micro_batch(forward: Forward, params, model_state, micro_batch, rng
 
 def gradient_cache(forward: Forward, objective, params, model_state, batch, rng, *,
                    micro_batches: int, mesh: Mesh | None = None):
-  """Full-batch loss and gradients, one micro-batch of activations at a time.
-
-  Both passes are `lax.scan`s inside the one compiled step (`gradient_cache_loop="scan"`).
-  """
+  """Full-batch loss and gradients, one micro-batch of activations at a time; both passes
+  are `lax.scan`s inside the one compiled step (`gradient_cache_loop="scan"`)."""
   keys = jnp.arange(micro_batches)
   micro = split_rows(batch, micro_batches, mesh)
 
@@ -184,5 +159,5 @@ def gradient_cache(forward: Forward, objective, params, model_state, batch, rng,
     grads = backprop_micro_batch(forward, params, model_state, micro_batch, rng, j, cotangent)
     return jax.tree.map(jnp.add, grad_sum, grads), None
 
-  grads, _ = lax.scan(backprop, _zeros_like(params), (keys, micro, cotangents))
+  grads, _ = lax.scan(backprop, jax.tree.map(jnp.zeros_like, params), (keys, micro, cotangents))
   return loss, metrics, grads, mean_over_micro_batches(model_states)

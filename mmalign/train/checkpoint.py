@@ -22,6 +22,7 @@ import warnings
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from mmalign.errors import UsageError
 
@@ -72,7 +73,6 @@ def _is_damage(error: Exception) -> bool:
 def _host_array(x) -> np.ndarray:
   """The whole array on this host (gathered from every process when sharded across them)."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.ascontiguousarray(jax.device_get(x))
 
@@ -127,10 +127,8 @@ class Checkpointer:
     return force or self._manager.should_save(step)
 
   def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
-    """Saves at `save_every` steps (or when forced); returns whether it saved.
-
-    Raises NonFiniteStateError, writing nothing, when any array is not finite.
-    """
+    """Saves at `save_every` steps (or when forced); returns whether it saved. Raises
+    NonFiniteStateError, writing nothing, when any array is not finite."""
     if not self.due(step, force=force):
       return False
     bad = nonfinite_leaves(state)
@@ -164,11 +162,9 @@ class Checkpointer:
           "resume") from None
 
   def restore(self, abstract_state, meta: dict, step: int | None = None):
-    """Restores into the structure of `abstract_state` after checking it fits.
-
-    `meta` holds what must agree (model config, tokenizer, dataset); a difference, or a
-    parameter shape change, raises CheckpointMismatchError naming the key.
-    """
+    """Restores into the structure of `abstract_state` after checking it fits: a difference
+    in `meta` (model config, tokenizer, dataset) or in a parameter's shape raises
+    CheckpointMismatchError naming the key."""
     step = self.latest_step() if step is None else step
     saved_meta = self._manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
@@ -203,12 +199,9 @@ class Checkpointer:
           f"{', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}")
 
   def restore_latest_good(self, abstract_state, meta: dict):
-    """`restore` of the newest readable step, moving damaged ones aside.
-
-    A mismatch (another model) is raised at once, and so is any failure that does not say
-    the files are damaged (CheckpointRestoreError, the step left in place). Returns
-    (state, meta), or (None, None) when no step could be read.
-    """
+    """`restore` of the newest readable step, moving damaged ones aside; (state, meta), or
+    (None, None) when no step could be read. A mismatch (another model) is raised at once,
+    and so is a failure that does not say the files are damaged (CheckpointRestoreError)."""
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         return self.restore(abstract_state, meta, step)
@@ -227,7 +220,6 @@ class Checkpointer:
         if jax.process_index() == 0:
           os.replace(bad, aside)
         if jax.process_count() > 1:  # Everyone sees the move before re-listing steps.
-          from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
           multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
         self._manager.reload()
     return None, None

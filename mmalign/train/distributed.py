@@ -1,9 +1,8 @@
 """Joining a multi-process job: `jax.distributed.initialize` from flags or the launcher's env.
 
-Every process must call it before touching a device, with the same coordinator. In order:
-  1. explicit flags (`--coordinator_address`, `--num_processes`, `--process_id`);
-  2. an environment JAX detects on its own (Cloud TPU pods, SLURM, Open MPI);
-  3. neither: a single process, nothing to do.
+Every process must call it before touching a device, with the same coordinator: from the
+flags `--coordinator_address`, `--num_processes`, `--process_id` if given, else from an
+environment JAX detects (Cloud TPU pods, SLURM, Open MPI), else there is a single process.
 On CPU the cross-process collectives go through gloo.
 """
 
@@ -42,8 +41,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def _launched_by_cluster() -> bool:
-  sizes = [os.environ.get(name) for name in _AUTO_DETECTED]
-  return any(size is not None and size not in ("", "1") for size in sizes)
+  return any(os.environ.get(name) not in (None, "", "1") for name in _AUTO_DETECTED)
 
 
 def _cpu_collectives() -> None:

@@ -1,10 +1,9 @@
 """Progress and metrics: steps/s and ETA on the console, one JSON line per log in the
 workdir (`metrics.jsonl`), and TensorBoard event files (`<workdir>/tensorboard/`).
 
-Progress goes to stdout with `say`, not absl's INFO log, which the launcher keeps at
-WARNING to quiet library chatter. Only process 0 writes. Each record also holds steps/s,
-examples/s, step time, the time waited for input per step, the model FLOPs utilisation
-(`mfu`, see utilisation.py) and, where the backend reports it (not CPU), device memory.
+Only process 0 writes; progress goes to stdout with `say`, as the launcher keeps absl's log
+at WARNING. Records also hold throughput, input wait, `mfu` (utilisation.py) and, where the
+backend reports it (not CPU), device memory.
 """
 
 from __future__ import annotations

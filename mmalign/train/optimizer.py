@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 
 import jax
-import jax.numpy as jnp
 import optax
 
+from mmalign.train.precision import DTYPES
 
-def learning_rate_schedule(*, peak: float, warmup_steps: int, total_steps: int,
-                           end_fraction: float = 0.0) -> optax.Schedule:
+
+def learning_rate_schedule(*, peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
-      decay_steps=total_steps, end_value=peak * end_fraction)
+      decay_steps=total_steps, end_value=0.0)
 
 
 def _decay_mask(params):
@@ -39,9 +39,6 @@ def locked_towers(params, patterns: tuple[str, ...]) -> tuple[str, ...]:
   labels = frozen_labels(params, tuple(patterns)) if patterns else {}
   return tuple(tower for tower in ("text_tower", "image_tower") if tower in labels
                and all(label == "frozen" for label in jax.tree.leaves(labels[tower])))
-
-
-MOMENT_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _adam_moments_in(dtype, *, b1: float, b2: float) -> optax.GradientTransformation:
@@ -79,17 +76,13 @@ def adamw(schedule: optax.Schedule, *, weight_decay: float, b1: float = 0.9, b2:
           moments_dtype: str = "float32",
           learning_rate_multipliers: tuple[tuple[str, float], ...] = ()
           ) -> optax.GradientTransformation:
-  """AdamW; parameters matching a `frozen` regex get no update at all (no weight decay).
+  """AdamW; parameters matching a `frozen` regex get no update at all (no weight decay),
+  and are left out of the gradient-norm clipping, so freezing does not change the rest.
 
-  Frozen parameters are left out of the gradient-norm clipping too, so freezing
-  a tower does not change how the rest is clipped.
-
-  moments_dtype (`train.optimizer_moments_dtype`): "bfloat16" stores Adam's
-  two moments in bfloat16, halving the optimizer's memory; the parameters
-  (master weights) stay float32. The state has the same tree either way.
-  learning_rate_multipliers (`train.learning_rate_multipliers`): `scale_by_path` after
-  AdamW, so a group's learning rate and weight decay both scale; absent when empty, so
-  checkpoints of runs without it keep their optimizer state's tree.
+  moments_dtype (`train.optimizer_moments_dtype`): "bfloat16" stores Adam's moments in
+  bfloat16, halving the optimizer's memory; the state has the same tree either way.
+  learning_rate_multipliers: `scale_by_path` after AdamW (a group's learning rate and
+  weight decay both scale); absent when empty, so older checkpoints keep their tree.
   """
   chain = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
   if moments_dtype == "float32":
@@ -97,7 +90,7 @@ def adamw(schedule: optax.Schedule, *, weight_decay: float, b1: float = 0.9, b2:
                              mask=_decay_mask))
   else:  # optax.adamw's own chain, with the moments stored in moments_dtype.
     chain.append(optax.chain(
-        _adam_moments_in(MOMENT_DTYPES[moments_dtype], b1=b1, b2=b2),
+        _adam_moments_in(DTYPES[moments_dtype], b1=b1, b2=b2),
         optax.add_decayed_weights(weight_decay, _decay_mask),
         optax.scale_by_learning_rate(schedule)))
   if learning_rate_multipliers:

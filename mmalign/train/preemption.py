@@ -25,11 +25,8 @@ class Preempted(Exception):
 
 
 class SigtermWatch:
-  """Context manager: while inside, SIGTERM only raises a flag (`requested()`).
-
-  Installs the handler only on the main thread (Python allows no other); the
-  previous handler comes back on exit.
-  """
+  """Context manager: while inside, SIGTERM only raises a flag (`requested()`). Installs
+  the handler only on the main thread (Python allows no other); restores it on exit."""
 
   def __init__(self):
     self._event = threading.Event()

@@ -26,13 +26,11 @@ def optimizer(config):
   tc = config.train
   schedule = learning_rate_schedule(peak=tc.learning_rate, warmup_steps=tc.warmup_steps,
                                     total_steps=tc.steps)
+  multipliers = settings.value(config, "train.learning_rate_multipliers")
   return adamw(schedule, weight_decay=tc.weight_decay, grad_clip_norm=tc.grad_clip_norm,
                frozen=tuple(tc.get("frozen", ())),
                moments_dtype=settings.value(config, "train.optimizer_moments_dtype"),
-               learning_rate_multipliers=tuple(
-                   tuple(pair) for pair in settings.value(config,
-                                                          "train.learning_rate_multipliers"))
-               ), schedule
+               learning_rate_multipliers=tuple(tuple(pair) for pair in multipliers)), schedule
 
 
 def init_train_state(exp: experiment_lib.Experiment) -> dict:
@@ -78,12 +76,9 @@ def variables_of(state: dict) -> dict:
 
 
 def restore_variables(exp: experiment_lib.Experiment, step: int | None = None):
-  """(variables, step) of the latest good (or the given) checkpoint in the workdir; in a
-  workdir without one, `init.checkpoint`'s weights at step 0 (evaluating or searching a
-  published model needs no training step).
-
-  Without `step`, a corrupt latest checkpoint is moved aside with a warning and the
-  previous one restored, as in training."""
+  """(variables, step) of the latest good (or the given) checkpoint in the workdir (a
+  corrupt latest one is moved aside, as in training); in a workdir without one,
+  `init.checkpoint`'s weights at step 0, so a published model needs no training step."""
   checkpointer = Checkpointer(exp.workdir, keep=exp.config.train.keep_checkpoints,
                               async_save=False)
   try:

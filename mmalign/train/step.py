@@ -1,12 +1,9 @@
 """The jit-compiled training step: forward, objective, gradients, optimizer update.
 
-Kept apart from the loop (trainer.py) so that how a step is computed can change
-without touching checkpointing or logging. `build_train_step` reads `config.train`
-(defaults in `settings.RULES`): `mesh`, `fsdp_min_size` (sharding.py), `micro_batches`,
-`gradient_cache`, `gradient_cache_loop` (accumulation.py, HostLoopGradientCache),
-`compute_dtype` (precision.py) and `on_nonfinite`: "stop" (the loop raises on
-`metrics["state_finite"]`) or "skip" (a step whose loss, gradient norm or updated
-state is NaN/inf keeps the old state and reports `metrics["skipped"] = 1`).
+Kept apart from the loop (trainer.py), so that how a step is computed can change without
+touching checkpointing or logging. `train.on_nonfinite`: "stop" (the loop raises on
+`metrics["state_finite"]`) or "skip" (a step whose loss, gradient norm or updated state is
+NaN/inf keeps the old state and reports `metrics["skipped"] = 1`).
 """
 
 from __future__ import annotations
@@ -72,10 +69,9 @@ def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shard
                     gradient_cache_loop: str = "scan", skip_nonfinite: bool = False):
   """`step(state, batch) -> (state, metrics)`, jit-compiled, donating its input state.
 
-  The batch is sharded over the mesh's batch axes; the state is placed by
-  `state_shardings` (a tree matching the state) or replicated when None. Dropout keys
-  are `fold_in(key(seed), step)` (micro-batch j: folded again with j), so a resumed
-  run draws the same ones. With `gradient_cache`, micro_batches > 1 and
+  The batch is sharded over the mesh's batch axes; the state by `state_shardings` (a tree
+  matching the state), else replicated. Dropout keys are `fold_in(key(seed), step)`, so a
+  resumed run draws the same ones. With `gradient_cache`, micro_batches > 1 and
   `gradient_cache_loop="host"` the step is a HostLoopGradientCache, with the same result.
   """
   if gradient_cache:
@@ -88,12 +84,9 @@ def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shard
   if gradient_cache and micro_batches > 1 and gradient_cache_loop == "host":
     return HostLoopGradientCache(forward, objective, apply, base_key, micro_batches=micro_batches,
                                  mesh=mesh, state_sharding=state_sharding)
-  if micro_batches == 1:
-    gradients = accumulation.full_batch
-  else:
-    gradients = functools.partial(
-        accumulation.gradient_cache if gradient_cache else accumulation.micro_batched,
-        micro_batches=micro_batches, mesh=mesh)
+  gradients = accumulation.full_batch if micro_batches == 1 else functools.partial(
+      accumulation.gradient_cache if gradient_cache else accumulation.micro_batched,
+      micro_batches=micro_batches, mesh=mesh)
 
   def step_fn(state, batch):
     rng = jax.random.fold_in(base_key, state["step"])
@@ -106,12 +99,10 @@ def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shard
 
 
 class HostLoopGradientCache:
-  """The gradient-cache step as a Python loop over four separately compiled programs.
-
-  m embedding passes, the loss and its gradient w.r.t. the B embeddings, m backward passes
-  into one donated gradient buffer, then the update: 2m + 2 calls, with the dropout keys,
-  BatchNorm handling and result of `accumulation.gradient_cache`. Why: one program either
-  loops (slow convolutions on XLA:CPU) or, unrolled, keeps every micro-batch live at once.
+  """The gradient-cache step as a Python loop over four separately compiled programs: m
+  embedding passes, the loss, m backward passes into one donated gradient buffer, the
+  update; the result of `accumulation.gradient_cache`. Why: one program either loops (slow
+  convolutions on XLA:CPU) or, unrolled, keeps every micro-batch live at once.
   """
 
   def __init__(self, forward, objective, apply, base_key, *, micro_batches: int, mesh,
@@ -192,10 +183,9 @@ def compiled_costs(train_step, state, batch) -> tuple[dict | None, float | None]
 
 
 def build_train_step(train_config, model, objective, optimizer, mesh, state):
-  """(step, state placed on the mesh) from `config.train`; see the module docstring.
+  """(step, state placed on the mesh) from `config.train` (defaults in `settings.RULES`).
 
-  `mesh` comes from `mesh.make_mesh(train_config.get("mesh"))`; with `loss.distributed`
-  the objective is built on `mesh.loss_mesh(mesh)`. UsageError unless train.batch_size
+  `mesh`: `mesh.make_mesh(train_config.get("mesh"))`. UsageError unless train.batch_size
   splits into micro_batches micro-batches over the mesh's batch shards.
   """
   value = lambda key: settings.value(train_config, key, section="train")

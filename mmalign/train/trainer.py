@@ -2,13 +2,10 @@
 
 Resumes on its own from the latest good checkpoint in the workdir; batches are a pure
 function of (seed, step), so on CPU a resumed run ends bitwise identical to an
-uninterrupted one.
-
-Faults: SIGTERM checkpoints the step just finished and raises `Preempted` (the launcher
-exits 0). A non-finite loss or gradient raises `NonFiniteLossError` naming the step
-before anything of it is saved (`train.on_nonfinite="stop"`), or, with "skip", leaves
-the state unchanged with a warning. Nothing is read back from the devices between the
-steps that log, save, evaluate or stop (`health.Health`), and batches are placed on the
+uninterrupted one. SIGTERM checkpoints the step just finished and raises `Preempted`; a
+non-finite step raises `NonFiniteLossError` before anything of it is saved, or with
+`train.on_nonfinite="skip"` is skipped with a warning. Nothing is read back from the
+devices between the steps that log, save, evaluate or stop, and batches are placed on the
 devices two steps ahead.
 """
 
@@ -35,7 +32,6 @@ from mmalign import mesh as mesh_lib
 from mmalign.train import step as step_lib
 from mmalign.train import utilisation
 from mmalign.train import checkpoint as checkpoint_lib
-from mmalign.train.checkpoint import Checkpointer
 from mmalign.train.health import Health, NonFiniteLossError  # noqa: F401  (callers catch it here)
 from mmalign.train.metrics_log import MetricsLog
 from mmalign.train.preemption import Preempted, SigtermWatch
@@ -49,12 +45,8 @@ STEP_MEMORY = "step_memory.json"
 
 
 def _check_image_batches(train_config, text_rows: int, mesh) -> None:
-  """Refuses micro-batching that would break `data.sampling="images"` batches.
-
-  Plain micro-batches would score images against another slice's texts, since
-  `image_to_text` indexes the whole batch's text rows; the gradient cache scores the
-  whole batch at once, so it is exact, given that the text rows split like the images.
-  """
+  """Refuses micro-batching that would break `data.sampling="images"` batches: only the
+  gradient cache scores each image against the whole batch's text rows (`image_to_text`)."""
   micro_batches = int(settings.value(train_config, "micro_batches", section="train"))
   if micro_batches > 1 and not settings.value(train_config, "gradient_cache", section="train"):
     raise UsageError(f"data.sampling='images' with train.micro_batches={micro_batches} "
@@ -94,12 +86,9 @@ def _log(metrics_log, step: int, metrics: dict, schedule, checkpointer, state, m
 
 
 def _record_step_costs(train_step, state, batch, workdir: str) -> float | None:
-  """Writes XLA's memory account of the compiled step (per device) to STEP_MEMORY and
-  returns the step's FLOPs (all devices), for the utilisation in the training log.
-
-  Why: CPU reports no device memory; `temp_bytes` is the step's scratch (activations,
-  loss tiles). Lowered with the loop's own arguments, so jit reuses this compilation.
-  """
+  """Writes XLA's memory account of the compiled step (per device; CPU reports no device
+  memory) to STEP_MEMORY and returns the step's FLOPs (all devices), for the log's `mfu`.
+  Lowered with the loop's own arguments, so jit reuses this compilation."""
   memory, flops = step_lib.compiled_costs(train_step, state, batch)
   if memory is not None and jax.process_index() == 0:
     record = {**{f"{name}_bytes": size for name, size in memory.items()},
@@ -111,12 +100,10 @@ def _record_step_costs(train_step, state, batch, workdir: str) -> float | None:
 
 def train(exp: experiment_lib.Experiment, *, stop_after: int | None = None,
           evaluators=None) -> dict:
-  """Trains the run `exp` until `config.train.steps`; returns the final state.
-
-  `stop_after` ends this run early at that step with a checkpoint, as a preemption
-  would; the schedule still spans `config.train.steps`, so a later run resumes the same
-  trajectory. `evaluators` (eval.evaluators.Evaluators) with `every_steps` run on the
-  live state at those steps, into the metrics log. Holds the workdir's lock.
+  """Trains the run `exp` until `config.train.steps`, holding the workdir's lock; returns
+  the final state. `stop_after` ends this run early at that step with a checkpoint, as a
+  preemption would; a later run resumes the same trajectory. `evaluators` with
+  `every_steps` run on the live state at those steps, into the metrics log.
   """
   with workdir_lib.locked(exp.workdir, process_index=jax.process_index()):
     return _train(exp, stop_after, evaluators)
@@ -126,11 +113,10 @@ def _train(exp: experiment_lib.Experiment, stop_after: int | None, evaluators) -
   """`train` under the workdir lock: everything is built before anything is written."""
   config, workdir = exp.config, exp.workdir
   tc = config.train
-  train_index = pipeline.index_split(
-      sources.open_split(exp.builder, "train", decode_images=False))
+  captions = sources.open_split(exp.builder, "train", decode_images=False)
+  train_index = pipeline.index_split(captions)
   label = experiment_lib.task_label(config)
-  labels = pipeline.read_labels(sources.open_split(exp.builder, "train", decode_images=False),
-                                label) if label else None
+  labels = pipeline.read_labels(captions, label) if label else None
   sampling = settings.value(config, "data.sampling")
   batches = sampling_lib.train_batches(
       sampling, sources.open_split(exp.builder, "train"), train_index, exp.tokenizer,
@@ -153,7 +139,7 @@ def _train(exp: experiment_lib.Experiment, stop_after: int | None, evaluators) -
   if not resuming:  # Pretrained weights are read before anything is written, too.
     state = train_state.with_pretrained(exp, state)
   exp.save_tokenizer()  # The first write into the workdir: every builder above succeeded.
-  checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints,
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=tc.keep_checkpoints,
                               save_every=tc.checkpoint_every)
   meta = exp.meta()
   if resuming:

@@ -212,10 +212,10 @@ def test_train_iterator_yields_batches_in_step_order(source, index, tokenizer):
 
 def test_no_shift_when_max_shift_is_zero(source, index, tokenizer, monkeypatch):
   def refuse(*args, **kwargs):
-    raise AssertionError("_shift called with max_shift=0")
-  monkeypatch.setattr(pipeline, "_shift", refuse)
+    raise AssertionError("shift_images called with max_shift=0")
+  monkeypatch.setattr(pipeline, "shift_images", refuse)
   _batches(source, index, tokenizer, max_shift=0)(0)
-  with pytest.raises(AssertionError, match="_shift called"):
+  with pytest.raises(AssertionError, match="shift_images called"):
     _batches(source, index, tokenizer, max_shift=2)(0)
 
 
@@ -223,7 +223,7 @@ def test_random_shift_is_an_edge_padded_translation():
   rng = np.random.default_rng(0)
   images = rng.normal(size=(6, 5, 7, 2)).astype(np.float32)
   offsets = np.random.default_rng(1).integers(0, 5, size=(6, 2))
-  shifted = pipeline._shift(images, 2, offsets)  # pylint: disable=protected-access
+  shifted = pipeline.shift_images(images, 2, offsets)
   assert shifted.shape == images.shape and shifted.dtype == images.dtype
   moved = 0
   for original, out in zip(images, shifted):
@@ -242,7 +242,7 @@ def test_random_shift_is_an_edge_padded_translation():
 def test_random_shift_of_zero_is_the_identity():
   images = np.arange(2 * 3 * 4).reshape(2, 3, 4, 1).astype(np.float32)
   np.testing.assert_array_equal(
-      pipeline._shift(images, 0, np.zeros((2, 2), int)), images)  # pylint: disable=protected-access
+      pipeline.shift_images(images, 0, np.zeros((2, 2), int)), images)
 
 
 def test_shift_keeps_member_choice_and_shape(source, index, tokenizer):

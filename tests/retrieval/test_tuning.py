@@ -7,6 +7,7 @@ on timing; only which of the qualifying points is fastest does.
 import numpy as np
 import pytest
 
+from mmalign import utils
 from mmalign.retrieval import searchers, tuning
 from mmalign.retrieval.manifest import Provenance
 from mmalign.retrieval.scann_index import ScannConfig, ScannIndex
@@ -95,7 +96,7 @@ def test_leaf_ladder():
 def test_batched_qps_warms_up_then_keeps_the_fastest_run(monkeypatch):
   """Timing is faked: runs take 4, 2 and 3 s, so QPS must be 100 queries / 2 s."""
   ticks = iter([0.0, 4.0, 10.0, 12.0, 20.0, 23.0])
-  monkeypatch.setattr(tuning.time, "perf_counter", lambda: next(ticks))
+  monkeypatch.setattr(utils.time, "perf_counter", lambda: next(ticks))
   calls = []
 
   def search(queries):

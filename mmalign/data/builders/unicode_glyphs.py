@@ -70,9 +70,8 @@ class UnicodeGlyphs(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str):
     config: GlyphConfig = self.builder_config
     for code_point, name, faces in glyph_render.drawable_characters(config.faces):
-      if config.code_points and not config.code_points[0] <= code_point < config.code_points[1]:
-        continue
-      if split_of(f"U+{code_point:04X}") != split:
+      wanted = not config.code_points or config.code_points[0] <= code_point < config.code_points[1]
+      if not wanted or split_of(f"U+{code_point:04X}") != split:
         continue
       for face in faces:
         pixels = glyph_render.render_glyph(code_point, face, IMAGE_SIZE)
