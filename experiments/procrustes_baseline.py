@@ -40,21 +40,14 @@ DIRECTIONS = ("text_to_image", "image_to_text")
 
 @dataclasses.dataclass
 class Split:
-  name: str
   index: pipeline.SplitIndex  # group_ids [c], group_captions [c], groups [n]
   pixels: np.ndarray  # [n, h, w, c] uint8, in split order
-
-  @property
-  def caption_of_image(self) -> np.ndarray:
-    """[n] row of `index.group_captions` that describes each image: the train pairs."""
-    return np.searchsorted(self.index.group_ids, self.index.groups)
 
 
 def load_split(exp: experiment_lib.Experiment, split: str) -> Split:
   index = pipeline.index_split(sources.open_split(exp.builder, split, decode_images=False))
   source = sources.open_split(exp.builder, split)
-  pixels = pipeline.decode_images(source, np.arange(len(source)))
-  return Split(split, index, pixels)
+  return Split(index, pipeline.decode_images(source, np.arange(len(source))))
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -64,14 +57,10 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 def frozen_encoder_embeddings(exp, train: Split, test: Split, batch_size: int):
   """The config's towers + projection heads at initialisation: unit rows [*, embed_dim]."""
   variables = exp.init_variables(exp.config.train.seed)
-
-  def images(split: Split) -> np.ndarray:  # [n, embed_dim]; normalised a batch at a time.
-    return experiment_lib.apply_in_batches(exp, "embed_image", variables, split.pixels,
-                                           batch_size, prepare=exp.normalization)
-
-  def texts(split: Split) -> np.ndarray:  # [c, embed_dim]
-    return experiment_lib.embed_texts(exp, variables, split.index.group_captions)
-
+  # [c, embed_dim] and [n, embed_dim]; images normalised a batch at a time.
+  texts = lambda split: experiment_lib.embed_texts(exp, variables, split.index.group_captions)
+  images = lambda split: experiment_lib.apply_in_batches(
+      exp, "embed_image", variables, split.pixels, batch_size, prepare=exp.normalization)
   return texts(train), images(train), texts(test), images(test)
 
 
@@ -108,15 +97,13 @@ def classical_embeddings(exp, train: Split, test: Split, dim: int, max_rows: int
   train_counts = token_counts(exp.tokenizer, train.index.group_captions)
   text_train = tfidf(train_counts, train_counts)
   text_test = tfidf(train_counts, token_counts(exp.tokenizer, test.index.group_captions))
-  text_mean, text_basis = pca(text_train, dim, max_rows, seed)
+  text_pca = pca(text_train, dim, max_rows, seed)
   pixels_train = train.pixels.reshape(len(train.pixels), -1).astype(np.float32) / 255.0
   pixels_test = test.pixels.reshape(len(test.pixels), -1).astype(np.float32) / 255.0
-  image_mean, image_basis = pca(pixels_train, dim, max_rows, seed)
-  project = lambda x, mean, basis: _unit_rows((x - mean) @ basis)
-  return (project(text_train, text_mean, text_basis),
-          project(pixels_train, image_mean, image_basis),
-          project(text_test, text_mean, text_basis),
-          project(pixels_test, image_mean, image_basis))
+  image_pca = pca(pixels_train, dim, max_rows, seed)
+  project = lambda x, mean_basis: _unit_rows((x - mean_basis[0]) @ mean_basis[1])
+  return (project(text_train, text_pca), project(pixels_train, image_pca),
+          project(text_test, text_pca), project(pixels_test, image_pca))
 
 
 def score(test: Split, captions: np.ndarray, images: np.ndarray, ks) -> dict:
@@ -130,10 +117,11 @@ def score(test: Split, captions: np.ndarray, images: np.ndarray, ks) -> dict:
 def aligned_rows(family: str, embeddings, train: Split, test: Split, ks) -> list[dict]:
   """"no alignment" and "Procrustes" rows for one family of frozen embeddings."""
   text_train, image_train, text_test, image_test = embeddings
-  rows = [{"embeddings": family, "alignment": "none",
-           **score(test, text_test, image_test, ks)}]
+  rows = [{"embeddings": family, "alignment": "none", **score(test, text_test, image_test, ks)}]
   started = time.perf_counter()
-  fitted = fit_procrustes_map(text_train[train.caption_of_image], image_train)
+  # The train pairs: the row of `index.group_captions` that describes each image [n].
+  caption_of_image = np.searchsorted(train.index.group_ids, train.index.groups)
+  fitted = fit_procrustes_map(text_train[caption_of_image], image_train)
   mapped = _unit_rows(fitted.apply(text_test)).astype(np.float32)  # [c, d] in image space
   rows.append({"embeddings": family, "alignment": "Procrustes",
                "fit_s": time.perf_counter() - started, **score(test, mapped, image_test, ks)})
@@ -156,11 +144,9 @@ def contrastive_row(path: str, dataset: str, split: str) -> dict:
 
 
 def chance_row(test: Split, ks) -> dict:
-  groups, group_ids = test.index.groups, test.index.group_ids
-  return {"text_to_image": {f"recall@{k}": rm.chance_recall_at_k(group_ids, groups, k)
-                            for k in ks},
-          "image_to_text": {f"recall@{k}": rm.chance_recall_at_k(groups, group_ids, k)
-                            for k in ks}}
+  sides = {"text_to_image": (test.index.group_ids, test.index.groups),
+           "image_to_text": (test.index.groups, test.index.group_ids)}
+  return {d: {f"recall@{k}": rm.chance_recall_at_k(*sides[d], k) for k in ks} for d in DIRECTIONS}
 
 
 def format_markdown(report: dict) -> str:

@@ -135,10 +135,15 @@ def for_training(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
 
 def _tokenizer(config, workdir: str, builder, allow_new: bool):
   """(the run's tokenizer, whether it is new): the workdir's, else the checkpoint's
-  (`init.tokenizer`), else one trained on the training captions."""
+  (`init.tokenizer`), else one trained on the training captions; names unknown text keys."""
   tokenizer_dir = os.path.join(workdir, TOKENIZER_DIR)
   _barrier("before looking for the tokenizer")  # All processes then take the same branch.
-  wanted = text_settings(config)
+  fields = [f.name for f in dataclasses.fields(TextSettings)]
+  unknown = sorted(set(config.text.keys()) - set(fields))
+  if unknown:
+    raise UsageError(f"unknown config key(s) text.{', text.'.join(unknown)}; allowed: "
+                     f"{', '.join(sorted(fields))}")
+  wanted = TextSettings(**config.text)
   published = importers.tokenizer_path(config.init) if config.get("init") else None
   if PretrainedTokenizer.exists(tokenizer_dir) or Tokenizer.exists(tokenizer_dir):
     if PretrainedTokenizer.exists(tokenizer_dir) != bool(published):
@@ -147,8 +152,12 @@ def _tokenizer(config, workdir: str, builder, allow_new: bool):
                        f"init.tokenizer is {'unset' if published is None else 'set'}; "
                        "use a new --workdir")
     tokenizer = (PretrainedTokenizer if published else Tokenizer).load(tokenizer_dir)
-    fields = ("max_length",) if published else [f.name for f in dataclasses.fields(TextSettings)]
-    _check_same_text_settings(tokenizer.settings, wanted, tokenizer_dir, fields)
+    for field in ("max_length",) if published else fields:
+      old, new = getattr(tokenizer.settings, field), getattr(wanted, field)
+      if old != new:
+        raise UsageError(f"text.{field}={new!r} differs from the tokenizer in {tokenizer_dir} "
+                         f"(made with text.{field}={old!r}); set it back or use a new "
+                         "--workdir")
     return tokenizer, False
   if not allow_new:
     raise UsageError(f"--workdir {workdir!r} holds no trained model (no "
@@ -160,16 +169,6 @@ def _tokenizer(config, workdir: str, builder, allow_new: bool):
   return Tokenizer.train(index.tokenizer_corpus, wanted), True
 
 
-def _check_same_text_settings(saved: TextSettings, wanted: TextSettings, where: str,
-                              fields) -> None:
-  for field in fields:
-    old, new = getattr(saved, field), getattr(wanted, field)
-    if old != new:
-      raise UsageError(f"text.{field}={new!r} differs from the tokenizer in {where} "
-                       f"(made with text.{field}={old!r}); set it back or use a new "
-                       "--workdir")
-
-
 def task_label(config) -> str | None:
   """The dataset label the multi-task classifier learns (`task.label`), or None."""
   return settings.value(config, "task.label")
@@ -179,16 +178,6 @@ def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
-
-
-def text_settings(config) -> TextSettings:
-  """config.text as TextSettings; an unknown key is named in the error."""
-  allowed = {f.name for f in dataclasses.fields(TextSettings)}
-  unknown = sorted(set(config.text.keys()) - allowed)
-  if unknown:
-    raise UsageError(f"unknown config key(s) text.{', text.'.join(unknown)}; allowed: "
-                     f"{', '.join(sorted(allowed))}")
-  return TextSettings(**config.text)
 
 
 def apply_in_batches(experiment: Experiment, method: str, variables, inputs, batch_size: int,
@@ -249,12 +238,10 @@ def _batched(fn, variables, inputs, batch_size: int, multiple: int = 1,
   rows = batch_rows(total, batch_size, multiple)
   outputs = []
   for start in range(0, total, rows):
-    batch = tuple(a[start:start + rows] for a in arrays)
-    batch = batch if isinstance(inputs, tuple) else batch[0]
+    batch = jax.tree.map(lambda a: a[start:start + rows], inputs)
     batch = batch if prepare is None else prepare(batch)
     count = min(rows, total - start)
-    padded = tuple(np.concatenate([c, np.zeros((rows - count, *c.shape[1:]), c.dtype)])
-                   for c in (batch if isinstance(batch, tuple) else (batch,)))
-    outputs.append(np.asarray(fn(variables, padded if isinstance(batch, tuple)
-                                 else padded[0]))[:count])
+    padded = jax.tree.map(
+        lambda c: np.concatenate([c, np.zeros((rows - count, *c.shape[1:]), c.dtype)]), batch)
+    outputs.append(np.asarray(fn(variables, padded))[:count])
   return np.concatenate(outputs)

@@ -30,17 +30,13 @@ class Rule:
 
 
 def _names(registry_path: str) -> Callable[[], tuple]:
-  """Lazily the names of a registry (`module:ATTRIBUTE`), so imports stay light."""
+  """Lazily the names of a registry or tuple (`module:ATTRIBUTE`), so imports stay light."""
   def names() -> tuple:
     import importlib  # pylint: disable=import-outside-toplevel
     module, attribute = registry_path.split(":")
-    return tuple(getattr(importlib.import_module(module), attribute).names())
+    found = getattr(importlib.import_module(module), attribute)
+    return tuple(found.names() if hasattr(found, "names") else found)
   return names
-
-
-def _kernel_impls() -> tuple:
-  from kernels import api  # pylint: disable=import-outside-toplevel
-  return tuple(api.IMPLS)
 
 
 RULES: dict[str, Rule] = {
@@ -73,7 +69,8 @@ RULES: dict[str, Rule] = {
     "model.modality_dropout": Rule("float", low=0.0, high=1.0, high_included=True, default=0.0,
                                    required=False),
     "loss.name": Rule("choice", choices=_names("mmalign.losses.objective:LOSSES")),
-    "loss.kernel.impl": Rule("choice", choices=_kernel_impls, default="auto", required=False),
+    "loss.kernel.impl": Rule("choice", choices=_names("kernels.api:IMPLS"), default="auto",
+                             required=False),
     "loss.distributed": Rule("choice", choices=("all_gather", "ring"), optional=True,
                              required=False),
     "loss.matching_weight": Rule("float", low=0.0, default=0.0, required=False),
@@ -223,10 +220,6 @@ def check(config) -> None:
     if not _valid(rule, x):
       shown = x.to_dict() if hasattr(x, "to_dict") else x  # A ConfigDict prints in lines.
       raise UsageError(f"{key}={shown!r} is not allowed; it must be {_describe(rule)}")
-  _check_combinations(config)
-
-
-def _check_combinations(config) -> None:
   steps, warmup = config.train.steps, config.train.warmup_steps
   if warmup >= steps:
     raise UsageError(f"train.warmup_steps={warmup} must be < train.steps={steps}")
@@ -259,11 +252,6 @@ def _check_combinations(config) -> None:
     importers.check(config.init)
 
 
-def _evaluator_types() -> dict:
-  from mmalign.eval import evaluators  # pylint: disable=import-outside-toplevel
-  return evaluators.EVALUATORS
-
-
 # Keys of a `config.evals` entry beside "type", "split" and "every_steps", by type.
 EVAL_OPTIONS = {"retrieval": {"ks": Rule("ints", low=1), "batch_size": Rule("int", low=1)},
                 "classification": {"batch_size": Rule("int", low=1)},
@@ -285,7 +273,7 @@ def _evals(config) -> list:
 def _check_evals(config) -> None:
   """`config.evals`: {name: {type, split, every_steps, options}}, each value checked."""
   evals = _evals(config)
-  types = sorted(_evaluator_types()) if evals else []
+  types = sorted(_names("mmalign.eval.evaluators:EVALUATORS")()) if evals else []
   for name, block in evals:
     where = f"evals.{name}"
     if not hasattr(block, "keys"):

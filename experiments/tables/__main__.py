@@ -18,14 +18,9 @@ from experiments.tables import plots, report, runner, spec
 from mmalign.errors import UsageError
 
 
-def out_dir_for(table: str, quick: bool) -> str:
-  return os.path.join(spec.ROOT, "experiments", "results", *(["quick"] if quick else []), table)
-
-
 def run_table(table: spec.Table, settings: runner.Settings, *, command: str,
-              out_dir: str | None = None) -> tuple[dict | None, dict[str, str]]:
+              out_dir: str) -> tuple[dict | None, dict[str, str]]:
   """(report or None for a dry run, errors by cell key): runs what is missing, writes it."""
-  out_dir = out_dir or out_dir_for(table.name, settings.quick)
   plan = runner.plan(table, settings)
   records, errors = runner.run_missing(plan, settings)
   if settings.dry_run:
@@ -70,7 +65,8 @@ def main(argv):
       raise UsageError("name a table: python -m experiments.tables <table>; tables: "
                        f"{', '.join(TABLES.names())}")
     table = TABLES.get(argv[1])
-    out_dir = f.out_dir or out_dir_for(table.name, f.quick)
+    out_dir = f.out_dir or os.path.join(spec.ROOT, "experiments", "results",
+                                        *(["quick"] if f.quick else []), table.name)
     previous = os.path.join(out_dir, "results.json") if f.reuse_results else None
     settings = runner.Settings(workdir_root=f.workdir_root, quick=f.quick, seeds=f.seeds,
                                parallel=f.parallel, data_dir=f.data_dir,

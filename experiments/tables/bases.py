@@ -1,9 +1,7 @@
 """The base configs the tables share, full and quick.
 
 Shared on purpose: a row that means the same model in two tables (e.g. InfoNCE on glyphs in
-"objectives" and "robustness") resolves to the same cell key and is trained once. Step
-counts keep a table's full grid (3 seeds) near two hours on 2 CPU cores (each table's
-full_run_estimate).
+"objectives" and "robustness") resolves to the same cell key and is trained once.
 """
 
 from __future__ import annotations

@@ -61,21 +61,16 @@ def overrides(batch: int, examples: int, micro_batches: int = 1) -> dict:
   return row
 
 
-def rows(quick: bool) -> tuple[Row, ...]:
+def sections(quick: bool) -> list[Section]:
+  data = "unicode_glyphs/tiny" if quick else "unicode_glyphs/full"
   batches, examples = (QUICK_BATCHES, QUICK_EXAMPLES) if quick else (BATCHES, EXAMPLES)
   micro = QUICK_MICRO_BATCHES if quick else MICRO_BATCHES
-  return tuple(Row(f"B = {batch}" + (f" (gradient cache, {micro[batch]} micro-batches)"
+  rows = tuple(Row(f"B = {batch}" + (f" (gradient cache, {micro[batch]} micro-batches)"
                                      if batch in micro else ""),
                    overrides(batch, examples, micro.get(batch, 1)), view=with_mib, x=batch)
                for batch in batches)
-
-
-def sections(quick: bool) -> list[Section]:
-  data = "unicode_glyphs/tiny" if quick else "unicode_glyphs/full"
-  examples = QUICK_EXAMPLES if quick else EXAMPLES
-  recall = tuple(c.key for c in COLUMNS[:4])
   return [Section(
-      name="batch_size", base=bases.glyphs(quick), rows=rows(quick), columns=COLUMNS,
+      name="batch_size", base=bases.glyphs(quick), rows=rows, columns=COLUMNS,
       title=f"Retrieval vs contrastive batch size ({data} test, {examples:,} training "
             "images per cell)",
       notes=("B distinct training images per step against min(B, training captions) "
@@ -89,8 +84,8 @@ def sections(quick: bool) -> list[Section]:
              "activations (the tiled loss itself stays under 150 MiB); rows marked "
              "gradient cache split those activations into micro-batches with the same "
              "loss and gradients."),
-      panels=(Panel("curves", recall, "recall vs batch size", xlabel="batch size (images)",
-                    ylabel="recall", xscale="log"),
+      panels=(Panel("curves", tuple(c.key for c in COLUMNS[:4]), "recall vs batch size",
+                    xlabel="batch size (images)", ylabel="recall", xscale="log"),
               Panel("curves", ("train/step_temp_mib",), "step memory",
                     xlabel="batch size (images)", ylabel="MiB", xscale="log", ylim=None)))]
 

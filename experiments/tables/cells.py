@@ -139,8 +139,3 @@ def procrustes(cell: Cell) -> dict[str, float]:
 def prefix_view(prefix: str):
   """A Row.view: the metrics under `prefix`, with the prefix cut off."""
   return lambda m: {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)}
-
-
-def procrustes_view(family: str, alignment: str = "procrustes"):
-  """A Row.view: one Procrustes row's metrics under the training kind's key names."""
-  return prefix_view(f"{family}/{alignment}/")

@@ -23,23 +23,18 @@ COLUMNS = (
 )
 
 
-def classification_view(presence: str):
-  """A Row.view: the evaluator's scores with `presence` ("both", "text_only", "image_only")."""
-  return prefix_view(f"classification/{presence}/")
-
-
 def _fusion_row(name: str, fusion: str, **kwargs) -> Row:
   overrides = {"model.fusion": fusion}
   overrides.update({f"model.fusion_kwargs.{fusion}.{k}": v for k, v in kwargs.items()})
-  return Row(name, overrides, view=classification_view("both"))
+  return Row(name, overrides, view=prefix_view("classification/both/"))
 
 
 UNIMODAL = {"model.modality_dropout": 1.0}
 ROWS = (
     Row("text only (concat, dropout 1, image hidden)", UNIMODAL,
-        view=classification_view("text_only")),
+        view=prefix_view("classification/text_only/")),
     Row("image only (concat, dropout 1, text hidden)", UNIMODAL,
-        view=classification_view("image_only")),
+        view=prefix_view("classification/image_only/")),
     _fusion_row("concatenation", "concat"),
     # α = 0.5: WeightedSum's default (fixed, and the learned scalar's initial value).
     _fusion_row("weighted sum, fixed α = 0.5", "weighted_sum", alpha_mode="fixed"),

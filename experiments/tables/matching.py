@@ -34,8 +34,7 @@ def draw_problem(rng: np.random.Generator, group_ids: np.ndarray, groups: np.nda
   captions = rng.choice(len(group_ids), size=n, replace=False)  # [n]
   images = np.array([rng.choice(images_of[int(group_ids[c])]) for c in captions])  # [n]
   order = rng.permutation(n)  # gallery[j] = images[order[j]]
-  truth = np.empty(n, np.int64)
-  truth[order] = np.arange(n)
+  truth = np.argsort(order)  # The inverse permutation: gallery[truth[i]] = images[i].
   return captions, images[order], truth
 
 
@@ -105,8 +104,7 @@ def size_view(size: int):
   """A Row.view: every matcher's accuracy (and abstainers' answered share) at one size."""
   def view(metrics: dict) -> dict:
     shown = {name: metrics[f"{name}/n={size}"] for name in MATCHERS}
-    shown.update({f"{name}/matched": metrics[f"{name}/n={size}/matched"]
-                  for name in ABSTAINING})
+    shown.update({f"{name}/matched": metrics[f"{name}/n={size}/matched"] for name in ABSTAINING})
     return {**shown, "n_used": metrics[f"n_used/n={size}"]}
   return view
 

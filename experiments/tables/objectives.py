@@ -9,7 +9,7 @@ colour emoji whose test names were never seen in training.
 from __future__ import annotations
 
 from experiments.tables import bases
-from experiments.tables.cells import procrustes_view
+from experiments.tables.cells import prefix_view
 from experiments.tables.spec import Column, Panel, Row, Section, Table
 
 RETRIEVAL_COLUMNS = (
@@ -34,9 +34,9 @@ LOSS_ROWS = (
 # One procrustes cell per seed gives both rows (frozen towers' seed = train.seed).
 BASELINE_ROWS = (
     Row("Procrustes on TF-IDF / pixel PCA", kind="procrustes",
-        view=procrustes_view("tfidf_pca")),
+        view=prefix_view("tfidf_pca/procrustes/")),
     Row("Procrustes on frozen random towers", kind="procrustes",
-        view=procrustes_view("frozen")),
+        view=prefix_view("frozen/procrustes/")),
 )
 QUICK_ROWS = ("correspondence-matrix regression", "InfoNCE", "Procrustes on TF-IDF / pixel PCA",
               "Procrustes on frozen random towers")

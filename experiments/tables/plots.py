@@ -87,9 +87,8 @@ def row_colours(sections: list[dict]) -> dict[str, str]:
 
   So a row that recurs in several sections keeps its colour wherever it stands.
   """
-  names = list(dict.fromkeys(row["name"] for s in sections for row in s["rows"]))
-  cycle = [f"C{i}" for i in range(10)]
-  return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
+  names = dict.fromkeys(row["name"] for s in sections for row in s["rows"])
+  return {name: f"C{i % 10}" for i, name in enumerate(names)}  # matplotlib's 10-colour cycle.
 
 
 def seeds_label(sections: list[dict]) -> str:

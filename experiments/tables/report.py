@@ -76,10 +76,6 @@ def format_section(section: dict) -> list[str]:
   return lines + [""]
 
 
-def _duration(seconds: float) -> str:
-  return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-
-
 def _reused_note(reused: dict | None) -> str:
   """Says which cells came from an earlier run's results.json rather than this run."""
   if not reused or not reused["cells"]:
@@ -92,14 +88,15 @@ def _reused_note(reused: dict | None) -> str:
 
 
 def format_markdown(report: dict, png_name: str) -> str:
-  seeds = report["seeds"]
+  seeds, seconds = report["seeds"], report["cell_seconds"]
+  duration = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
   lines = [f"# {report['title']}" + (" (quick: tiny data, a few steps)" if report["quick"]
                                       else ""), "",
            f"Command: `{report['command']}`  ",
            f"{report['date']}, JAX {report['jax_version']}; seeds "
            f"{', '.join(map(str, seeds))} (`config.train.seed`); mean ± sample std over "
            f"seeds, best mean of a column in bold; {MISSING}: not computed. "
-           f"Compute: {_duration(report['cell_seconds'])} over the cells."
+           f"Compute: {duration} over the cells."
            + _reused_note(report.get("reused")), ""]
   if report["failed"]:
     lines += ["**Failed cells:** " + "; ".join(report["failed"]), ""]

@@ -43,11 +43,6 @@ COLUMNS = (
 )
 
 
-def _trained_workdir(cell: cells.Cell) -> str:
-  """The finished train_eval cell of the same config and seed, else this cell's own."""
-  return runner.trained_workdir(cell) or cell.workdir
-
-
 def _embeddings(config, workdir: str, gallery: str):
   """(gallery [n, d], groups [n], test caption queries [g, d], their groups [g],
   validation caption queries [v, d]); unit rows. Images of other splits get group -1."""
@@ -97,26 +92,25 @@ def retrieval_efficiency(cell: cells.Cell) -> dict[str, float]:
   from mmalign.retrieval.exact_index import ExactConfig, ExactIndex
   from mmalign.retrieval.scann_index import ScannConfig, ScannIndex
   # pylint: enable=import-outside-toplevel
+  # The finished train_eval cell of the same config and seed, else this cell's own.
   gallery, groups, queries, query_groups, held_out = _embeddings(
-      cell.config, _trained_workdir(cell), cell.params["gallery"])
+      cell.config, runner.trained_workdir(cell) or cell.workdir, cell.params["gallery"])
   numpy_qps, truth = tuning.batched_qps(
       lambda q: tuning.exact_neighbours(gallery, q, K), queries, REPEATS)
 
-  def build(make):
-    started = time.perf_counter()
-    index = make()
-    return index, time.perf_counter() - started
-
   default_config = retrieval_search.scann_config(cell.config)
-  indexes = {
-      "exact_tiled": build(lambda: ExactIndex.build(gallery, ExactConfig(num_neighbors=K))),
-      "scann_brute_force": build(lambda: ScannIndex.build(
-          gallery, ScannConfig(num_neighbors=K, brute_force_below=len(gallery) + 1))),
-      "scann_default": build(lambda: ScannIndex.build(gallery, default_config)),
-      "scann_tuned": build(lambda: tuning.tune(
-          gallery, held_out, target_recall=TARGET_RECALL, k=K, config=default_config,
-          repeats=1)[0]),
+  builders = {
+      "exact_tiled": lambda: ExactIndex.build(gallery, ExactConfig(num_neighbors=K)),
+      "scann_brute_force": lambda: ScannIndex.build(
+          gallery, ScannConfig(num_neighbors=K, brute_force_below=len(gallery) + 1)),
+      "scann_default": lambda: ScannIndex.build(gallery, default_config),
+      "scann_tuned": lambda: tuning.tune(gallery, held_out, target_recall=TARGET_RECALL, k=K,
+                                         config=default_config, repeats=1)[0],
   }
+  indexes = {}  # name → (index, build seconds); every index is built before any is timed.
+  for name, build in builders.items():
+    started = time.perf_counter()
+    indexes[name] = build(), time.perf_counter() - started
   found = {"numpy": (truth, numpy_qps, 0.0)}
   for name, (index, build_s) in indexes.items():
     qps, ids = tuning.batched_qps(lambda q, index=index: index.search(q, K)[1], queries,

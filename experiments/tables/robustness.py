@@ -27,13 +27,12 @@ CLASSIFICATION = (
     Column("classification/both/macro_f1", "macro-F1", fmt="float3"),
     Column("classification/both/roc_auc_ovr", "ROC-AUC", fmt="float3"),
 )
-_ACCURACY = "classification/{}/accuracy"
 
 
 def missing_modality_view(metrics: dict) -> dict:
   """Expected accuracy when a share p of the examples loses its text or its image."""
-  both = metrics[_ACCURACY.format("both")]
-  text, image = metrics[_ACCURACY.format("text_only")], metrics[_ACCURACY.format("image_only")]
+  both, text, image = (metrics[f"classification/{presence}/accuracy"]
+                       for presence in ("both", "text_only", "image_only"))
   view = {f"missing@{p:g}": (1 - p) * both + p / 2 * (text + image) for p in MISSING_RATES}
   return {**view, "text_only": text, "image_only": image}
 

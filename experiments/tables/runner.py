@@ -95,19 +95,12 @@ def build_config(base: spec.Base, row: spec.Row, seed: int, data_dir: str | None
 _MISSING = object()
 
 
-def _get(tree: dict, dotted: str, default):
-  for part in dotted.split("."):
-    if not isinstance(tree, dict) or part not in tree:
-      return default
-    tree = tree[part]
-  return tree
-
-
-def _drop(tree: dict, dotted: str) -> None:
+def _parent(tree: dict, dotted: str) -> tuple[dict, str]:
+  """(the dict that holds a dotted key's last part, or {} when none does; that part)."""
   *path, last = dotted.split(".")
   for part in path:
-    tree = tree.get(part, {})
-  tree.pop(last, None)
+    tree = tree.get(part, {}) if isinstance(tree, dict) else {}
+  return (tree if isinstance(tree, dict) else {}), last
 
 
 def cell_key(kind: str, config, seed: int, params: dict, overridden=()) -> str:
@@ -119,10 +112,12 @@ def cell_key(kind: str, config, seed: int, params: dict, overridden=()) -> str:
   tree = config.to_dict()
   for key in NOT_HASHED:
     if not any(o == key or o.startswith(f"{key}.") for o in overridden):
-      _drop(tree, key)
+      node, last = _parent(tree, key)
+      node.pop(last, None)
   for key, neutral in NEUTRAL_DEFAULTS.items():
-    if key not in overridden and _get(tree, key, _MISSING) == neutral:
-      _drop(tree, key)
+    node, last = _parent(tree, key)
+    if key not in overridden and node.get(last, _MISSING) == neutral:
+      node.pop(last)
   payload = {"kind": kind, "version": cells_lib.CELL_KINDS.get(kind).version,
              "config": tree, "seed": int(seed), "params": dict(params)}
   blob = json.dumps(payload, sort_keys=True, default=repr)
@@ -175,10 +170,9 @@ def trained_workdir(cell: cells_lib.Cell) -> str | None:
   (its checkpoint is this cell's model, e.g. objectives' InfoNCE row), or None."""
   key = cell_key("train_eval", cell.config, cell.seed, {})
   root = os.path.dirname(os.path.dirname(cell.directory))
-  for path in sorted(glob.glob(os.path.join(root, "*", key, "cell.json"))):
-    workdir = os.path.join(os.path.dirname(path), "workdir")
-    return workdir if os.path.isdir(workdir) else None
-  return None
+  found = sorted(glob.glob(os.path.join(root, "*", key, "cell.json")))
+  workdir = os.path.join(os.path.dirname(found[0]), "workdir") if found else ""
+  return workdir if os.path.isdir(workdir) else None
 
 
 def previous_records(path: str | None) -> dict[str, dict]:
@@ -265,7 +259,6 @@ def run_missing(plan_: Plan, settings: Settings) -> tuple[dict[str, dict], dict[
     return records, errors
 
   def finish(position: int, cell: cells_lib.Cell, compute) -> None:
-    """Stores compute()'s record, or the traceback it raised."""
     try:
       records[cell.key] = compute()
       say(f"[{position}/{len(todo)}] done {_describe(plan_, cell.key)} "
@@ -312,13 +305,6 @@ def _shown(record: dict, section: str, row: spec.Row) -> dict | None:
   return next(iter(by_row.values())) if len(by_row) == 1 else None
 
 
-def _reported_seeds(plan_: Plan, sections: list[dict]) -> list[int]:
-  """The plan's seeds that at least one row has a result for (all of them if none has)."""
-  shown = {int(seed) for section in sections for row in section["rows"]
-           for seed in row["per_seed"]}
-  return [seed for seed in plan_.seeds if seed in shown] or list(plan_.seeds)
-
-
 def summarize(plan_: Plan, records: dict[str, dict], *, command: str,
               failed: Iterable[str] = ()) -> dict:
   """The report: per section and row, each seed's shown metrics and their mean ± std."""
@@ -346,14 +332,17 @@ def summarize(plan_: Plan, records: dict[str, dict], *, command: str,
         "name": section.name, "title": section.title, "notes": section.notes,
         "base": {"config": section.base.config,
                  "overrides": spec.format_overrides(section.base.overrides)},
-        "commands": {kind: {"command": cells_lib.CELL_KINDS.get(kind).command,
-                            "note": cells_lib.CELL_KINDS.get(kind).note} for kind in kinds},
+        "commands": {kind: {field: getattr(cells_lib.CELL_KINDS.get(kind), field)
+                            for field in ("command", "note")} for kind in kinds},
         "columns": [dataclasses.asdict(c) for c in section.columns],
         "panels": [dataclasses.asdict(p) for p in section.panels],
         "rows": rows})
+  # Reported: the plan's seeds that at least one row has a result for (all if none has).
+  shown = {int(seed) for section in sections for row in section["rows"]
+           for seed in row["per_seed"]}
   return {"table": plan_.table.name, "title": plan_.table.title, "command": command,
           "quick": plan_.quick,
-          "seeds": _reported_seeds(plan_, sections),
+          "seeds": [seed for seed in plan_.seeds if seed in shown] or list(plan_.seeds),
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
           "jax_version": importlib.metadata.version("jax"),
           "cell_seconds": sum(r.get("seconds") or 0.0 for r in records.values()),

@@ -97,15 +97,13 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
   """Sets dotted keys in place, as `--config.a.b=v` would; unknown keys are an error."""
   for key, value in overrides.items():
-    *path, last = key.split(".")
-    node = config
-    for i, part in enumerate(path):
+    parts, node = key.split("."), config
+    for i, part in enumerate(parts):
       if part not in node:
-        raise UsageError(f"--config.{key}: no such config key ({'.'.join(path[:i + 1])!r})")
-      node = node[part]
-    if last not in node:
-      raise UsageError(f"--config.{key}: no such config key ({key!r})")
-    setattr(node, last, value)
+        raise UsageError(f"--config.{key}: no such config key ({'.'.join(parts[:i + 1])!r})")
+      if i < len(parts) - 1:
+        node = node[part]
+    setattr(node, parts[-1], value)
 
 
 def format_overrides(overrides: Mapping[str, Any]) -> str:

@@ -249,7 +249,6 @@ class TrainBatches:
     noisy = self.noisy_rows(step)
     image_examples[noisy] = examples[np.roll(noisy, 1)]
     examples, image_examples = examples[self._local], image_examples[self._local]
-    positions = global_positions[self._local]
     images = self._normalization(decode_images(
         self._source, image_examples, self._normalization.size, self._augmentation,
         augmentation_seeds(self._seed, step, np.arange(len(global_positions))[self._local])))
@@ -257,7 +256,7 @@ class TrainBatches:
       shifts = rng.integers(0, 2 * self._max_shift + 1, size=(len(global_positions), 2))
       images = shift_images(images, self._max_shift, shifts[self._local])
     batch = {"tokens": self._tokens[examples], "images": images,
-             "groups": self._index.group_ids[positions]}
+             "groups": self._index.group_ids[global_positions[self._local]]}
     if self._labels is not None:
       batch["labels"] = self._labels[examples].astype(np.int32)  # The caption's example.
     return batch

@@ -100,8 +100,7 @@ class ImageBatches:
     positions = self._group_position[examples]  # [B]
     groups, first, inverse = np.unique(positions, return_index=True, return_inverse=True)
     order = np.argsort(first)  # Groups in order of first appearance in the batch.
-    row_of = np.empty_like(order)
-    row_of[order] = np.arange(len(order))
+    row_of = np.argsort(order)  # The inverse permutation: each group's text row.
     image_to_text = row_of[inverse.reshape(-1)].astype(np.int32)
     own = groups[order]
     rng = np.random.default_rng([self._seed, _NEGATIVES, step])

@@ -33,6 +33,11 @@ class TextSettings:
   unicode_normalization: str = "NFKC"  # Or "none".
   model_type: str = "unigram"  # SentencePiece: unigram, bpe, word, char.
 
+  def normalize(self, text: str) -> str:
+    if self.unicode_normalization != "none":
+      text = unicodedata.normalize(self.unicode_normalization, text)
+    return text.lower() if self.lowercase else text
+
 
 class Tokenizer:
   """Turns captions into padded token ids `[n, max_length]` int32 (PAD_ID = 0)."""
@@ -52,7 +57,7 @@ class Tokenizer:
     return self._model_proto
 
   def normalize(self, text: str) -> str:
-    return _normalize(text, self.settings)
+    return self.settings.normalize(text)
 
   def encode(self, texts: Iterable[str]) -> np.ndarray:
     """Token ids `[n, max_length]` int32; long captions are truncated."""
@@ -74,7 +79,7 @@ class Tokenizer:
   @classmethod
   def train(cls, captions: Iterable[str], settings: TextSettings) -> "Tokenizer":
     """Trains on `captions` deterministically (no sampling, one thread)."""
-    texts = sorted({_normalize(t, settings) for t in captions})
+    texts = sorted({settings.normalize(t) for t in captions})
     if not texts:
       raise ValueError("cannot train a tokenizer on zero captions")
     model = io.BytesIO()
@@ -100,18 +105,9 @@ class Tokenizer:
     model_path = os.path.join(directory, MODEL_FILE)
     if not os.path.exists(model_path):
       raise FileNotFoundError(f"no tokenizer in {directory} (expected {MODEL_FILE})")
-    with open(model_path, "rb") as f:
-      proto = f.read()
-    with open(os.path.join(directory, SETTINGS_FILE)) as f:
-      settings = TextSettings(**json.load(f))
-    return cls(proto, settings)
+    with open(model_path, "rb") as proto, open(os.path.join(directory, SETTINGS_FILE)) as f:
+      return cls(proto.read(), TextSettings(**json.load(f)))
 
   @staticmethod
   def exists(directory: str) -> bool:
     return os.path.exists(os.path.join(directory, MODEL_FILE))
-
-
-def _normalize(text: str, settings: TextSettings) -> str:
-  if settings.unicode_normalization != "none":
-    text = unicodedata.normalize(settings.unicode_normalization, text)
-  return text.lower() if settings.lowercase else text

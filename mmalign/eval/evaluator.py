@@ -54,19 +54,18 @@ class RetrievalEvaluator:
     embed_s = time.perf_counter() - started
     inputs = {"text_to_image": (text_emb, text_groups, image_emb, image_groups),
               "image_to_text": (image_emb, image_groups, text_emb, text_groups)}
-    ranks = {direction: rm.first_hit_ranks(*args) for direction, args in inputs.items()}
     curve_ks = range(1, max(CURVE_MAX_K, *ks) + 1)
-    curves = {direction: {"recall": [float((ranks[direction] <= k).mean()) for k in curve_ks],
-                          "chance": [rm.chance_recall_at_k(args[1], args[3], k)
-                                     for k in curve_ks]}
-              for direction, args in inputs.items()}
     results = {"dataset": f"{exp.config.data.name}/{exp.config.data.config}",
                "split": self.split, "step": step, "num_text_queries": len(texts),
                "gallery_images": len(image_rows)}
-    for direction in ranks:
-      results[direction] = rm.retrieval_metrics(ranks[direction], ks)
-      results[direction].update({f"chance_recall@{k}": curves[direction]["chance"][k - 1]
-                                 for k in ks})
+    curves = {}
+    for direction, args in inputs.items():
+      ranks = rm.first_hit_ranks(*args)
+      chance = [rm.chance_recall_at_k(args[1], args[3], k) for k in curve_ks]
+      curves[direction] = {"recall": [float((ranks <= k).mean()) for k in curve_ks],
+                           "chance": chance}
+      results[direction] = {**rm.retrieval_metrics(ranks, ks),
+                            **{f"chance_recall@{k}": chance[k - 1] for k in ks}}
     searched = self._through_searcher(text_emb, text_groups, image_emb, image_groups)
     return {**results, "searcher": searched, "embed_s": embed_s, "recall_curves": curves}
 

@@ -1,14 +1,12 @@
 """Evaluators declared in the config, built once per run and run by one function.
 
-  config.evals = {"test": {"type": "retrieval", "split": "test"},
-                  "val": {"type": "retrieval", "split": "validation", "every_steps": 500}}
-
-Each entry names a type (EVALUATORS), its split (default `eval.split`), its options
-(settings.EVAL_OPTIONS) and optionally `every_steps`, to also run during training (scalars
-to metrics.jsonl and TensorBoard). Without `config.evals`: retrieval on `eval.split`, plus
-classification when `task.label` is set. Why declared: the launcher, the tables and the
-trainer run the same list. A new evaluator is one class (`(exp, *, split, **kwargs)`,
-`evaluate(variables, step)`, `report(results)`, `scalars(results)`) and one EVALUATORS line."""
+Each `config.evals` entry names a type (EVALUATORS), its split (default `eval.split`), its
+options (settings.EVAL_OPTIONS) and optionally `every_steps`, to also run during training
+(scalars to metrics.jsonl and TensorBoard). Without `config.evals`: retrieval on
+`eval.split`, plus classification when `task.label` is set. Why declared: the launcher, the
+tables and the trainer run the same list. A new evaluator is one class (`(exp, *, split,
+**kwargs)`, `evaluate(variables, step)`, `report(results)`, `scalars(results)`) and one
+EVALUATORS line."""
 
 from __future__ import annotations
 
@@ -66,10 +64,9 @@ class Evaluators:
 
   def scalars(self, variables, step: int) -> dict[str, float]:
     """The due evaluators' scalars, `<name>/<metric>`, for the training log."""
-    scalars = {}
-    for declaration, evaluator in self.periodic(step):
-      results = evaluator.scalars(evaluator.evaluate(variables, step))
-      scalars.update({f"{declaration.name}/{key}": value for key, value in results.items()})
+    scalars = {f"{declaration.name}/{key}": value
+               for declaration, evaluator in self.periodic(step)
+               for key, value in evaluator.scalars(evaluator.evaluate(variables, step)).items()}
     if scalars:
       say(f"step {step}: " + "  ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
     return scalars

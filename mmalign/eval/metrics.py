@@ -2,19 +2,14 @@
 
 Definitions follow scikit-learn (the tests compare against it; it is not a dependency), so
 numbers can be set beside published ones. Equal scores are one threshold, so ranking
-metrics never depend on input order: ROC-AUC counts a tied positive/negative pair 1/2;
-average precision credits every positive in a tied block with the precision at its end.
-
-A binary ranking metric raises ValueError without a positive (ROC-AUC: or a negative). The
-per-class averages skip such classes (a class missing from a small eval split says nothing
-about the model) and raise only when none is left. First-hit retrieval metrics (Recall@K,
-ranks) are re-exported from `mmalign.eval.retrieval_metrics`."""
+metrics never depend on input order. Per-class averages skip a class a binary metric is
+undefined for (a class missing from a small eval split says nothing about the model).
+First-hit retrieval metrics (Recall@K, ranks) are re-exported from `retrieval_metrics`."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -29,8 +24,6 @@ from mmalign.eval.retrieval_metrics import (  # Re-exported: one import for all 
 __all__ = ["accuracy", "average_precision", "average_ranks", "chance_recall_at_k",
            "exact_top_k", "f1", "first_hit_ranks", "mean_average_precision",
            "mean_average_precision_retrieval", "retrieval_metrics", "roc_auc", "roc_auc_ovr"]
-
-Average = Literal["macro", "micro"]
 
 
 def _as_labels(x, name: str, n: int | None = None) -> np.ndarray:
@@ -74,7 +67,7 @@ def accuracy(labels, predictions) -> float:
   return float(np.mean(labels == predictions))
 
 
-def f1(labels, predictions, *, average: Average = "macro",
+def f1(labels, predictions, *, average: Literal["macro", "micro"] = "macro",
        num_classes: int | None = None) -> float:
   """F1 score of single-label predictions, as `sklearn.metrics.f1_score(zero_division=0)`.
 
@@ -192,13 +185,6 @@ def mean_average_precision(labels_multi_hot, scores) -> float:
   return float(np.mean(_average_precision_rows(scores.T[has_pos], relevant.T[has_pos])))
 
 
-@jax.jit
-def _chunk_scores(queries: jnp.ndarray, gallery: jnp.ndarray) -> jnp.ndarray:
-  """queries: [c, d], gallery: [g, d] -> [c, g], at the precision first_hit_ranks uses,
-  so both metrics see the same order."""
-  return jnp.matmul(queries, gallery.T, precision=rm.MATMUL_PRECISION)
-
-
 def mean_average_precision_retrieval(queries, query_groups, gallery, gallery_groups,
                                      chunk_size: int = 1024) -> float:
   """Mean over queries of the AP of the whole ranked gallery; relevant = same group.
@@ -206,21 +192,18 @@ def mean_average_precision_retrieval(queries, query_groups, gallery, gallery_gro
   queries: [q, d], query_groups: [q], gallery: [g, d], gallery_groups: [g]; scores are
   inner products, at most [chunk_size, g] at once. Unlike Recall@K, mAP rewards ranking all
   of a group's items high. Raises ValueError when a query's group has no gallery item."""
-  queries, gallery = rm.as_query_gallery(queries, gallery, chunk_size)
-  query_groups = rm.as_groups(query_groups, queries.shape[0], "query_groups")
-  gallery_groups = rm.as_groups(gallery_groups, gallery.shape[0], "gallery_groups")
-  rm.require_a_match_per_query(query_groups, gallery_groups)
+  queries, gallery, query_ids, gallery_ids = rm.grouped_inputs(
+      queries, query_groups, gallery, gallery_groups, chunk_size)
   num = queries.shape[0]
   if num == 0:
     raise ValueError("queries is empty")
-  query_ids, gallery_ids = rm.dense_group_ids(query_groups, gallery_groups)
   gallery_dev = jnp.asarray(gallery)  # Moved to the device once, not per chunk.
   size = min(chunk_size, num)
   total = 0.0
   for start in range(0, num, size):
     stop = min(start + size, num)
     chunk = np.pad(queries[start:stop], [(0, size - (stop - start)), (0, 0)])  # [size, d]
-    scores = np.asarray(_chunk_scores(chunk, gallery_dev))[:stop - start]  # [c, g]
+    scores = np.asarray(rm.chunk_scores(chunk, gallery_dev))[:stop - start]  # [c, g]
     relevant = query_ids[start:stop, None] == gallery_ids[None, :]  # [c, g]
     total += float(np.sum(_average_precision_rows(scores, relevant)))
   return total / num

@@ -49,32 +49,36 @@ def top_k_fn(k: int, impl: str = "auto", block_size: int | None = None):
   return jax.jit(lambda queries, keys: kernels_api.top_k(queries, keys, k, impl=impl, **kwargs))
 
 
+@jax.jit
+def chunk_scores(queries: jnp.ndarray, gallery: jnp.ndarray) -> jnp.ndarray:
+  """[c, g] inner products of queries [c, d] and gallery [g, d]; every metric ranks by these."""
+  return jnp.matmul(queries, gallery.T, precision=MATMUL_PRECISION)
+
+
 @functools.partial(jax.jit, static_argnames=("ties",))
 def _chunk_first_hit_ranks(queries: jnp.ndarray, query_groups: jnp.ndarray,
                            gallery: jnp.ndarray, gallery_groups: jnp.ndarray,
                            ties: Ties) -> jnp.ndarray:
   """queries: [c, d], query_groups: [c], gallery: [g, d], gallery_groups: [g] -> [c]."""
-  scores = jnp.matmul(queries, gallery.T, precision=MATMUL_PRECISION)  # [c, g]
+  scores = chunk_scores(queries, gallery)  # [c, g]
   correct = query_groups[:, None] == gallery_groups[None, :]  # [c, g]
   return ranks_from_scores(scores, correct, ties)
 
 
-def as_embeddings(x, name: str) -> np.ndarray:
-  """float32 [n, d]; NaN/inf are rejected because they compare False with everything,
-  which would silently hand a broken model rank 1."""
-  x = np.asarray(x, dtype=np.float32)
-  if x.ndim != 2:
-    raise ValueError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
-  bad_rows = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
-  if bad_rows:
-    raise ValueError(f"{name} has {bad_rows} row(s) with NaN or inf")
-  return x
-
-
 def as_query_gallery(queries, gallery, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(queries [q, d], gallery [g, d]) as checked by `as_embeddings`, of one width, the
-  gallery non-empty; chunk_size must be a positive integer."""
-  queries, gallery = as_embeddings(queries, "queries"), as_embeddings(gallery, "gallery")
+  """(queries [q, d], gallery [g, d]) as float32 of one width, the gallery non-empty;
+  chunk_size must be a positive integer. NaN/inf rows are rejected because they compare
+  False with everything, which would silently hand a broken model rank 1."""
+  checked = []
+  for name, x in (("queries", queries), ("gallery", gallery)):
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+      raise ValueError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
+    bad_rows = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
+    if bad_rows:
+      raise ValueError(f"{name} has {bad_rows} row(s) with NaN or inf")
+    checked.append(x)
+  queries, gallery = checked
   if queries.shape[1] != gallery.shape[1]:
     raise ValueError(f"query dim {queries.shape[1]} != gallery dim {gallery.shape[1]}")
   if gallery.shape[0] == 0:
@@ -82,22 +86,6 @@ def as_query_gallery(queries, gallery, chunk_size: int) -> tuple[np.ndarray, np.
   if int(chunk_size) != chunk_size or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
   return queries, gallery
-
-
-def as_groups(groups, n: int, name: str) -> np.ndarray:
-  groups = np.asarray(groups)
-  if groups.shape != (n,):
-    raise ValueError(f"{name} must have shape ({n},), got {groups.shape}")
-  return groups
-
-
-def dense_group_ids(query_groups: np.ndarray,
-                     gallery_groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Maps any group labels (int64 code points, strings) to int32 ids 0..u-1, so they
-  survive JAX's default 32-bit mode unchanged."""
-  _, inverse = np.unique(np.concatenate([query_groups, gallery_groups]), return_inverse=True)
-  ids = inverse.reshape(-1).astype(np.int32)
-  return ids[:len(query_groups)], ids[len(query_groups):]
 
 
 def require_a_match_per_query(query_groups: np.ndarray, gallery_groups: np.ndarray) -> None:
@@ -110,6 +98,22 @@ def require_a_match_per_query(query_groups: np.ndarray, gallery_groups: np.ndarr
     raise ValueError(
         f"{num_missing} of {len(query_groups)} queries have no correct item in the "
         f"gallery (groups e.g. {examples}); remove them or add their gallery items")
+
+
+def grouped_inputs(queries, query_groups, gallery, gallery_groups, chunk_size: int):
+  """(queries [q, d], gallery [g, d], query ids [q], gallery ids [g]): the embeddings as
+  `as_query_gallery` checks them, any group labels (code points, strings) as int32 ids
+  0..u-1, which survive JAX's default 32-bit mode. ValueError if a query has no match."""
+  queries, gallery = as_query_gallery(queries, gallery, chunk_size)
+  query_groups, gallery_groups = np.asarray(query_groups), np.asarray(gallery_groups)
+  for name, groups, n in (("query_groups", query_groups, len(queries)),
+                          ("gallery_groups", gallery_groups, len(gallery))):
+    if groups.shape != (n,):
+      raise ValueError(f"{name} must have shape ({n},), got {groups.shape}")
+  require_a_match_per_query(query_groups, gallery_groups)
+  _, inverse = np.unique(np.concatenate([query_groups, gallery_groups]), return_inverse=True)
+  ids = inverse.reshape(-1).astype(np.int32)
+  return queries, gallery, ids[:len(query_groups)], ids[len(query_groups):]
 
 
 def _map_query_chunks(fn: Callable, per_query: Sequence[np.ndarray], chunk_size: int):
@@ -150,15 +154,12 @@ def first_hit_ranks(queries, query_groups, gallery, gallery_groups,
   queries: [q, d], query_groups: [q], gallery: [g, d], gallery_groups: [g]; groups may be
   any labels numpy can sort. `ties`: see the module docstring. Raises ValueError when some
   query has no correct item in the gallery."""
-  queries, gallery = as_query_gallery(queries, gallery, chunk_size)
   if ties not in TIE_CONVENTIONS:
     raise ValueError(f"ties must be one of {TIE_CONVENTIONS}, got {ties!r}")
-  query_groups = as_groups(query_groups, queries.shape[0], "query_groups")
-  gallery_groups = as_groups(gallery_groups, gallery.shape[0], "gallery_groups")
-  require_a_match_per_query(query_groups, gallery_groups)
+  queries, gallery, query_ids, gallery_ids = grouped_inputs(
+      queries, query_groups, gallery, gallery_groups, chunk_size)
   if queries.shape[0] == 0:
     return np.zeros((0,), np.int32)
-  query_ids, gallery_ids = dense_group_ids(query_groups, gallery_groups)
   gallery_dev, gallery_ids_dev = jnp.asarray(gallery), jnp.asarray(gallery_ids)
   ranks = _map_query_chunks(
       lambda q, qg: _chunk_first_hit_ranks(q, qg, gallery_dev, gallery_ids_dev, ties=ties),
@@ -183,8 +184,7 @@ def chance_recall_at_k(query_groups, gallery_groups, k: int) -> float:
   """Expected recall@k of a uniformly random gallery ordering, averaged over queries.
   Hypergeometric: with m of g items correct, the top k miss all with probability
   C(g-m, k) / C(g, k). Reported beside recall because with large groups chance is far from k/g."""
-  query_groups = np.asarray(query_groups)
-  gallery_groups = np.asarray(gallery_groups)
+  query_groups, gallery_groups = np.asarray(query_groups), np.asarray(gallery_groups)
   if query_groups.ndim != 1 or gallery_groups.ndim != 1 or gallery_groups.size == 0:
     raise ValueError("query_groups and gallery_groups must be 1-D, the gallery non-empty")
   if k < 1:
@@ -212,8 +212,7 @@ def recall_vs_exact(approx_indices, exact_indices, *, queries=None, gallery=None
   [q, d] and gallery [n, d], an id scoring within atol of the k-th true score also counts
   (at most k per row): embeddings hold exact duplicates, and which tied item an exact
   search returns is arbitrary."""
-  approx = np.asarray(approx_indices).astype(np.int64)
-  exact = np.asarray(exact_indices).astype(np.int64)
+  approx, exact = (np.asarray(x).astype(np.int64) for x in (approx_indices, exact_indices))
   if approx.shape != exact.shape or approx.ndim != 2:
     raise ValueError(f"need two [q, k] arrays of equal shape, got {approx.shape} "
                      f"and {exact.shape}")

@@ -63,8 +63,7 @@ def _distributed_alignment(loss_config, mesh, axis: str):
   def alignment(text_emb, image_emb, scale, *, bias=None, labels=None):
     del labels  # The sharded losses have diagonal positives only.
     extra = (bias,) if loss_config.name == "sigmoid" else ()
-    return loss(text_emb, image_emb, scale, *extra, mesh=mesh, axis=axis,
-                strategy=strategy)
+    return loss(text_emb, image_emb, scale, *extra, mesh=mesh, axis=axis, strategy=strategy)
   return alignment
 
 
@@ -101,20 +100,16 @@ def _head_weight(loss_config, weight_key: str, switch_key: str, switched_on: boo
 def _image_rows_alignment(loss_config, *, model_fuses: bool, has_task: bool):
   """The alignment loss of `data.sampling="images"` batches; refuses what it cannot do."""
   distributed = loss_config.get("distributed")
-  if loss_config.name != "infonce":
-    refused = (f"loss.name={loss_config.name!r} (only infonce has the multi-positive "
-               "columns that captions shared by several images need)")
-  elif distributed:
-    refused = (f"loss.distributed={distributed!r} (the sharded losses have diagonal "
-               "positives only; use None)")
-  elif model_fuses or has_task:
-    refused = ("model.fusion / task.label (their heads pair row i's caption with row i's "
-               "image, and text rows are not image rows here)")
-  else:
-    refused = None
-  if refused:
-    raise UsageError(f"data.sampling='images' does not support {refused}; use "
-                     "data.sampling='captions' for it")
+  for refused, what in (
+      (loss_config.name != "infonce", f"loss.name={loss_config.name!r} (only infonce has the "
+       "multi-positive columns that captions shared by several images need)"),
+      (distributed, f"loss.distributed={distributed!r} (the sharded losses have diagonal "
+       "positives only; use None)"),
+      (model_fuses or has_task, "model.fusion / task.label (their heads pair row i's caption "
+       "with row i's image, and text rows are not image rows here)")):
+    if refused:
+      raise UsageError(f"data.sampling='images' does not support {what}; use "
+                       "data.sampling='captions' for it")
   return functools.partial(image_rows_infonce, **dict(loss_config.get("kwargs") or {}),
                            **_kernel_kwargs(loss_config, image_rows_infonce))
 

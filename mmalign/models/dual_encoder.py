@@ -70,16 +70,15 @@ class DualEncoder(nn.Module):
 
   def embed_text(self, tokens, *, train: bool = False):
     """tokens [b, l] int32 → [b, embed_dim] float32, unit norm."""
-    pooled, _ = self.text_tower(tokens, train=self._trains("text_tower", train))
-    return self.text_projection(pooled, train=train)
+    return self.text_projection(self._tower("text_tower", tokens, train)[0], train=train)
 
   def embed_image(self, images, *, train: bool = False):
     """images [b, h, w, c] float32 → [b, embed_dim] float32, unit norm."""
-    pooled, _ = self.image_tower(images, train=self._trains("image_tower", train))
-    return self.image_projection(pooled, train=train)
+    return self.image_projection(self._tower("image_tower", images, train)[0], train=train)
 
-  def _trains(self, tower: str, train: bool) -> bool:
-    return train and tower not in self.locked_towers
+  def _tower(self, name: str, inputs, train: bool):
+    """(pooled, sequence) of the tower `name`; a locked tower always runs in inference mode."""
+    return getattr(self, name)(inputs, train=train and name not in self.locked_towers)
 
   def scale(self):
     return jnp.minimum(jnp.exp(self.log_scale), self.max_scale)
@@ -87,8 +86,8 @@ class DualEncoder(nn.Module):
   def __call__(self, tokens, images, *, train: bool = False) -> dict[str, jnp.ndarray]:
     """{"text_emb", "image_emb" [b, embed_dim], "scale", "bias"} (+ "match_logits",
     "match_labels" [2b] with fusion). The bias is used by the sigmoid loss only."""
-    text = self.text_tower(tokens, train=self._trains("text_tower", train))  # (pooled, seq)
-    image = self.image_tower(images, train=self._trains("image_tower", train))
+    text = self._tower("text_tower", tokens, train)  # (pooled, seq)
+    image = self._tower("image_tower", images, train)
     outputs = {"text_emb": self.text_projection(text[0], train=train),
                "image_emb": self.image_projection(image[0], train=train),
                "scale": self.scale(), "bias": self.bias}
@@ -111,15 +110,12 @@ class DualEncoder(nn.Module):
     return self.task_head(self.fusion_module(inputs, train=train), train=train)
 
   def _match(self, tokens, text, image, *, train: bool) -> dict[str, jnp.ndarray]:
-    rolled = tuple(jnp.roll(x, 1, axis=0) for x in image)  # Each caption, the next image.
-    both = lambda a, b: jnp.concatenate([a, b], axis=0)  # noqa: E731
-    inputs = FusionInputs.create(
-        (both(text[0], text[0]), both(text[1], text[1])),
-        (both(image[0], rolled[0]), both(image[1], rolled[1])),
-        text_mask=both(tokens != 0, tokens != 0))
+    twice = lambda x: jnp.concatenate([x, x], axis=0)  # noqa: E731
+    # Each caption with its own image, then with the next example's.
+    pairs = tuple(jnp.concatenate([x, jnp.roll(x, 1, axis=0)], axis=0) for x in image)
+    inputs = FusionInputs.create(tuple(map(twice, text)), pairs, text_mask=twice(tokens != 0))
     logits = self.match_head(self.fusion_module(inputs, train=train), train=train)[:, 0]
-    batch = tokens.shape[0]
-    labels = jnp.concatenate([jnp.ones(batch), jnp.zeros(batch)])
+    labels = jnp.repeat(jnp.array([1.0, 0.0]), tokens.shape[0])
     return {"match_logits": logits, "match_labels": labels}  # [2b] each
 
 

@@ -49,12 +49,9 @@ class FusionInputs:
     """From encoder outputs `(pooled, sequence)`; masks left out mean "all valid"."""
     text_pooled, text_seq = text
     image_pooled, image_seq = image
-    if text_mask is None:
-      text_mask = jnp.ones(text_seq.shape[:2], bool)
-    if image_mask is None:
-      image_mask = jnp.ones(image_seq.shape[:2], bool)
-    if present is None:
-      present = jnp.ones((text_pooled.shape[0], 2), bool)
+    text_mask = jnp.ones(text_seq.shape[:2], bool) if text_mask is None else text_mask
+    image_mask = jnp.ones(image_seq.shape[:2], bool) if image_mask is None else image_mask
+    present = jnp.ones((text_pooled.shape[0], 2), bool) if present is None else present
     return cls(text_pooled, text_seq, jnp.asarray(text_mask, bool), image_pooled, image_seq,
                jnp.asarray(image_mask, bool), jnp.asarray(present, bool))
 

@@ -17,9 +17,6 @@ import jax.numpy as jnp
 from mmalign.models.conv_norms import get_norm
 from mmalign.models.registry import register_image_encoder
 
-PAD_3x3 = ((1, 1), (1, 1))
-
-
 class _ConvNorm(nn.Module):
   """Conv → norm, optionally ReLU: the unit every ResNet layer is made of."""
   features: int
@@ -123,11 +120,10 @@ class ResNet(nn.Module):
     norm_kwargs = dict(norm=self.norm, groups=self.groups, dtype=self.dtype,
                        param_dtype=self.param_dtype)
     x = images.astype(self.dtype)  # [b, h, w, c]
-    if self.small_input:
-      x = _ConvNorm(self.width, 3, **norm_kwargs, name="stem")(x, train=train)
-    else:
-      x = _ConvNorm(self.width, 7, 2, **norm_kwargs, name="stem")(x, train=train)
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=PAD_3x3)  # [b, h/4, w/4, width]
+    kernel, stride = (3, 1) if self.small_input else (7, 2)
+    x = _ConvNorm(self.width, kernel, stride, **norm_kwargs, name="stem")(x, train=train)
+    if not self.small_input:
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # [b, h/4, w/4, width]
     for stage, blocks in enumerate(stage_sizes):
       for i in range(blocks):
         stride = 2 if stage > 0 and i == 0 else 1

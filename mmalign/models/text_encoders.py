@@ -79,17 +79,12 @@ class TokenEmbedding(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
-  def _initializer(self):
-    if self.init_file is None:
-      return nn.linear.default_embed_init
-    path = self.init_file
-    return lambda key, shape, dtype: jnp.asarray(load_embedding_table(path, shape), dtype)
-
   @nn.compact
   def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
     """tokens [b, l] int32 → [b, l, width] in the compute dtype."""
-    table = self.param("embedding", self._initializer(), (self.vocab_size, self.width),
-                       self.param_dtype)
+    init = nn.linear.default_embed_init if self.init_file is None else (
+        lambda key, shape, dtype: jnp.asarray(load_embedding_table(self.init_file, shape), dtype))
+    table = self.param("embedding", init, (self.vocab_size, self.width), self.param_dtype)
     if self.frozen:
       table = jax.lax.stop_gradient(table)
     return jnp.take(table, tokens, axis=0).astype(self.dtype)

@@ -1,10 +1,9 @@
 """What every searcher shares: checked inputs, item ids, updates, save and load.
 
 A backend (ScaNN, exact top-k) only stores unit rows at positions 0..count-1 and answers
-"best positions for these queries"; `Index` owns the rest, once for all backends: item
-ids (position p holds item `ids[p]`; results are ids, never positions), `delete` moving the
-last row into the freed position (ScaNN's rule), and `save` writing a temporary sibling,
-manifest last, that then replaces the target, so a crash never leaves a half-written index.
+"best positions for these queries"; `Index` owns the rest, once for all backends: item ids
+(results are ids, never positions), swap-with-last deletes (ScaNN's rule), and saves that
+replace the target only once complete, so a crash never leaves a half-written index.
 """
 
 from __future__ import annotations
@@ -138,20 +137,17 @@ class Index:
     os.makedirs(tmp)
     self._backend_save(tmp)
     np.save(os.path.join(tmp, IDS_FILE), self._ids, allow_pickle=False)
-    manifest_lib.write(tmp, self.manifest_fields())
+    manifest_lib.write(tmp, {
+        "searcher": self.name, "dim": self.dim, "count": self.count,
+        "normalisation": manifest_lib.NORMALISATION, "metric": manifest_lib.METRIC,
+        "provenance": dataclasses.asdict(self.provenance),
+        "items": {"ids_file": IDS_FILE, "dtype": "int64",
+                  "key": self.provenance.item_key or "row of the indexed array"},
+        "params": self.params, "tuning": self.tuning})
     if os.path.exists(directory):
       shutil.rmtree(directory)
     os.replace(tmp, directory)
     return directory
-
-  def manifest_fields(self) -> dict[str, Any]:
-    """Everything the manifest says about this index except format, versions, files."""
-    return {"searcher": self.name, "dim": self.dim, "count": self.count,
-            "normalisation": manifest_lib.NORMALISATION, "metric": manifest_lib.METRIC,
-            "provenance": dataclasses.asdict(self.provenance),
-            "items": {"ids_file": IDS_FILE, "dtype": "int64",
-                      "key": self.provenance.item_key or "row of the indexed array"},
-            "params": self.params, "tuning": self.tuning}
 
   @classmethod
   def load(cls, directory: str | os.PathLike, *, dim: int | None = None,

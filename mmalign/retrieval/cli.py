@@ -18,17 +18,15 @@ from mmalign.retrieval import search as search_lib
 _PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Channels of the dataset image -> PIL mode.
 
 
-def build_index_for_workdir(exp: experiment_lib.Experiment, variables=None,
-                            step: int | None = None) -> str:
-  """Builds and saves the image and caption indexes of `eval.split` for `variables` (default:
-  the latest checkpoint); returns the image index's directory (the caption index is beside
-  it, with the suffix `_text`). Searcher and its settings come from `config.retrieval`."""
-  config = exp.config
-  if variables is None:
-    variables, step = train_state.restore_variables(exp)
+def build_index_for_workdir(exp: experiment_lib.Experiment) -> str:
+  """Builds and saves the image and caption indexes of `eval.split` for the latest
+  checkpoint; returns the image index's directory (the caption index is beside it, with the
+  suffix `_text`). Searcher and its settings come from `config.retrieval`."""
+  split = exp.config.eval.split
+  variables, step = train_state.restore_variables(exp)
   for modality in ("text", "image"):
-    search_lib.build_gallery_index(exp, variables, step, config.eval.split, modality=modality)
-  return search_lib.index_dir(exp.workdir, config.eval.split, step, "image")
+    search_lib.build_gallery_index(exp, variables, step, split, modality=modality)
+  return search_lib.index_dir(exp.workdir, split, step, "image")
 
 
 def read_query_image(image_path: str, shape: tuple[int, int, int]) -> np.ndarray:
@@ -49,19 +47,17 @@ def read_query_image(image_path: str, shape: tuple[int, int, int]) -> np.ndarray
 
 
 def search_image_query(exp: experiment_lib.Experiment, image_path: str,
-                       k: int | None = None, variables=None,
-                       step: int | None = None) -> tuple[list[search_lib.Hit], str]:
-  """Image→text: the k captions of `eval.split` nearest to the image at image_path, for
-  `variables` (default: the latest checkpoint). Returns the hits (best first; each names an
-  example image of the caption's group) and the path of the contact sheet PNG,
+                       k: int | None = None) -> tuple[list[search_lib.Hit], str]:
+  """Image→text: the k captions of `eval.split` nearest to the image at image_path, for the
+  latest checkpoint. Returns the hits (best first; each names an example image of the
+  caption's group) and the path of the contact sheet PNG,
   `<workdir>/search_image_<file name>.png`."""
   k = exp.config.retrieval.k if k is None else k
   height, width, channels = exp.stored_image_shape
   if height is None or width is None:  # Images of any size: the model's input size.
     height = width = exp.normalization.size
   pixels = read_query_image(image_path, (height, width, channels))  # [h, w, c] uint8
-  if variables is None:
-    variables, step = train_state.restore_variables(exp)
+  variables, step = train_state.restore_variables(exp)
   split = exp.config.eval.split
   index = search_lib.gallery_index(exp, variables, step, split, modality="text")
   query = experiment_lib.embed_image_array(exp, variables,

@@ -49,15 +49,12 @@ class Provenance:
   modality: str | None = None
   item_key: str | None = None
 
-  # item_key describes ids; it is not a property of the embedding space.
-  COMPARED = ("checkpoint_step", "config_hash", "tokenizer_sha256", "dataset", "split",
-              "modality")
-
   def mismatches(self, expected: "Provenance") -> list[str]:
-    """'field: index has X, expected Y' for every compared field `expected` sets."""
-    return [f"{field}: index has {getattr(self, field)!r}, expected {want!r}"
-            for field in self.COMPARED
-            if (want := getattr(expected, field)) is not None and want != getattr(self, field)]
+    """'field: index has X, expected Y' for every field `expected` sets, except item_key:
+    it describes ids, not the embedding space."""
+    return [f"{f.name}: index has {getattr(self, f.name)!r}, expected {want!r}"
+            for f in dataclasses.fields(self) if f.name != "item_key"
+            and (want := getattr(expected, f.name)) is not None and want != getattr(self, f.name)]
 
 
 def library_versions() -> dict[str, str]:
@@ -82,7 +79,7 @@ def _files_of(directory: str) -> list[str]:
   return sorted(rel.replace(os.sep, "/") for rel in paths if rel != MANIFEST)
 
 
-def write(directory: str, manifest: dict[str, Any]) -> dict[str, Any]:
+def write(directory: str, manifest: dict[str, Any]) -> None:
   """Adds format, versions and every file's checksum, then writes the manifest atomically,
   last, so a manifest marks a complete index directory."""
   manifest = {"format": FORMAT, **manifest, "versions": library_versions(),
@@ -90,7 +87,6 @@ def write(directory: str, manifest: dict[str, Any]) -> dict[str, Any]:
                               "bytes": os.path.getsize(os.path.join(directory, rel))}
                         for rel in _files_of(directory)}}
   utils.write_json(os.path.join(directory, MANIFEST), manifest)
-  return manifest
 
 
 def read(directory: str, *, verify: bool = True) -> dict[str, Any]:

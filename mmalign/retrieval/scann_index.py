@@ -1,11 +1,10 @@
-"""Approximate cosine search over an embedding gallery with ScaNN.
+"""Approximate cosine search (dot product of unit rows) with ScaNN: a tree + asymmetric
+hashing (AH) + exact reordering, or brute force for small galleries (see `ScannConfig`).
 
-ScaNN has no cosine metric, so rows are L2-normalised and searched by dot product. Large
-galleries use a tree + asymmetric hashing (AH) + exact reordering; small ones (too few
-points per k-means leaf) are searched by brute force. Updates do not retrain the tree or
-the AH codebooks, so after large changes rebuild (or `tune`). Loading never calls
-`scann_ops_pybind.load_searcher`, which unpickles `scann_docids.pkl`: ids live in
-`ids.npy`, and the searcher is rebuilt from the checksummed `scann_assets.pbtxt`."""
+Updates do not retrain the tree or the AH codebooks, so after large changes rebuild (or
+`tune`). Loading never calls `scann_ops_pybind.load_searcher`, which unpickles
+`scann_docids.pkl`: ids live in `ids.npy`, and the searcher is rebuilt from the
+checksummed `scann_assets.pbtxt`."""
 
 from __future__ import annotations
 
@@ -175,9 +174,8 @@ class ScannIndex(Index):
                              "checksummed file of the index (absolute or unlisted path)")
     wrapped = scann.scann_ops_pybind.ScannSearcher(
         scann.scann_ops_pybind.scann_pybind.ScannNumpy(directory, assets))
-    index = cls(wrapped, manifest["dim"], ids, manifest["params"], provenance,
-                manifest.get("tuning"))
     if wrapped.size() != len(ids):
       raise IndexFileError(f"{directory!r}: the ScaNN searcher holds {wrapped.size()} "
                            f"points but {len(ids)} ids are saved")
-    return index
+    return cls(wrapped, manifest["dim"], ids, manifest["params"], provenance,
+               manifest.get("tuning"))

@@ -2,8 +2,7 @@
 
 A gallery is one modality of one split embedded by one checkpoint: the split's images
 (queried by text) or its distinct captions (queried by an image), indexed once per (step,
-split) and saved in the workdir, so later searches only embed the query. A saved index of
-another provenance or searcher is refused with the reason, never searched or overwritten.
+split) and saved in the workdir, so later searches only embed the query.
 """
 
 from __future__ import annotations
@@ -196,8 +195,7 @@ def search(exp: experiment_lib.Experiment, variables, step: int, query: str, *, 
                      "--query='latin small letter a with grave'")
   index = gallery_index(exp, variables, step, split, scann_config, modality="image",
                         searcher=searcher)
-  query_emb = experiment_lib.embed_texts(exp, variables, [query])  # [1, d]
-  scores, ids = index.search(query_emb[0], k)  # [k]
+  scores, ids = index.search(experiment_lib.embed_texts(exp, variables, [query])[0], k)  # [k]
   hits = hits_of(exp, split, "image", scores, ids)
   wanted = exp.tokenizer.normalize(query.strip())
   correct = [exp.tokenizer.normalize(h.caption) == wanted for h in hits]

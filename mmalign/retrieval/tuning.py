@@ -15,7 +15,6 @@ import numpy as np
 
 from mmalign import utils
 from mmalign.eval import retrieval_metrics as rm
-
 from mmalign.retrieval import vectors
 from mmalign.retrieval.manifest import Provenance
 from mmalign.retrieval.scann_index import ScannConfig, ScannIndex
@@ -40,8 +39,7 @@ def exact_neighbours(gallery: np.ndarray, queries: np.ndarray, k: int,
 
 def recall_at_k(found_ids: np.ndarray, exact_ids: np.ndarray, queries=None,
                 gallery=None) -> float:
-  """Recall of found [q, k] against exact [q, k] ids (`retrieval_metrics.recall_vs_exact`:
-  missing slots never count; with queries and gallery, ties with the k-th true one do)."""
+  """`retrieval_metrics.recall_vs_exact` of found [q, k] against exact [q, k] ids."""
   return rm.recall_vs_exact(found_ids, exact_ids, queries=queries, gallery=gallery)
 
 

@@ -8,7 +8,6 @@ cosines, which have none, `best_threshold` fitted on the training split.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import jax
@@ -45,17 +44,11 @@ def _as_targets(targets, num: int | None = None) -> np.ndarray:
   return targets.astype(np.float32)
 
 
-def train_multilabel_head(features, targets, *, hidden: Sequence[int] = (),
-                          steps: int = 500, learning_rate: float = 1e-2,
-                          weight_decay: float = 1e-4, seed: int = 0,
-                          batch_size: int | None = None,
-                          modality_dropout: float = 0.0) -> MultilabelHead:
-  """Sigmoid-BCE head on features [n, f] for multi-hot targets [n, t]."""
+def train_multilabel_head(features, targets, **fit_kwargs) -> MultilabelHead:
+  """Sigmoid-BCE head on features [n, f] for multi-hot targets [n, t]; kwargs: `fit_head`'s."""
   targets = _as_targets(targets, np.shape(features)[0])
   return probe_lib.fit_head(features, targets, targets.shape[1], loss="sigmoid",
-                            hidden=hidden, steps=steps, learning_rate=learning_rate,
-                            weight_decay=weight_decay, seed=seed, batch_size=batch_size,
-                            modality_dropout=modality_dropout, head_class=MultilabelHead)
+                            head_class=MultilabelHead, **fit_kwargs)
 
 
 def multilabel_f1(targets, predictions, *, average: Literal["micro", "macro"] = "micro"

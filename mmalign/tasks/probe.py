@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from mmalign.eval import metrics
+from mmalign.models.dual_encoder import sample_present
 from mmalign.registry import Registry
 
 _MIN_STD = 1e-6  # Columns flatter than this (e.g. an always-absent block) are not scaled.
@@ -79,16 +80,13 @@ def _init_layers(key: jax.Array, sizes: Sequence[int]) -> list[dict]:
                                                   itertools.pairwise(sizes))]
 
 
-def _forward(layers: list[dict], x: jnp.ndarray) -> jnp.ndarray:
-  """x: [n, f] standardised → logits [n, out]; ReLU between layers."""
+@jax.jit
+def _logits(layers: list[dict], mean, std, features: jnp.ndarray) -> jnp.ndarray:
+  """features: [n, f] raw → logits [n, out]: standardised, then ReLU between layers."""
+  x = (features - mean) / std
   for layer in layers[:-1]:
     x = jax.nn.relu(x @ layer["w"] + layer["b"])
   return x @ layers[-1]["w"] + layers[-1]["b"]
-
-
-@jax.jit
-def _logits(layers, mean, std, features):
-  return _forward(layers, (features - mean) / std)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,14 +140,10 @@ def _train(layers, features, targets, mean, std, key, learning_rate, weight_deca
 
   def objective(layers, x, y, step_key):
     if embed_dim is not None:
-      drop_key, which_key = jax.random.split(step_key)
-      dropped = jax.random.uniform(drop_key, (x.shape[0],)) < dropout  # [b]
-      text_dropped = jax.random.bernoulli(which_key, 0.5, (x.shape[0],))  # [b]
-      present = jnp.stack([~(dropped & text_dropped), ~(dropped & ~text_dropped)], axis=1)
-      present = present.astype(x.dtype)  # [b, 2] as fused_features' `present`
+      present = sample_present(step_key, x.shape[0], dropout).astype(x.dtype)  # [b, 2]
       blocks = jnp.concatenate([present, present[:, :1] * present[:, 1:]], axis=1)  # [b, 3]
       x = x * jnp.repeat(blocks, embed_dim, axis=1)  # [b, 3d]: zeroes the absent blocks
-    return loss_fn(_forward(layers, (x - mean) / std), y)
+    return loss_fn(_logits(layers, mean, std, x), y)
 
   def body(step, carry):
     layers, opt_state, _ = carry
@@ -212,13 +206,11 @@ def fit_head(features, targets, out_dim: int, *, loss: str, hidden: Sequence[int
   return head_class(jax.tree.map(np.asarray, layers), mean, std, float(last_loss))
 
 
-def train_probe(features, labels, num_classes: int, *, hidden: Sequence[int] = (),
-                steps: int = 500, learning_rate: float = 1e-2, weight_decay: float = 1e-4,
-                seed: int = 0, batch_size: int | None = None,
-                modality_dropout: float = 0.0) -> Probe:
+def train_probe(features, labels, num_classes: int, **fit_kwargs) -> Probe:
   """Softmax classifier on features [n, f] with labels [n] int in [0, num_classes).
 
-  hidden=() is the linear probe; hidden=(h, ...) a ReLU MLP. Other arguments: `fit_head`.
+  `fit_kwargs` are `fit_head`'s (hidden, steps, learning_rate, ...): hidden=() is the linear
+  probe, hidden=(h, ...) a ReLU MLP.
   """
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
@@ -233,9 +225,7 @@ def train_probe(features, labels, num_classes: int, *, hidden: Sequence[int] = (
     raise ValueError(f"labels must lie in [0, {num_classes}), got range "
                      f"[{labels.min()}, {labels.max()}]")
   return fit_head(features, labels.astype(np.int32), num_classes, loss="softmax",
-                  hidden=hidden, steps=steps, learning_rate=learning_rate,
-                  weight_decay=weight_decay, seed=seed, batch_size=batch_size,
-                  modality_dropout=modality_dropout, head_class=Probe)
+                  head_class=Probe, **fit_kwargs)
 
 
 def classification_report(labels, probabilities) -> dict[str, float | None]:

@@ -66,18 +66,17 @@ def _check_labels(labels: dict[str, np.ndarray]) -> int:
   return int(np.shape(labels[LABEL_KEYS[0]])[0])
 
 
-def _sorted_pair(labels, first: str, second: str) -> np.ndarray:
-  """[n, 2] sorted, so "A below B" and "B above A" (one group) get the same key."""
-  return np.sort(np.stack([labels[first], labels[second]], axis=1), axis=1)
+def _count_and_pair(labels, attribute: str) -> np.ndarray:
+  """[n, 3]: num_shapes, then both `attribute`s sorted, so "A below B" = "B above A"."""
+  pair = np.sort(np.stack([labels[f"{attribute}1"], labels[f"{attribute}2"]], axis=1), axis=1)
+  return np.concatenate([labels["num_shapes"][:, None], pair], axis=1)
 
 
 # What a negative caption shares with the image's own: [n, k] int keys, equal within a group.
 NEGATIVE_KEYS: dict[str, Callable[[dict], np.ndarray]] = {
     "random": lambda labels: np.zeros((len(labels["num_shapes"]), 1), np.int64),
-    "colors": lambda labels: np.concatenate(
-        [labels["num_shapes"][:, None], _sorted_pair(labels, "color1", "color2")], axis=1),
-    "shapes": lambda labels: np.concatenate(
-        [labels["num_shapes"][:, None], _sorted_pair(labels, "shape1", "shape2")], axis=1),
+    "colors": lambda labels: _count_and_pair(labels, "color"),
+    "shapes": lambda labels: _count_and_pair(labels, "shape"),
 }
 
 

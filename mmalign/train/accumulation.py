@@ -53,8 +53,7 @@ def split_rows(tree, micro_batches: int, mesh: Mesh | None = None):
                        f"train.micro_batches={micro_batches}")
     x = jnp.swapaxes(x.reshape(x.shape[0] // micro_batches, micro_batches, *x.shape[1:]), 0, 1)
     if mesh is not None:  # Keep each device's rows where they are.
-      x = lax.with_sharding_constraint(
-          x, NamedSharding(mesh, P(None, mesh_lib.batch_axes(mesh))))
+      x = lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, mesh_lib.batch_axes(mesh))))
     return x
   return jax.tree.map(split, tree)
 
@@ -65,8 +64,7 @@ def merge_rows(tree):
 
 
 def mean_over_micro_batches(tree):
-  return jax.tree.map(lambda x: x.mean(0) if jnp.issubdtype(x.dtype, jnp.floating) else x[-1],
-                      tree)
+  return jax.tree.map(lambda x: x.mean(0) if jnp.issubdtype(x.dtype, jnp.floating) else x[-1], tree)
 
 
 def full_batch(forward: Forward, objective, params, model_state, batch, rng):
@@ -99,8 +97,7 @@ def micro_batched(forward: Forward, objective, params, model_state, batch, rng, 
 
 def embed_micro_batch(forward: Forward, params, model_state, micro_batch, rng, j):
   """Pass 1 for micro-batch j: (its cacheable outputs, its model state), no gradients."""
-  outputs, new_model_state = forward(params, model_state, micro_batch,
-                                     jax.random.fold_in(rng, j))
+  outputs, new_model_state = forward(params, model_state, micro_batch, jax.random.fold_in(rng, j))
   extra = sorted(set(outputs) - set(CACHEABLE_OUTPUTS))
   if extra:
     raise UsageError(f"train.gradient_cache=True cannot cache the model outputs {extra} "

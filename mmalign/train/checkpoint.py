@@ -70,18 +70,13 @@ def _is_damage(error: Exception) -> bool:
   return any(marker in str(error) for marker in _DAMAGE_MARKERS)
 
 
-def _host_array(x) -> np.ndarray:
-  """The whole array on this host (gathered from every process when sharded across them)."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    x = multihost_utils.process_allgather(x, tiled=True)
-  return np.ascontiguousarray(jax.device_get(x))
-
-
 def checksums(state) -> dict[str, str]:
   """{leaf path: sha256 of its dtype, shape and bytes} for every array of `state`."""
   sums = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-    array = _host_array(leaf)
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:  # From every process.
+      leaf = multihost_utils.process_allgather(leaf, tiled=True)
+    array = np.ascontiguousarray(jax.device_get(leaf))
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
     digest.update(array.reshape(-1).view(np.uint8))
     sums[jax.tree_util.keystr(path)] = digest.hexdigest()

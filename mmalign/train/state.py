@@ -62,10 +62,9 @@ def abstract_train_state(exp: experiment_lib.Experiment):
 
 
 def restorable(abstract_state):
-  """`abstract_state` replicated over every device of every process: what a checkpoint is
-  restored into, so each process holds all of it, however many processes wrote it."""
-  replicated = NamedSharding(jax.make_mesh((jax.device_count(),), ("devices",)),
-                             PartitionSpec())
+  """`abstract_state` (or a state's shapes and dtypes) replicated over every device of every
+  process: what a checkpoint is restored into, so each process holds all of it."""
+  replicated = NamedSharding(jax.make_mesh((jax.device_count(),), ("devices",)), PartitionSpec())
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                       abstract_state)
 
@@ -79,14 +78,12 @@ def restore_variables(exp: experiment_lib.Experiment, step: int | None = None):
   """(variables, step) of the latest good (or the given) checkpoint in the workdir (a
   corrupt latest one is moved aside, as in training); in a workdir without one,
   `init.checkpoint`'s weights at step 0, so a published model needs no training step."""
-  checkpointer = Checkpointer(exp.workdir, keep=exp.config.train.keep_checkpoints,
-                              async_save=False)
+  checkpointer = Checkpointer(exp.workdir, keep=exp.config.train.keep_checkpoints, async_save=False)
   try:
-    if checkpointer.latest_step() is None and step is None and settings.value(
-        exp.config, "init.checkpoint"):
-      exp.save_tokenizer()  # Later runs in this workdir read captions the same way.
-      return jax.device_get(variables_of(with_pretrained(exp, init_train_state(exp)))), 0
     if checkpointer.latest_step() is None:
+      if step is None and settings.value(exp.config, "init.checkpoint"):
+        exp.save_tokenizer()  # Later runs in this workdir read captions the same way.
+        return jax.device_get(variables_of(with_pretrained(exp, init_train_state(exp)))), 0
       raise UsageError(f"--workdir {exp.workdir!r} has no checkpoint: run --mode=train first")
     abstract = restorable(abstract_train_state(exp))
     if step is None:

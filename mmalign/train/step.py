@@ -45,7 +45,9 @@ def _update(optimizer, state_shardings, skip_nonfinite: bool):
       new_state["model_state"] = dict(new_model_state)
     # The updated state is checked too: a NaN learning rate leaves loss and gradient
     # finite but every parameter NaN.
-    state_finite = all_finite(new_state)
+    checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(new_state)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    state_finite = jnp.stack(checks).all() if checks else jnp.bool_(True)
     if skip_nonfinite:  # The data and the step counter move on; nothing else does.
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & state_finite
       old = {key: state[key] for key in new_state}
@@ -55,13 +57,6 @@ def _update(optimizer, state_shardings, skip_nonfinite: bool):
       metrics["state_finite"] = state_finite.astype(jnp.float32)
     return {**new_state, "step": state["step"] + 1}, metrics
   return apply
-
-
-def all_finite(tree) -> jnp.ndarray:
-  """A scalar bool: every floating-point array of `tree` is free of NaN and inf."""
-  checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.stack(checks).all() if checks else jnp.bool_(True)
 
 
 def make_train_step(model, objective, optimizer, mesh, seed: int, *, state_shardings=None,
@@ -138,8 +133,7 @@ class HostLoopGradientCache:
 
   def __call__(self, state, batch):
     params, model_state, step = state["params"], state.get("model_state", {}), state["step"]
-    embedded = [self._embed(params, model_state, batch, step, j)
-                for j in range(self.micro_batches)]
+    embedded = [self._embed(params, model_state, batch, step, j) for j in range(self.micro_batches)]
     loss, metrics, cotangents, new_model_state = self._loss(embedded, batch)
     grads = self._zeros(params)
     for j in range(self.micro_batches):
@@ -190,8 +184,6 @@ def build_train_step(train_config, model, objective, optimizer, mesh, state):
   """
   value = lambda key: settings.value(train_config, key, section="train")
   micro_batches = int(value("micro_batches"))
-  gradient_cache = bool(value("gradient_cache"))
-  gradient_cache_loop = str(value("gradient_cache_loop"))
   dtype = precision.DTYPES[value("compute_dtype")]
   shards = mesh_lib.batch_devices(mesh) * max(micro_batches, 1)
   if train_config.batch_size % shards:
@@ -206,7 +198,7 @@ def build_train_step(train_config, model, objective, optimizer, mesh, state):
     model = model.clone(locked_towers=locked)
   step = make_train_step(precision.with_compute_dtype(model, dtype), objective, optimizer, mesh,
                          train_config.seed, state_shardings=shardings,
-                         micro_batches=micro_batches, gradient_cache=gradient_cache,
-                         gradient_cache_loop=gradient_cache_loop,
+                         micro_batches=micro_batches, gradient_cache=bool(value("gradient_cache")),
+                         gradient_cache_loop=str(value("gradient_cache_loop")),
                          skip_nonfinite=value("on_nonfinite") == "skip")
   return step, jax.device_put(state, shardings)

@@ -17,7 +17,6 @@ import os
 import time
 
 import jax
-import numpy as np
 
 from mmalign import experiment as experiment_lib
 from mmalign.train import state as train_state
@@ -143,9 +142,7 @@ def _train(exp: experiment_lib.Experiment, stop_after: int | None, evaluators) -
                               save_every=tc.checkpoint_every)
   meta = exp.meta()
   if resuming:
-    abstract = train_state.restorable(
-        jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state))
-    restored, _ = checkpointer.restore_latest_good(abstract, meta)
+    restored, _ = checkpointer.restore_latest_good(train_state.restorable(state), meta)
     if restored is not None:
       state = restored
       utils.say(f"resumed from {checkpointer.directory} at step {int(state['step'])}")
@@ -194,8 +191,7 @@ def _train(exp: experiment_lib.Experiment, stop_after: int | None, evaluators) -
           health.check()  # Before anything of a bad step is logged or saved.
           saved = saves and checkpointer.save(step, state, meta, force=True)
           if logs:
-            _log(metrics_log, step, metrics, schedule, checkpointer, state, meta, saved,
-                 workdir)
+            _log(metrics_log, step, metrics, schedule, checkpointer, state, meta, saved, workdir)
           if evaluates:
             metrics_log.record(step, evaluators.scalars(train_state.variables_of(state), step))
           if preempted:

@@ -4,7 +4,6 @@ import json
 import os
 
 from experiments.tables import bases, cells, runner
-from experiments.tables import retrieval_efficiency as table
 from experiments.tables.spec import Row
 
 
@@ -17,11 +16,11 @@ def _cell(root, seed=0):
 
 def test_trained_workdir_is_a_finished_train_eval_cell_of_any_table(tmp_path):
   cell = _cell(str(tmp_path))
-  assert table._trained_workdir(cell) == cell.workdir  # Nothing trained yet: its own.
+  assert runner.trained_workdir(cell) is None  # Nothing trained yet.
   key = runner.cell_key("train_eval", cell.config, 0, {})
   finished = tmp_path / "objectives" / key
   os.makedirs(finished / "workdir")
-  assert table._trained_workdir(cell) == cell.workdir  # No cell.json: not finished.
+  assert runner.trained_workdir(cell) is None  # No cell.json: not finished.
   (finished / "cell.json").write_text(json.dumps({"metrics": {}}))
-  assert table._trained_workdir(cell) == str(finished / "workdir")
-  assert table._trained_workdir(_cell(str(tmp_path), seed=1)) != str(finished / "workdir")
+  assert runner.trained_workdir(cell) == str(finished / "workdir")
+  assert runner.trained_workdir(_cell(str(tmp_path), seed=1)) != str(finished / "workdir")
